@@ -1,0 +1,22 @@
+"""Task families behind one interface (:class:`TaskBatch`, :class:`TaskFamily`)."""
+
+from .base import SPLITS, TaskBatch, TaskFamily
+from .basis import BasisFunctionTasks
+from .sinusoid import SinusoidTasks
+
+#: Task families by the name the command line uses (``--tasks NAME``).
+FAMILIES = {
+    "sinusoid": SinusoidTasks,
+    "basis": BasisFunctionTasks,
+}
+
+
+def make_family(name: str, **kwargs) -> TaskFamily:
+    """The task family registered under ``name``; ``ValueError`` lists the known ones."""
+    if name not in FAMILIES:
+        raise ValueError(f"unknown task family {name!r}; choose one of {sorted(FAMILIES)}")
+    return FAMILIES[name](**kwargs)
+
+
+__all__ = ["SPLITS", "TaskBatch", "TaskFamily", "SinusoidTasks", "BasisFunctionTasks",
+           "FAMILIES", "make_family"]

@@ -1,0 +1,83 @@
+"""Basis-function regression with task metadata (DESIGN.md §3).
+
+A finite set of linearly independent basis functions on [0, 1] (Gaussian bumps)::
+
+    w ~ N(0, weight_std² I_B),   x ~ U[0, 1],   y = Σ_i w_i φ_i(x) + ε,   ε ~ N(0, noise_std²)
+
+Metadata is a noisy view of the first ``num_observed_weights`` weights::
+
+    m = w_{1:M} + ε_m,   ε_m ~ N(0, metadata_noise² I_M)
+
+Everything is linear-Gaussian, so the exact posterior predictive is Bayesian linear
+regression (:meth:`BasisFunctionTasks.posterior_predictive`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .base import TaskBatch, TaskFamily
+
+__all__ = ["BasisFunctionTasks"]
+
+
+class BasisFunctionTasks(TaskFamily):
+    name = "basis"
+    x_dim = 1
+    y_dim = 1
+
+    def __init__(self, num_basis: int = 5, num_observed_weights: int = 2, weight_std: float = 1.0,
+                 noise_std: float = 0.1, metadata_noise: float = 0.2, width: Optional[float] = None):
+        if num_basis < 1:
+            raise ValueError(f"num_basis must be >= 1, got {num_basis}")
+        if not 0 <= num_observed_weights <= num_basis:
+            raise ValueError(f"num_observed_weights must be in [0, num_basis={num_basis}], "
+                             f"got {num_observed_weights}")
+        if weight_std <= 0 or noise_std <= 0 or metadata_noise <= 0:
+            raise ValueError("weight_std, noise_std and metadata_noise must be > 0")
+        self.num_basis = num_basis
+        self.metadata_dim = num_observed_weights
+        self.weight_std = float(weight_std)
+        self.noise_std = float(noise_std)
+        self.metadata_noise = float(metadata_noise)
+        self.centers = torch.linspace(0.0, 1.0, num_basis)
+        self.width = float(width) if width is not None else 1.0 / num_basis
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Basis functions φ(x): x [..., 1] -> [..., B]."""
+        return torch.exp(-0.5 * ((x - self.centers.to(x)) / self.width) ** 2)
+
+    def sample(self, num_tasks: int, num_support: int, num_query: int, *,
+               split: str = "train", generator: Optional[torch.Generator] = None) -> TaskBatch:
+        self.check_sizes(num_tasks, num_support, num_query, split)
+        T, N, M = num_tasks, num_support + num_query, self.metadata_dim
+        w = self.weight_std * torch.randn(T, self.num_basis, generator=generator)
+        x = torch.rand(T, N, 1, generator=generator)
+        y = (self.features(x) @ w[:, :, None]) + self.noise_std * torch.randn(T, N, 1, generator=generator)
+        metadata = w[:, :M] + self.metadata_noise * torch.randn(T, M, generator=generator)
+        return TaskBatch(x_support=x[:, :num_support], y_support=y[:, :num_support],
+                         x_query=x[:, num_support:], y_query=y[:, num_support:],
+                         metadata=metadata, params={"weights": w})
+
+    def weight_posterior(self, batch: TaskBatch):
+        """Exact p(w | support, m): mean [T, B] and covariance [T, B, B]."""
+        B, M = self.num_basis, self.metadata_dim
+        F = self.features(batch.x_support) * batch.support_mask[..., None]  # [T, K, B]
+        y = batch.y_support[..., 0] * batch.support_mask  # [T, K]
+        precision = torch.eye(B).to(F) / self.weight_std ** 2 + F.transpose(1, 2) @ F / self.noise_std ** 2
+        rhs = (F.transpose(1, 2) @ y[..., None])[..., 0] / self.noise_std ** 2  # [T, B]
+        if M:
+            precision[:, :M, :M] += torch.eye(M).to(F) / self.metadata_noise ** 2
+            rhs[:, :M] += batch.metadata / self.metadata_noise ** 2
+        cov = torch.linalg.inv(precision)
+        return (cov @ rhs[..., None])[..., 0], cov
+
+    def posterior_predictive(self, batch: TaskBatch):
+        """Exact predictive mean and standard deviation at the query points, each [T, Q, 1]."""
+        mean_w, cov_w = self.weight_posterior(batch)
+        F = self.features(batch.x_query)  # [T, Q, B]
+        mean = F @ mean_w[..., None]
+        var = ((F @ cov_w) * F).sum(-1, keepdim=True) + self.noise_std ** 2
+        return mean, var.sqrt()
