@@ -73,16 +73,20 @@ def test_sample_shapes_masks_and_reproducibility(family):
     assert batch.x_support.shape == (8, 5, 2) and batch.x_query.shape == (8, 20, 2)
     assert batch.y_query.shape == (8, 20, 1) and batch.metadata.shape == (8, 2)
     sizes = batch.params["class_size"]
-    assert (sizes > 5).all() and batch.support_mask.all()
-    assert torch.equal(batch.query_mask.sum(1), (sizes - 5).clamp(max=20))
+    assert torch.equal(batch.support_mask.sum(1), sizes.clamp(max=5))
+    assert torch.equal(batch.query_mask.sum(1), (sizes - 5).clamp(min=0, max=20))
     val = set(family.split_indices["val"].tolist())
     assert set(batch.params["class_index"].tolist()) <= val
     again = family.sample(8, 5, 20, split="val", generator=torch.Generator().manual_seed(3))
     assert torch.equal(batch.x_query, again.x_query)
     many = family.sample(200, 0, 3, generator=torch.Generator().manual_seed(0))  # with replacement
     assert many.num_tasks == 200 and many.x_support.shape[1] == 0
+    # the training call (every pupil as support): small classes fill fewer slots
+    whole = family.sample(16, 40, 0, generator=torch.Generator().manual_seed(1))
+    assert whole.x_support.shape == (16, 40, 2) and whole.x_query.shape == (16, 0, 2)
+    assert torch.equal(whole.support_mask.sum(1), whole.params["class_size"])
     with pytest.raises(ValueError, match="num_support=40"):
-        family.sample(2, 40, 5)
+        family.all_tasks(40)
 
 
 def test_all_tasks_keeps_classes_larger_than_k_with_nested_supports(family):

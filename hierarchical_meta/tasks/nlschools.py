@@ -222,15 +222,18 @@ class NLSchoolsTasks(TaskFamily):
 
     def sample(self, num_tasks: int, num_support: int, num_query: int, *,
                split: str = "train", generator: Optional[torch.Generator] = None) -> TaskBatch:
-        """``num_tasks`` classes of ``split`` with more than ``num_support`` pupils.
+        """``num_tasks`` classes of ``split``, for training.
 
         Classes are drawn without replacement (with replacement when ``num_tasks``
-        exceeds the eligible classes); inside each, a random ``num_support`` pupils are
-        the support and up to ``num_query`` of the others the query, padded to exactly
-        ``num_query`` slots and masked (classes have 4 to 33 pupils).
+        exceeds the split's classes); inside each, ``num_support`` random pupils are the
+        support and up to ``num_query`` of the others the query. Both are padded to
+        exactly ``num_support`` and ``num_query`` slots and masked: classes have 4 to 33
+        pupils, so a small class fills fewer support slots and may have no query pupils
+        (``sample(T, 33, 0)`` gives every pupil of each class as support, for the ELBO).
+        Evaluation uses :meth:`all_tasks`, which keeps only classes with more than K pupils.
         """
         self.check_sizes(num_tasks, num_support, num_query, split)
-        eligible = self._eligible(split, num_support)
+        eligible = self._eligible(split, 0)
         if num_tasks <= len(eligible):
             chosen = eligible[torch.randperm(len(eligible), generator=generator)[:num_tasks]]
         else:
@@ -287,12 +290,11 @@ class NLSchoolsTasks(TaskFamily):
         if width > n_max:  # pad with masked slots up to the requested width
             x = torch.cat([x, x.new_zeros(len(chosen), width - n_max, self.x_dim)], 1)
             y = torch.cat([y, y.new_zeros(len(chosen), width - n_max, 1)], 1)
-        position = torch.arange(width)  # [K + Q]
-        query_mask = (position[None, num_support:] < size[:, None])  # [T, Q]
+        real = torch.arange(width)[None, :] < size[:, None]  # [T, K + Q]
+        support_mask, query_mask = real[:, :num_support], real[:, num_support:]  # [T, K], [T, Q]
         return TaskBatch(x_support=x[:, :num_support], y_support=y[:, :num_support],
                          x_query=x[:, num_support:width], y_query=y[:, num_support:width],
                          metadata=self.metadata[chosen],
-                         support_mask=torch.ones(len(chosen), num_support, dtype=torch.bool),
-                         query_mask=query_mask,
+                         support_mask=support_mask, query_mask=query_mask,
                          params={"class_index": chosen,
                                  "class_size": size})
