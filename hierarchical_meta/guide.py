@@ -1,0 +1,78 @@
+"""The amortized guide q_ψ(φ2 | X, Y) q_ψ(φ1 | φ2, m). It samples φ2 before φ1.
+
+q(φ2 | X, Y) aggregates per-point Gaussian factors by precision (Bayesian context
+aggregation; Volpp et al., "Bayesian Context Aggregation for Neural Processes",
+ICLR 2021). Each point n gives an observation r_n with variance v_n of φ2::
+
+    (r_n, log v_n) = enc([x_n, y_n])
+    1/σ² = 1/σ0² + Σ_n mask_n / v_n
+    μ    = μ0 + σ² Σ_n mask_n (r_n - μ0) / v_n
+
+so the posterior narrows as the number of points N grows, and N = 0 (zero-shot)
+returns the aggregation prior (μ0, σ0), learned, or a function of m when
+``sees_metadata`` (the variant q(φ2 | X, Y, m)). The sum is permutation invariant and
+masked, so tasks with different N share one batch.
+
+q(φ1 | φ2, m) = N(a_ψ(φ2, m), diag b_ψ(φ2, m)²).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from .networks import MLP, cat_broadcast, metadata_features, positive
+
+__all__ = ["AmortizedGuide"]
+
+
+class AmortizedGuide(nn.Module):
+    def __init__(self, x_dim: int = 1, y_dim: int = 1, metadata_dim: int = 2, latent_dim: int = 4,
+                 hidden: int = 64, layers: int = 2, sees_metadata: bool = False):
+        super().__init__()
+        D, M = latent_dim, 2 * metadata_dim
+        self.latent_dim, self.sees_metadata = latent_dim, sees_metadata
+        self.point_encoder = MLP(x_dim + y_dim, 2 * D, hidden, layers)
+        if sees_metadata:
+            self.aggregation_prior = MLP(M, 2 * D, hidden, layers)
+        else:
+            self.aggregation_prior_params = nn.Parameter(torch.zeros(2 * D))
+        self.phi1_encoder = MLP(D + M, 2 * D, hidden, layers)
+
+    def phi2_posterior(self, x: torch.Tensor, y: torch.Tensor, metadata: torch.Tensor,
+                       mask: Optional[torch.Tensor] = None) -> dist.Distribution:
+        """q(φ2 | X, Y[, m]): x [T, N, Dx], y [T, N, Dy], metadata [T, Dm] -> batch [T, 1], event [D]."""
+        D = self.latent_dim
+        if self.sees_metadata:
+            prior = self.aggregation_prior(metadata_features(metadata))  # [T, 2D]
+        else:
+            prior = self.aggregation_prior_params.expand(x.shape[0], 2 * D)
+        mu0, var0 = prior[:, :D], positive(prior[:, D:]) ** 2  # [T, D]
+        r, v = self.point_encoder(torch.cat([x, y], -1)).split(D, -1)  # [T, N, D] each
+        v = positive(v) ** 2
+        if mask is None:
+            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        w = mask[..., None].to(x.dtype) / v  # [T, N, D]
+        precision = 1.0 / var0 + w.sum(1)  # [T, D]
+        mean = mu0 + (w * (r - mu0[:, None])).sum(1) / precision
+        return dist.Normal(mean[:, None], precision.rsqrt()[:, None]).to_event(1)
+
+    def phi1_posterior(self, phi2: torch.Tensor, metadata: torch.Tensor) -> dist.Distribution:
+        """q(φ1 | φ2, m): phi2 [..., T, 1, D], metadata [T, 1, Dm] -> event [D]."""
+        loc, raw = self.phi1_encoder(cat_broadcast([phi2, metadata_features(metadata)])).split(self.latent_dim, -1)
+        return dist.Normal(loc, positive(raw)).to_event(1)
+
+    def forward(self, x: torch.Tensor, metadata: torch.Tensor, y: Optional[torch.Tensor] = None,
+                mask: Optional[torch.Tensor] = None, latent_scale: float = 1.0):
+        """The Pyro guide; same arguments as :class:`~hierarchical_meta.model.GenerativeModel`."""
+        pyro.module("guide", self)
+        T = x.shape[0]
+        if y is None:
+            raise ValueError("the guide needs observed y (use K = 0 support points for zero-shot)")
+        with pyro.plate("tasks", T, dim=-2), pyro.poutine.scale(scale=latent_scale):
+            phi2 = pyro.sample("phi2", self.phi2_posterior(x, y, metadata, mask))  # [T, 1, D]
+            pyro.sample("phi1", self.phi1_posterior(phi2, metadata[:, None, :]))  # [T, 1, D]

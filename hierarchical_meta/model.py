@@ -1,0 +1,130 @@
+"""The generative model p_θ(φ1, φ2, Y | X, m) as a Pyro model.
+
+Per task t (plate ``tasks``) and point n (plate ``points``, nested)::
+
+    φ1_t ~ N(0, I_D)
+    φ2_t ~ p_θ(φ2 | φ1_t, m_t) = N(μ_θ(φ1_t, m_t), diag σ_θ(φ1_t, m_t)²)
+    y_tn ~ p_θ(y | φ2_t, x_tn) = N(f_θ(x_tn, φ2_t), diag s²)
+
+Prior of φ2 (``prior``):
+
+- ``"linear"``: μ = g(m) + L φ1, σ = σ(m). φ1 is a non-centred task residual and
+  p(φ2 | m) = N(g(m), L Lᵀ + diag σ(m)²) in closed form.
+- ``"mlp"``: μ = L φ1 + MLP(φ1, m), σ = σ(φ1, m): a neural conditional Gaussian whose
+  marginal p(φ2 | m) can be non-Gaussian (rings, mixtures).
+
+Decoder f_θ (``decoder``):
+
+- ``"features"``: f(x, φ2) = ⟨h_θ(x), φ2⟩ + c_θ(x), Bayesian linear regression on learned
+  features (y is linear in φ2, so with the linear prior the evidence is closed form);
+- ``"mlp"``: f(x, φ2) = MLP([x, φ2]).
+
+Observed m and x are sample sites with a flat (improper) density so that
+``pyro.render_model`` draws them; their log-density is zero and leaves the ELBO
+unchanged. Latents are shaped [tasks, 1, D] (event dim 1); metadata entries that are
+NaN count as missing (:func:`~hierarchical_meta.networks.metadata_features`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from torch import nn
+
+from .networks import MLP, cat_broadcast, metadata_features, positive
+
+__all__ = ["GenerativeModel"]
+
+PRIORS = ("linear", "mlp")
+DECODERS = ("features", "mlp")
+
+
+class GenerativeModel(nn.Module):
+    def __init__(self, x_dim: int = 1, y_dim: int = 1, metadata_dim: int = 2, latent_dim: int = 4,
+                 hidden: int = 64, layers: int = 2, prior: str = "mlp", decoder: str = "features",
+                 noise_std: Optional[float] = None):
+        super().__init__()
+        if prior not in PRIORS:
+            raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+        self.x_dim, self.y_dim, self.metadata_dim, self.latent_dim = x_dim, y_dim, metadata_dim, latent_dim
+        self.prior, self.decoder = prior, decoder
+        D, M = latent_dim, 2 * metadata_dim  # metadata features carry missing flags
+        self.phi1_to_phi2 = nn.Linear(D, D, bias=False)  # L
+        if prior == "linear":
+            self.prior_mean = MLP(M, D, hidden, layers)  # g(m)
+            self.prior_scale = MLP(M, D, hidden, layers)  # σ(m)
+        else:
+            self.prior_mean = MLP(D + M, D, hidden, layers)
+            self.prior_scale = MLP(D + M, D, hidden, layers)
+        if decoder == "features":
+            self.features = MLP(x_dim, y_dim * D, hidden, layers)  # h(x)
+            self.offset = MLP(x_dim, y_dim, hidden, layers)  # c(x)
+        else:
+            self.net = MLP(x_dim + D, y_dim, hidden, layers)
+        if noise_std is None:  # learned observation noise s, one per output dim
+            self.raw_noise = nn.Parameter(torch.full((y_dim,), math.log(math.expm1(0.3))))
+        else:
+            if noise_std <= 0:
+                raise ValueError(f"noise_std must be > 0 (or None to learn it), got {noise_std}")
+            self.register_buffer("fixed_noise", torch.full((y_dim,), float(noise_std)))
+
+    # -- conditional distributions (broadcast over leading dims) ------------------------
+    def noise_std(self) -> torch.Tensor:
+        return positive(self.raw_noise) if hasattr(self, "raw_noise") else self.fixed_noise
+
+    def phi1_prior(self, shape) -> dist.Distribution:
+        """p(φ1) = N(0, I_D) with batch shape ``shape``."""
+        zeros = torch.zeros(*shape, self.latent_dim, device=self.phi1_to_phi2.weight.device)
+        return dist.Normal(zeros, 1.0).to_event(1)
+
+    def phi2_prior(self, phi1: torch.Tensor, metadata: torch.Tensor) -> dist.Distribution:
+        """p(φ2 | φ1, m): phi1 [..., T, 1, D], metadata [T, 1, Dm] -> event [D]."""
+        m = metadata_features(metadata)
+        if self.prior == "linear":
+            mean = self.prior_mean(m) + self.phi1_to_phi2(phi1)
+            scale = positive(self.prior_scale(m)).expand(mean.shape)
+        else:
+            h = cat_broadcast([phi1, m])
+            mean = self.phi1_to_phi2(phi1) + self.prior_mean(h)
+            scale = positive(self.prior_scale(h))
+        return dist.Normal(mean, scale).to_event(1)
+
+    def predictive_mean(self, phi2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """f(x, φ2): phi2 [..., T, 1, D], x [T, N, Dx] -> [..., T, N, Dy]."""
+        if self.decoder == "features":
+            h = self.features(x).unflatten(-1, (self.y_dim, self.latent_dim))  # [T, N, Dy, D]
+            return (h * phi2[..., None, :]).sum(-1) + self.offset(x)
+        return self.net(cat_broadcast([x, phi2]))
+
+    def likelihood(self, phi2: torch.Tensor, x: torch.Tensor) -> dist.Distribution:
+        """p(y | φ2, x) with batch shape [..., T, N] and event [Dy]."""
+        mean = self.predictive_mean(phi2, x)
+        return dist.Normal(mean, self.noise_std().expand(mean.shape)).to_event(1)
+
+    # -- the Pyro model -------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, metadata: torch.Tensor, y: Optional[torch.Tensor] = None,
+                mask: Optional[torch.Tensor] = None, latent_scale: float = 1.0):
+        """x [T, N, Dx], metadata [T, Dm], y [T, N, Dy] or None, mask [T, N] bool.
+
+        ``latent_scale`` multiplies the log-densities of φ1 and φ2 (KL annealing; the
+        guide scales its own sites by the same factor).
+        """
+        pyro.module("model", self)
+        T, N = x.shape[:2]
+        with pyro.plate("tasks", T, dim=-2):
+            m = pyro.sample("m", dist.ImproperUniform(constraints.real, (), (self.metadata_dim,)),
+                            obs=metadata[:, None, :])  # m: [T, 1, Dm]
+            with pyro.poutine.scale(scale=latent_scale):
+                phi1 = pyro.sample("phi1", self.phi1_prior((T, 1)))  # phi1: [T, 1, D]
+                phi2 = pyro.sample("phi2", self.phi2_prior(phi1, m))  # phi2: [T, 1, D]
+            with pyro.plate("points", N, dim=-1):
+                x = pyro.sample("x", dist.ImproperUniform(constraints.real, (), (self.x_dim,)), obs=x)
+                with pyro.poutine.mask(mask=mask):
+                    return pyro.sample("y", self.likelihood(phi2, x), obs=y)  # y: [T, N, Dy]

@@ -1,0 +1,62 @@
+"""Prediction on new tasks from the posterior of the whole model, metadata included.
+
+q(φ2 | X, Y) does not see m, so predicting from the guide alone would throw the
+metadata away. Instead the guide is a proposal for self-normalized importance sampling
+of p(φ1, φ2 | X_s, Y_s, m) (DESIGN.md §2), made defensive by mixing in the prior::
+
+    r(φ1, φ2) = (1 - α) q(φ2 | X_s, Y_s) q(φ1 | φ2, m) + α p(φ1) p(φ2 | φ1, m)
+    w_s ∝ p(φ1_s) p(φ2_s | φ1_s, m) p(Y_s | φ2_s, X_s) / r(φ1_s, φ2_s)
+
+The predictive at query inputs is the mixture Σ_s w_s p(y | φ2_s, x), and the mean of the
+unnormalized weights estimates p(Y_s | X_s, m) (its log is a bound in expectation).
+With K = 0 support points the weights use the metadata alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .predictive import MixturePredictive
+
+__all__ = ["posterior_predictive"]
+
+
+@torch.no_grad()
+def posterior_predictive(model, guide, x_support, y_support, metadata, support_mask, x_query,
+                         num_samples: int = 512, defensive: float = 0.1):
+    """Importance-weighted posterior predictive.
+
+    Shapes: x_support [T, K, Dx], y_support [T, K, Dy], metadata [T, Dm] (NaN = missing),
+    support_mask [T, K], x_query [T, Q, Dx]. Returns ``(MixturePredictive, log_evidence [T])``
+    with S = ``num_samples`` components per task.
+    """
+    if not 0.0 <= defensive < 1.0:
+        raise ValueError(f"defensive must be in [0, 1), got {defensive}")
+    T, m = x_support.shape[0], metadata[:, None, :]  # m: [T, 1, Dm]
+    n_prior = int(round(defensive * num_samples))
+    n_guide = num_samples - n_prior
+    q2 = guide.phi2_posterior(x_support, y_support, metadata, support_mask)  # batch [T, 1]
+    phi2_q = q2.sample((n_guide,))  # [Sg, T, 1, D]
+    phi1_q = guide.phi1_posterior(phi2_q, m).sample()
+    phi1_p = model.phi1_prior((n_prior, T, 1)).sample()  # [Sp, T, 1, D]
+    phi2_p = model.phi2_prior(phi1_p, m).sample()
+    phi1, phi2 = torch.cat([phi1_q, phi1_p]), torch.cat([phi2_q, phi2_p])  # [S, T, 1, D]
+
+    log_prior = (model.phi1_prior(phi1.shape[:-1]).log_prob(phi1)
+                 + model.phi2_prior(phi1, m).log_prob(phi2))[..., 0]  # [S, T]
+    log_guide = (q2.log_prob(phi2) + guide.phi1_posterior(phi2, m).log_prob(phi1))[..., 0]
+    if n_prior == 0:
+        log_proposal = log_guide
+    else:
+        log_proposal = torch.logaddexp(math.log1p(-defensive) + log_guide,
+                                       math.log(defensive) + log_prior)
+    loglik = (model.likelihood(phi2, x_support).log_prob(y_support) * support_mask).sum(-1)  # [S, T]
+    log_w = log_prior + loglik - log_proposal  # [S, T]
+    log_evidence = log_w.logsumexp(0) - math.log(num_samples)
+
+    mean = model.predictive_mean(phi2, x_query)  # [S, T, Q, Dy]
+    std = model.noise_std().expand(mean.shape)
+    predictive = MixturePredictive(log_w.T, mean.transpose(0, 1), std.transpose(0, 1))
+    return predictive, log_evidence
