@@ -276,3 +276,41 @@ def test_tiny_run_of_each_scenario(name):
             assert all(math.isfinite(v) for v in dataclasses.asdict(r).values() if isinstance(v, float))
         if isinstance(learner, PooledNetwork):
             assert all(r.follow == 0.0 and r.gain_vs_swapped == 0.0 for r in reports.values())
+
+
+# ---------------------------------------------------------------- wrappers of the package's learners
+
+def test_maml_meta_gradient_matches_profiling_reference():
+    """For 1-D inputs the wrapper's MAML meta-gradient is profiling's batched MAML, to
+    float32 round-off (rtol 1e-4: the same operations, possibly in another order)."""
+    from profiling import SinusoidBatch, meta_gradient
+
+    from hierarchical_meta.memorization.wrappers import MAMLRegressor
+    torch.manual_seed(0)
+    family, batch = _basis_batch(4)
+    maml = MAMLRegressor(1, hidden=16, inner_steps=3, inner_lr=0.05)
+    loss, grads = maml.meta_gradient(batch.x_support, batch.y_support, batch.x_query, batch.y_query)
+    zeros = torch.zeros(4)
+    ref_batch = SinusoidBatch(batch.x_support, batch.y_support, batch.x_query, batch.y_query, zeros, zeros, zeros)
+    ref_loss, ref_grads = meta_gradient("maml", maml.params(), ref_batch, inner_steps=3, inner_lr=0.05)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-6)
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-6)
+
+
+def test_wrapped_learners_run_through_the_probe():
+    from hierarchical_meta.memorization.wrappers import BayesianModelPredictor, MAMLRegressor, fit_maml
+    from hierarchical_meta.meta_model import HierarchicalMetaModel
+    family = TaskIdBasisTasks()
+    maml = MAMLRegressor(family.x_dim, hidden=16)
+    fit_maml(maml, family, num_support=10, num_query=10, steps=3, tasks_per_step=4)
+    model = HierarchicalMetaModel(x_dim=family.x_dim, y_dim=1, metadata_dim=1, hidden=16)
+    with_m, without_m = BayesianModelPredictor(model, 32), BayesianModelPredictor(model, 32, withhold_metadata=True)
+    batch = family.sample(4, 10, 10, generator=torch.Generator().manual_seed(0))
+    assert isinstance(with_m(batch.x_support, batch.y_support, batch.x_query, metadata=batch.metadata),
+                      MixturePredictive)
+    for learner in (maml, with_m, without_m):
+        for r in probe(learner, family, num_support=10, num_query=10, num_tasks=4, num_derangements=1).values():
+            assert math.isfinite(r.follow) and math.isfinite(r.loss)
+    with pytest.raises(ValueError, match="classification"):
+        fit_maml(maml, DiseaseTasks(), num_support=4, num_query=4, steps=1)
