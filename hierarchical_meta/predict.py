@@ -52,7 +52,10 @@ def posterior_predictive(model, guide, x_support, y_support, metadata, support_m
     else:
         log_proposal = torch.logaddexp(math.log1p(-defensive) + log_guide,
                                        math.log(defensive) + log_prior)
-    loglik = (model.likelihood(phi2, x_support).log_prob(y_support) * support_mask).sum(-1)  # [S, T]
+    if x_support.shape[1] == 0:  # zero-shot: the metadata alone
+        loglik = torch.zeros_like(log_prior)
+    else:
+        loglik = (model.likelihood(phi2, x_support).log_prob(y_support) * support_mask).sum(-1)  # [S, T]
     log_w = log_prior + loglik - log_proposal  # [S, T]
     log_evidence = log_w.logsumexp(0) - math.log(num_samples)
 
