@@ -1,0 +1,182 @@
+"""The study's configurations, the measurement of one configuration, and its CSV.
+
+Three sweeps, each varying one thing with the others at the defaults of DESIGN §4
+(L = 5 inner steps, 2 hidden layers of 128 units, 32 tasks, 10 support / 100 query
+points, α = 1e-2, ES with 16 antithetic pairs and σ = 1e-3):
+
+- ``steps``: inner steps L; ``layers``: hidden layers; ``units``: hidden units per layer.
+
+One CSV row per (method, implementation, sweep, value), written as soon as it is
+measured, so a killed study resumes where it stopped (see :mod:`profiling.scale`).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .algorithms import METHODS, meta_gradient
+from .measure import environment, measure
+from .mlp import build_mlp
+from .tasks import sample_sinusoid_tasks
+
+DEFAULTS = {"inner_steps": 5, "layers": 2, "hidden": 128}
+NUM_TASKS, INNER_LR, PAIRS, NOISE_STD = 32, 1e-2, 16, 1e-3
+SWEEP_PARAMETER = {"steps": "inner_steps", "layers": "layers", "units": "hidden"}
+SWEEPS = {
+    "full": {
+        "steps": [1, 2, 4, 8, 16, 32],
+        "layers": [1, 2, 3, 4, 6, 8],
+        "units": [32, 64, 128, 256, 512, 1024],
+    },
+    "quick": {
+        "steps": [1, 2, 4],
+        "layers": [1, 2],
+        "units": [32, 64, 128],
+    },
+}
+
+COLUMNS = [
+    "method", "impl", "sweep", "inner_steps", "layers", "hidden", "num_params", "status",
+    "time_median_ms", "time_q25_ms", "time_q75_ms", "time_min_ms", "repeats",
+    "peak_mb", "saved_peak_mb", "load_1min", "threads",
+    "device", "device_name", "torch", "cuda", "num_tasks", "pairs",
+]
+
+
+@dataclass(frozen=True)
+class Config:
+    method: str
+    impl: str
+    sweep: str
+    inner_steps: int
+    layers: int
+    hidden: int
+
+    def key(self) -> tuple:
+        return (self.method, self.impl, self.sweep, self.inner_steps, self.layers, self.hidden)
+
+
+def check_sweeps(sweeps) -> None:
+    unknown = [s for s in sweeps if s not in SWEEP_PARAMETER]
+    if unknown or not sweeps:
+        raise ValueError(f"sweeps={list(sweeps)}: choose from {list(SWEEP_PARAMETER)}")
+
+
+def configurations(methods, sweeps, impl: str, quick: bool = False, values=None) -> list[Config]:
+    """Every configuration, in the order the study runs them (sweep, then method, then value).
+
+    ``values`` optionally overrides the values of a sweep: ``{"steps": [1, 64]}``.
+    """
+    check_sweeps(sweeps)
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"method={m!r} is unknown: choose from {sorted(METHODS)}")
+    table = dict(SWEEPS["quick" if quick else "full"])
+    table.update(values or {})
+    out = []
+    for sweep in sweeps:
+        for v in table[sweep]:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"sweep {sweep!r} has value {v!r}: values must be positive integers")
+        for method in methods:
+            for v in table[sweep]:
+                out.append(Config(method, impl, sweep, **{**DEFAULTS, SWEEP_PARAMETER[sweep]: v}))
+    return out
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def measure_config(config: Config, device: torch.device, repeats: int, warmup: int = 2,
+                   seconds_per_config: float = 30.0, seed: int = 0) -> dict:
+    """One CSV row: time and memory of one outer step of ``config`` on ``device``.
+
+    Repeats are capped so that timing takes about ``seconds_per_config`` (at least 3).
+    An out-of-memory error gives a row with ``status="oom"``; other errors propagate.
+    """
+    env = environment(device)
+    row = {**asdict(config), **env, "num_tasks": NUM_TASKS, "pairs": PAIRS if config.method == "es" else "",
+           "threads": torch.get_num_threads(), "load_1min": os.getloadavg()[0]}
+    params = None
+    try:
+        torch.manual_seed(seed)
+        net = build_mlp(config.layers, config.hidden)
+        row["num_params"] = sum(p.numel() for p in net.parameters())
+        params = {k: v.detach().to(device) for k, v in net.named_parameters()}
+        batch = sample_sinusoid_tasks(NUM_TASKS, generator=torch.Generator().manual_seed(seed + 1), device=device)
+        options = {}
+        if config.method == "es":
+            options = {"pairs": PAIRS, "noise_std": NOISE_STD,
+                       "generator": torch.Generator(device=device).manual_seed(seed + 2)}
+
+        def step():
+            return meta_gradient(config.method, params, batch, inner_steps=config.inner_steps,
+                                 inner_lr=INNER_LR, impl=config.impl, **options)
+
+        t0 = time.perf_counter()
+        step()  # first warm-up, also sizes the number of repeats
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        first = time.perf_counter() - t0
+        n = max(3, min(repeats, int(seconds_per_config / max(first, 1e-6))))
+        result = measure(step, device, repeats=n, warmup=max(warmup - 1, 0),
+                         saved_tensors=config.impl != "vmap")
+        row.update(asdict(result), status="ok")
+    except Exception as error:  # only out-of-memory is recorded; anything else is a bug
+        if not _is_out_of_memory(error):
+            raise
+        row.update(status="oom", repeats=0)
+        for k in ("time_median_ms", "time_q25_ms", "time_q75_ms", "time_min_ms", "peak_mb", "saved_peak_mb"):
+            row[k] = math.nan
+    finally:
+        params = None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return row
+
+
+def failed_row(config: Config, device: torch.device, status: str) -> dict:
+    """A row for a configuration whose worker process died (e.g. killed by the OS)."""
+    row = {**asdict(config), **environment(device), "status": status, "repeats": 0}
+    return row
+
+
+def read_rows(path) -> list[dict]:
+    """Rows of a study CSV, numbers parsed; [] when the file does not exist."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for k in ("inner_steps", "layers", "hidden", "repeats", "threads"):
+            row[k] = int(row[k]) if row.get(k) not in (None, "") else 0
+        for k in ("time_median_ms", "time_q25_ms", "time_q75_ms", "time_min_ms", "peak_mb", "saved_peak_mb",
+                  "load_1min"):
+            row[k] = float(row[k]) if row.get(k) not in (None, "") else math.nan
+    return rows
+
+
+def append_row(path, row: dict) -> None:
+    """Append one row (writing the header first if the file is new) and flush it to disk."""
+    new = not os.path.exists(path) or os.path.getsize(path) == 0
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def row_key(row: dict) -> tuple:
+    return (row["method"], row["impl"], row["sweep"], int(row["inner_steps"]), int(row["layers"]), int(row["hidden"]))
