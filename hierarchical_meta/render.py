@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import pyro
 import pyro.distributions as dist
@@ -37,7 +37,7 @@ from pyro.infer.inspect import get_model_relations
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 
-__all__ = ["SUFFIXES", "plate_diagram", "render_diagram", "model_relations", "guide_relations"]
+__all__ = ["SUFFIXES", "plate_diagram", "render_diagram", "model_relations", "guide_relations", "dummy_inputs"]
 
 SUFFIXES = (".svg", ".png", ".pdf")
 THETA, PSI = "theta", "psi"
@@ -46,6 +46,7 @@ SYMBOLS = {"m": "m", "x": "x", "y": "y", "phi1": "φ₁", "phi2": "φ₂", THETA
 PLATE_LABELS = {"tasks": "tasks  t = 1, …, T", "points": "points  n = 1, …, Nₜ"}
 GUIDE_COLOR = "#1f5fa8"
 FONT = "DejaVu Serif"
+PNG_DPI = 144
 INSTALL_DOT = ("install Graphviz, which provides it: `sudo apt-get install graphviz` (Debian/Ubuntu), "
                "`sudo dnf install graphviz` (Fedora), `brew install graphviz` (macOS) or "
                "`conda install -c conda-forge graphviz`; see https://graphviz.org/download/")
@@ -240,7 +241,9 @@ def render_diagram(path: str, meta_model=None, guide: bool = False, tasks: int =
                    points: int = 3) -> Tuple[str, str]:
     """Write the plate diagram to ``path`` (.svg, .png or .pdf) and its DOT source beside it.
 
-    The DOT source goes to the same stem with suffix ``.dot``. Returns
+    The DOT source, exactly what was rendered, goes to the same stem with suffix ``.dot``
+    (PNGs are drawn at ``PNG_DPI``). Raises ``ValueError`` for another suffix and
+    ``RuntimeError`` saying how to install Graphviz when ``dot`` is missing. Returns
     ``(image_path, dot_path)``. See :func:`plate_diagram` for the arguments.
     """
     stem, suffix = os.path.splitext(os.fspath(path))
@@ -249,6 +252,8 @@ def render_diagram(path: str, meta_model=None, guide: bool = False, tasks: int =
                          f"{', '.join(SUFFIXES)} (e.g. plate_diagram.svg)")
     _require_dot()
     graph = plate_diagram(meta_model, guide=guide, tasks=tasks, points=points)
+    if suffix.lower() == ".png":
+        graph.attr(dpi=str(PNG_DPI))  # a raster sharp enough for docs; vector formats keep their size
     image = graph.pipe(format=suffix.lower()[1:])
     directory = os.path.dirname(stem)
     if directory:
