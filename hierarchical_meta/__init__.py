@@ -1,5 +1,17 @@
-"""Bayesian black-box meta-learning with observable task metadata."""
+"""Bayesian black-box meta-learning with observable task metadata.
 
+Two latents per task, φ1 → φ2, with φ2 ~ p(φ2 | φ1, m) and y ~ p(y | φ2, x); an amortized
+guide q(φ2 | X, Y) q(φ1 | φ2, m); training by the ELBO with Pyro; prediction on new tasks
+from a few labelled points plus metadata by importance sampling the whole posterior.
+"""
+
+from .evaluate import evaluate
+from .meta_model import HierarchicalMetaModel, ModelConfig, load_checkpoint
+from .predictive import MixturePredictive, point_metrics
+from .render import plate_diagram, render_diagram
 from .tasks import BasisFunctionTasks, SinusoidTasks, TaskBatch, TaskFamily, make_family
+from .train import TrainConfig, fit
 
-__all__ = ["TaskBatch", "TaskFamily", "SinusoidTasks", "BasisFunctionTasks", "make_family"]
+__all__ = ["HierarchicalMetaModel", "ModelConfig", "TrainConfig", "fit", "evaluate", "load_checkpoint",
+           "MixturePredictive", "point_metrics", "plate_diagram", "render_diagram",
+           "TaskBatch", "TaskFamily", "SinusoidTasks", "BasisFunctionTasks", "make_family"]

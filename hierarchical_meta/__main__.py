@@ -68,7 +68,7 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-tasks", type=positive_int, default=DEFAULTS.batch_tasks, help="tasks per SVI step")
     g.add_argument("--max-points", type=positive_int, default=DEFAULTS.max_points,
                    help="points per training task (each task keeps a random 0..max of them)")
-    g.add_argument("--lr", type=float, default=DEFAULTS.lr, help="Adam learning rate (decays 100x over the run)")
+    g.add_argument("--lr", type=float, default=DEFAULTS.lr, help="Adam learning rate (decays 10x over the run)")
     g.add_argument("--anneal-steps", type=int, default=DEFAULTS.anneal_steps, help="KL annealing steps (β to 1)")
     m = p.add_argument_group("model")
     defaults = ModelConfig()

@@ -1,17 +1,22 @@
 """The amortized guide q_ψ(φ2 | X, Y) q_ψ(φ1 | φ2, m). It samples φ2 before φ1.
 
-q(φ2 | X, Y) aggregates per-point Gaussian factors by precision (Bayesian context
-aggregation; Volpp et al., "Bayesian Context Aggregation for Neural Processes",
-ICLR 2021). Each point n gives an observation r_n with variance v_n of φ2::
+q(φ2 | X, Y) multiplies per-point Gaussian factors in natural parameters, so the
+posterior narrows as the number of points N grows (Bayesian context aggregation,
+Volpp et al., "Bayesian Context Aggregation for Neural Processes", ICLR 2021, extended
+with a rank-one term per point). Each point n gives a diagonal factor (an observation
+r_n of φ2 with variances v_n) and a rank-one factor (a direction a_n with observation
+u_n, the form of a point's exact update in a model linear in φ2)::
 
-    (r_n, log v_n) = enc([x_n, y_n])
-    1/σ² = 1/σ0² + Σ_n mask_n / v_n
-    μ    = μ0 + σ² Σ_n mask_n (r_n - μ0) / v_n
+    (r_n, log v_n, a_n, u_n) = enc([x_n, y_n])
+    Λ = diag(1/σ0²) + Σ_n mask_n (diag(1/v_n) + a_n a_nᵀ)
+    η = μ0/σ0²     + Σ_n mask_n (r_n/v_n + a_n u_n)
+    q(φ2 | X, Y) = N(Λ⁻¹ η, Λ⁻¹)
 
-so the posterior narrows as the number of points N grows, and N = 0 (zero-shot)
-returns the aggregation prior (μ0, σ0), learned, or a function of m when
-``sees_metadata`` (the variant q(φ2 | X, Y, m)). The sum is permutation invariant and
-masked, so tasks with different N share one batch.
+N = 0 (zero-shot) returns the aggregation prior N(μ0, diag σ0²), learned, or a function
+of m when ``sees_metadata`` (the variant q(φ2 | X, Y, m)). The sums are permutation
+invariant and masked, so tasks with different N share one batch. For a decoder linear
+in φ2 (y = ⟨h(x), φ2⟩ + c(x) + N(0, s²)) the exact posterior is in this family
+(a_n = h(x_n)/s, u_n = (y_n - c(x_n))/s, v_n → ∞).
 
 q(φ1 | φ2, m) = N(a_ψ(φ2, m), diag b_ψ(φ2, m)²).
 """
@@ -36,7 +41,7 @@ class AmortizedGuide(nn.Module):
         super().__init__()
         D, M = latent_dim, 2 * metadata_dim
         self.latent_dim, self.sees_metadata = latent_dim, sees_metadata
-        self.point_encoder = MLP(x_dim + y_dim, 2 * D, hidden, layers)
+        self.point_encoder = MLP(x_dim + y_dim, 3 * D + 1, hidden, layers)  # r, log v, a, u
         if sees_metadata:
             self.aggregation_prior = MLP(M, 2 * D, hidden, layers)
         else:
@@ -52,14 +57,16 @@ class AmortizedGuide(nn.Module):
         else:
             prior = self.aggregation_prior_params.expand(x.shape[0], 2 * D)
         mu0, var0 = prior[:, :D], positive(prior[:, D:]) ** 2  # [T, D]
-        r, v = self.point_encoder(torch.cat([x, y], -1)).split(D, -1)  # [T, N, D] each
-        v = positive(v) ** 2
         if mask is None:
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        w = mask[..., None].to(x.dtype) / v  # [T, N, D]
-        precision = 1.0 / var0 + w.sum(1)  # [T, D]
-        mean = mu0 + (w * (r - mu0[:, None])).sum(1) / precision
-        return dist.Normal(mean[:, None], precision.rsqrt()[:, None]).to_event(1)
+        r, v, a, u = self.point_encoder(torch.cat([x, y], -1)).split([D, D, D, 1], -1)  # [T, N, *]
+        keep = mask[..., None].to(x.dtype)  # [T, N, 1]
+        inv_v = keep / positive(v) ** 2  # [T, N, D]
+        a = a * keep
+        precision = torch.diag_embed(1.0 / var0 + inv_v.sum(1)) + a.transpose(1, 2) @ a  # [T, D, D]
+        eta = mu0 / var0 + (inv_v * r).sum(1) + (a * u).sum(1)  # [T, D]
+        mean = torch.linalg.solve(precision, eta)
+        return dist.MultivariateNormal(mean[:, None], precision_matrix=precision[:, None])
 
     def phi1_posterior(self, phi2: torch.Tensor, metadata: torch.Tensor) -> dist.Distribution:
         """q(φ1 | φ2, m): phi2 [..., T, 1, D], metadata [T, 1, Dm] -> event [D]."""

@@ -126,5 +126,5 @@ class GenerativeModel(nn.Module):
                 phi2 = pyro.sample("phi2", self.phi2_prior(phi1, m))  # phi2: [T, 1, D]
             with pyro.plate("points", N, dim=-1):
                 x = pyro.sample("x", dist.ImproperUniform(constraints.real, (), (self.x_dim,)), obs=x)
-                with pyro.poutine.mask(mask=mask):
+                with pyro.poutine.mask(mask=True if mask is None else mask):
                     return pyro.sample("y", self.likelihood(phi2, x), obs=y)  # y: [T, N, Dy]

@@ -134,7 +134,7 @@ def fit(meta_model: HierarchicalMetaModel, family: TaskFamily, config: TrainConf
 
     pyro.clear_param_store()
     optimizer = pyro.optim.ClippedAdam({"lr": config.lr, "clip_norm": 10.0,
-                                        "lrd": 0.01 ** (1.0 / max(config.steps, 1))})
+                                        "lrd": 0.1 ** (1.0 / max(config.steps, 1))})
     if optim_state is not None:
         optimizer.set_state(optim_state)
     svi = SVI(meta_model.model, meta_model.guide, optimizer,
