@@ -154,8 +154,8 @@ def test_analytic_phi1_kl_agrees_with_monte_carlo_in_expectation():
     R repeats of S particles give R independent per-task differences; their mean must lie
     within 4 standard errors of 0 (a false alarm has probability ~6e-5 per task under a
     normal approximation, which R = 40 means of 100 particles each justify). The standard
-    error is also checked to be small (< 0.05 nats), so a real discrepancy of the size of a
-    mis-scaled KL (here ~1 nat) would be caught.
+    error is also checked to be small (< 0.05 nats) and under 1/8 of the φ1 KL, so a
+    missing or doubled KL term would be caught.
     """
     model, guide, (x, y, metadata, mask) = make_problem("mlp", "mlp")
     R, S = 40, 100
@@ -172,7 +172,8 @@ def test_analytic_phi1_kl_agrees_with_monte_carlo_in_expectation():
     mean, standard_error = differences.mean(0), differences.std(0) / math.sqrt(R)
     assert (standard_error < 0.05).all()
     assert (mean.abs() <= 4 * standard_error).all(), (mean, standard_error)
-    assert (analytic["kl_phi1"] > 0.1).all()  # the KL being compared is not negligible
+    # not vacuous: a missing or doubled KL would move the mean by > 8 standard errors
+    assert (analytic["kl_phi1"] > 8 * standard_error).all(), (analytic["kl_phi1"], standard_error)
 
 
 # ---------------------------------------------------------------------------------------
@@ -302,27 +303,28 @@ def test_importance_weighted_evidence_is_close_to_exact():
 
     Its log-mean over S draws has, by the delta method, standard deviation sd and bias
     ≈ −sd²/2; with R repeats we allow 4 sd/√R + sd²/2 and check that the allowance is
-    under 0.1 nats, so the comparison has teeth. (A random amortized guide is too poor a
+    under 0.15 nats (it is ~0.06-0.1 here), well inside the plain bound's ~0.6-nat gap,
+    so the comparison has teeth. (A random amortized guide is too poor a
     proposal for a sharp check: its weights degenerate.)
     """
     model, _, (x, y, metadata, mask) = make_problem("linear", "features", y_from_model=True)
     proposal = ExactPosterior(model, inflate=2.0)
-    R, S = 8, 500
+    R, S = 6, 400
     with torch.no_grad():
         exact = exact_log_evidence(model, x, y, metadata, mask)
-        estimates, bounds = [], []
+        estimates = []
         for r in range(R):
             torch.manual_seed(300 + r)
             estimates.append(bound.importance_log_evidence(model, proposal, x, y, metadata, mask, S))
-            bounds.append(bound.elbo_terms(model, proposal, x, y, metadata, mask, S, analytic_phi1_kl=False)["elbo"])
-    estimates, bounds = torch.stack(estimates), torch.stack(bounds)  # [R, T]
+        bounds = bound.elbo_terms(model, proposal, x, y, metadata, mask, R * S, analytic_phi1_kl=False)["elbo"]
+    estimates = torch.stack(estimates)  # [R, T]
     sd = estimates.std(0)
     allowance = 4 * sd / math.sqrt(R) + sd ** 2 / 2
-    assert (allowance < 0.1).all(), allowance
+    assert (allowance < 0.15).all(), allowance
     assert ((estimates.mean(0) - exact).abs() <= allowance).all(), (estimates.mean(0), exact, allowance)
     has_data = torch.tensor(SIZES) > 0
-    assert (bounds.mean(0) < exact - 0.05)[has_data].all()  # the plain bound has a visible gap
-    assert (estimates.mean(0) > bounds.mean(0))[has_data].all()  # which importance weighting closes
+    assert (bounds < exact - 0.3)[has_data].all()  # the plain bound has a visible gap (~0.6 nats)
+    assert (estimates.mean(0) > bounds + 0.2)[has_data].all()  # which importance weighting closes
 
 
 # ---------------------------------------------------------------------------------------
