@@ -38,6 +38,7 @@ dot:
 
 demo: $(STAMP) dot
 	$(PY) -m hierarchical_meta demo --out runs/demo
+	$(PY) -m profiling.scale --quick --device cpu --out runs/demo/scale
 
 test: $(STAMP) dot
 	$(PY) -m pytest
