@@ -205,13 +205,15 @@ def joint_gaussian_predictive(model, batch, t):
     return mean, var
 
 
+@pytest.mark.parametrize("rank", [2, 1])
 @pytest.mark.parametrize("k", [0, 1, 2, 5])
-def test_random_slope_predictive_matches_joint_gaussian_conditioning(k):
-    # Random intercept + IQ slope with a correlated Ψ; K = 0 is the prior predictive
-    # N(fᵀβ, zᵀΨz + σ²). Same Gaussian, two algebraic routes: float64 tolerance 1e-10.
+def test_random_slope_predictive_matches_joint_gaussian_conditioning(k, rank):
+    # Random intercept + IQ slope with a correlated Ψ (rank 1: a boundary fit, slope and
+    # intercept perfectly correlated); K = 0 is the prior predictive N(fᵀβ, zᵀΨz + σ²).
+    # Same Gaussian, two algebraic routes: float64 tolerance 1e-10.
     from hierarchical_meta.tasks.base import TaskBatch
-    params = MixedModelParameters(torch.tensor([0.1, 0.5, 0.2, -0.1, 0.3, 0.05, -0.2]),
-                                  torch.tensor([[0.4, -0.1], [-0.1, 0.2]]), 0.5)
+    cov = torch.tensor([[0.4, -0.1], [-0.1, 0.2]]) if rank == 2 else torch.tensor([[0.4, -0.1], [-0.1, 0.025]])
+    params = MixedModelParameters(torch.tensor([0.1, 0.5, 0.2, -0.1, 0.3, 0.05, -0.2]), cov, 0.5)
     model = MixedModel.from_parameters(params)
     batch = TaskBatch(**random_batch(3, k, 7, seed=10 + k))
     pred = model.predict(batch)
