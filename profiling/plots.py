@@ -64,6 +64,11 @@ def draw_panel(ax, rows: list[dict], sweep: str, quantity: str) -> None:
     ax.grid(True, which="both", alpha=0.3)
 
 
+def _legend(ax, fontsize) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=fontsize)
+
+
 def draw_all(rows: list[dict], out_dir: str, command: str) -> list[str]:
     """Write the six plots and the combined figure; return their paths."""
     os.makedirs(out_dir, exist_ok=True)
@@ -75,7 +80,7 @@ def draw_all(rows: list[dict], out_dir: str, command: str) -> list[str]:
         for quantity, name in (("time", "runtime"), ("memory", "memory")):
             fig, ax = plt.subplots(figsize=(6, 4.5))
             draw_panel(ax, rows, sweep, quantity)
-            ax.legend(fontsize=7)
+            _legend(ax, 7)
             ax.set_title(f"{name} vs {XLABEL[sweep]}\n{device}", fontsize=9)
             fig.text(0.01, 0.005, command, fontsize=6, color="gray")
             fig.tight_layout(rect=(0, 0.03, 1, 1))
@@ -87,8 +92,10 @@ def draw_all(rows: list[dict], out_dir: str, command: str) -> list[str]:
     for j, sweep in enumerate(SWEEP_PARAMETER):
         for i, quantity in enumerate(("time", "memory")):
             draw_panel(axes[i][j], rows, sweep, quantity)
-    axes[0][0].legend(fontsize=8)
-    axes[1][0].legend(fontsize=7)
+    for j in range(3):  # one legend per row, in the first panel that has curves
+        for i, size in ((0, 8), (1, 7)):
+            if axes[i][j].get_legend_handles_labels()[0] and not any(a.get_legend() for a in axes[i]):
+                _legend(axes[i][j], size)
     fig.suptitle(f"MAML vs ES vs first-order MAML on a sinusoid MLP: one outer step\n{device}", fontsize=11)
     fig.text(0.01, 0.005, command, fontsize=7, color="gray")
     fig.tight_layout(rect=(0, 0.02, 1, 0.96))

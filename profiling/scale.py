@@ -31,7 +31,7 @@ from .algorithms import DEFAULT_IMPL, IMPLEMENTATIONS, METHODS
 from .growth import summary_text
 from .measure import resolve_device
 from .plots import draw_all
-from .study import SWEEP_PARAMETER, Config, append_row, configurations, failed_row, read_rows, row_key
+from .study import SWEEP_PARAMETER, Config, append_row, configurations, failed_row, measure_config, read_rows, row_key
 
 __all__ = ["main", "run_study", "parse_args"]
 
@@ -80,6 +80,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=_positive_int_list, default=None, help="override the inner-step values, e.g. 1,2,4,8,16,32,64")
     parser.add_argument("--layers", type=_positive_int_list, default=None, help="override the hidden-layer values")
     parser.add_argument("--units", type=_positive_int_list, default=None, help="override the hidden-unit values")
+    parser.add_argument("--base-steps", type=int, default=5, help="inner steps while another parameter is swept (default 5)")
+    parser.add_argument("--base-layers", type=int, default=2, help="hidden layers while another parameter is swept (default 2)")
+    parser.add_argument("--base-units", type=int, default=128, help="hidden units while another parameter is swept (default 128)")
+    parser.add_argument("--isolation", choices=("process", "none"), default="process",
+                        help="'process' (default): a fresh worker process per method and sweep, so no configuration "
+                             "shares an allocator or CUDA context with another sweep; 'none': all in this process")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads in each worker (default: 1 on the CPU, where a second thread on a shared "
                              "2-core machine mostly adds contention; torch's default on CUDA)")
@@ -88,10 +94,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "an existing scale.csv there is resumed")
     parser.add_argument("--plots-only", action="store_true", help="redraw plots and summary from the existing CSV")
     args = parser.parse_args(argv)
-    for name in ("repeats", "threads"):
+    for name in ("repeats", "threads", "base_steps", "base_layers", "base_units"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            parser.error(f"--{name}={value}: it must be a positive integer")
+            parser.error(f"--{name.replace('_', '-')}={value}: it must be a positive integer")
     if args.warmup < 0:
         parser.error(f"--warmup={args.warmup}: it must be 0 or more")
     if args.seconds_per_config is not None and args.seconds_per_config <= 0:
@@ -119,23 +125,23 @@ def _run_worker(configs: list[Config], csv_path: str, device: torch.device, spec
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         current = None
         try:
-            errors = tempfile.TemporaryFile("w+")
-            proc = subprocess.Popen([sys.executable, "-m", "profiling.worker", spec_path], stdout=subprocess.PIPE,
-                                    stderr=errors, text=True, env=env)
-            for line in proc.stdout:
-                word, *rest = line.split()
-                if word == "start":
-                    current = int(rest[0])
-                    bar.set_postfix_str(f"{remaining[current].method} {remaining[current].sweep}", refresh=True)
-                elif word == "done":
-                    current = None
-                    bar.update(1)
-            rc = proc.wait()
-            errors.seek(0)
-            for line in errors:  # the worker's stderr, less the profiler's start/stop chatter
-                if not line.startswith("USDT:"):
-                    sys.stderr.write(line)
-            errors.close()
+            with tempfile.TemporaryFile("w+") as errors, subprocess.Popen(
+                [sys.executable, "-m", "profiling.worker", spec_path], stdout=subprocess.PIPE, stderr=errors,
+                text=True, env=env,
+            ) as proc:
+                for line in proc.stdout:
+                    word, *rest = line.split()
+                    if word == "start":
+                        current = int(rest[0])
+                        bar.set_postfix_str(f"{remaining[current].method} {remaining[current].sweep}", refresh=True)
+                    elif word == "done":
+                        current = None
+                        bar.update(1)
+                rc = proc.wait()
+                errors.seek(0)
+                for line in errors:  # the worker's stderr, less the profiler's start/stop chatter
+                    if not line.startswith("USDT:"):
+                        sys.stderr.write(line)
         finally:
             os.unlink(spec_path)
         if current is None and rc == 0:
@@ -147,13 +153,28 @@ def _run_worker(configs: list[Config], csv_path: str, device: torch.device, spec
         remaining = remaining[current + 1:]
 
 
+def _run_in_process(configs: list[Config], csv_path: str, device: torch.device, spec: dict, bar: tqdm) -> None:
+    threads = torch.get_num_threads()
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    try:
+        for config in configs:
+            bar.set_postfix_str(f"{config.method} {config.sweep}", refresh=True)
+            append_row(csv_path, measure_config(config, device, repeats=spec["repeats"], warmup=spec["warmup"],
+                                                seconds_per_config=spec["seconds_per_config"]))
+            bar.update(1)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def run_study(args: argparse.Namespace, command: str) -> str:
     """Run (or resume) the sweeps of ``args``; write CSV, plots and summary; return the summary."""
     os.makedirs(args.out, exist_ok=True)
     csv_path = os.path.join(args.out, "scale.csv")
     device = args.device
     values = {k: getattr(args, k) for k in SWEEP_PARAMETER if getattr(args, k) is not None}
-    todo = configurations(args.methods, args.sweeps, args.impl, quick=args.quick, values=values)
+    base = {"inner_steps": args.base_steps, "layers": args.base_layers, "hidden": args.base_units}
+    todo = configurations(args.methods, args.sweeps, args.impl, quick=args.quick, values=values, base=base)
     existing = read_rows(csv_path)
     if existing and existing[0]["device"] != device.type:
         raise ValueError(f"{csv_path} holds a {existing[0]['device']} study but --device is {device.type}: "
@@ -173,8 +194,10 @@ def run_study(args: argparse.Namespace, command: str) -> str:
             for sweep in args.sweeps:
                 for method in args.methods:
                     group = [c for c in todo_left if c.sweep == sweep and c.method == method]
-                    if group:
+                    if group and args.isolation == "process":
                         _run_worker(group, csv_path, device, spec, bar)
+                    elif group:
+                        _run_in_process(group, csv_path, device, spec, bar)
     wanted = {c.key() for c in todo}
     rows = [r for r in read_rows(csv_path) if row_key(r) in wanted]
     draw_all(rows, args.out, command)

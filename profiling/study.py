@@ -68,11 +68,16 @@ def check_sweeps(sweeps) -> None:
         raise ValueError(f"sweeps={list(sweeps)}: choose from {list(SWEEP_PARAMETER)}")
 
 
-def configurations(methods, sweeps, impl: str, quick: bool = False, values=None) -> list[Config]:
+def configurations(methods, sweeps, impl: str, quick: bool = False, values=None, base=None) -> list[Config]:
     """Every configuration, in the order the study runs them (sweep, then method, then value).
 
-    ``values`` optionally overrides the values of a sweep: ``{"steps": [1, 64]}``.
+    ``values`` optionally overrides the values of a sweep: ``{"steps": [1, 64]}``;
+    ``base`` the defaults the other parameters keep: ``{"hidden": 64}``.
     """
+    base = {**DEFAULTS, **(base or {})}
+    for k, v in base.items():
+        if k not in DEFAULTS or isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"base {k}={v!r}: expected positive integers for {sorted(DEFAULTS)}")
     check_sweeps(sweeps)
     for m in methods:
         if m not in METHODS:
@@ -86,7 +91,7 @@ def configurations(methods, sweeps, impl: str, quick: bool = False, values=None)
                 raise ValueError(f"sweep {sweep!r} has value {v!r}: values must be positive integers")
         for method in methods:
             for v in table[sweep]:
-                out.append(Config(method, impl, sweep, **{**DEFAULTS, SWEEP_PARAMETER[sweep]: v}))
+                out.append(Config(method, impl, sweep, **{**base, SWEEP_PARAMETER[sweep]: v}))
     return out
 
 
