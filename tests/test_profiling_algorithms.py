@@ -4,6 +4,7 @@ All exactness checks run in float64 on small nets, seeded.
 """
 
 import math
+import os
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from profiling.algorithms import IMPLEMENTATIONS, METHODS, es
 from profiling.mlp import mlp_forward, mse, mse_and_grad
 
 F64 = torch.float64
+# profiling/gpu_run.sh sets PROFILING_TEST_DEVICE=cuda on a GPU machine
+DEVICE = os.environ.get("PROFILING_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture(autouse=True)
@@ -201,3 +204,23 @@ def test_bad_input_is_a_clear_error(call, match):
     params, batch = make()
     with pytest.raises(ValueError, match=match):
         call(params, batch)
+
+
+@pytest.mark.skipif(DEVICE == "cpu", reason="set PROFILING_TEST_DEVICE=cuda (profiling/gpu_run.sh) on a GPU machine")
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_vectorized_matches_loop_on_the_device(method):
+    from profiling.measure import peak_memory_bytes, resolve_device
+
+    device = resolve_device(DEVICE)
+    params, batch = make()
+    params = {k: v.to(device) for k, v in params.items()}
+    batch = batch.to(device=device)
+    for impl in ("batched", "vmap"):
+        opts = {"pairs": 4, "generator": torch.Generator(device=device).manual_seed(3)} if method == "es" else {}
+        ref_opts = {"pairs": 4, "generator": torch.Generator(device=device).manual_seed(3)} if method == "es" else {}
+        _, grads = profiling.meta_gradient(method, params, batch, inner_steps=3, inner_lr=0.05, impl=impl, **opts)
+        _, ref = profiling.meta_gradient(method, params, batch, inner_steps=3, inner_lr=0.05, impl="loop", **ref_opts)
+        for k in params:  # float64 on the device: rounding only (ES: amplified by 1/2σ)
+            torch.testing.assert_close(grads[k], ref[k], rtol=1e-9, atol=1e-10)
+    peak = peak_memory_bytes(lambda: profiling.meta_gradient(method, params, batch, inner_steps=3), device)
+    assert peak > 0
