@@ -151,6 +151,10 @@ def summarize(rows, shots):
                 out[key], out[f"{key}_sd"] = statistics.fmean(values), spread(values)
             diff = [by[(s, name, k)]["loglik"] - by[(s, "mixed_model", k)]["loglik"] for s in splits]
             out["loglik_minus_mixed"], out["loglik_minus_mixed_sd"] = statistics.fmean(diff), spread(diff)
+            plain = f"{name}_no_metadata"  # the metadata's worth: paired gain over the same model without m
+            gain = ([by[(s, name, k)]["loglik"] - by[(s, plain, k)]["loglik"] for s in splits]
+                    if plain in MODELS else [float("nan")] * len(splits))
+            out["metadata_gain"], out["metadata_gain_sd"] = statistics.fmean(gain), spread(gain)
             out["query_pupils"] = statistics.fmean(c["query_pupils"] for c in cells)
             out["test_classes"] = statistics.fmean(c["test_classes"] for c in cells)
             summary.append(out)
@@ -169,39 +173,50 @@ def markdown_table(summary, command):
     lines = [f"Command: `{command}`", "",
              "Per query pupil on held-out classes (standardized lang; mean ± sample sd over "
              f"{summary[0]['splits']} class splits). `Δ loglik` is the paired difference to "
-             "`mixed_model` on the same split (mean ± sd).", "",
-             "| model | K | loglik | Δ loglik vs mixed | mse | coverage90 | test classes | query pupils |",
-             "|---|---|---|---|---|---|---|---|"]
+             "`mixed_model` on the same split, `gain from m` the paired difference to the same model "
+             "without metadata (mean ± sd).", "",
+             "| model | K | loglik | Δ loglik vs mixed | gain from m | mse | coverage90 | test classes "
+             "| query pupils |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in summary:
         lines.append(f"| {r['model']} | {r['K']} | {r['loglik']:.3f} ± {r['loglik_sd']:.3f} | "
                      f"{r['loglik_minus_mixed']:+.3f} ± {r['loglik_minus_mixed_sd']:.3f} | "
+                     + (f"{r['metadata_gain']:+.3f} ± {r['metadata_gain_sd']:.3f} | "
+                        if not math.isnan(r["metadata_gain"]) else "– | ") +
                      f"{r['mse']:.3f} ± {r['mse_sd']:.3f} | {r['coverage90']:.3f} ± {r['coverage90_sd']:.3f} | "
                      f"{r['test_classes']:.1f} | {r['query_pupils']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
 def plot(summary, shots, path, note):
+    """Left: loglik (mean ± sd over splits). Right: paired difference to the mixed model."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     styles = {"ours": ("C0", "-o"), "ours_no_metadata": ("C0", "--s"),
               "mixed_model": ("C3", "-^"), "mixed_model_no_metadata": ("C3", "--v")}
     for i, name in enumerate(MODELS):
         rows = [r for r in summary if r["model"] == name]
         ks = [r["K"] + 0.08 * (i - 1.5) for r in rows]  # dodge so the error bars do not overlap
-        sd = [0.0 if math.isnan(r["loglik_sd"]) else r["loglik_sd"] for r in rows]
         color, fmt = styles[name]
-        ax.errorbar(ks, [r["loglik"] for r in rows], yerr=sd, fmt=fmt, color=color, capsize=3,
-                    label=name.replace("_", " "))
-    ax.set_xticks(list(shots))
-    ax.set_xlabel("K support pupils per held-out class")
-    ax.set_ylabel("predictive log-likelihood per query pupil (nats)")
-    ax.set_title("nlschools: held-out classes (mean ± sd over splits)")
-    ax.text(0.01, 0.01, note, transform=ax.transAxes, fontsize=7, va="bottom")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+        for ax, key in ((left, "loglik"), (right, "loglik_minus_mixed")):
+            sd = [0.0 if math.isnan(r[f"{key}_sd"]) else r[f"{key}_sd"] for r in rows]
+            ax.errorbar(ks, [r[key] for r in rows], yerr=sd, fmt=fmt, color=color, capsize=3,
+                        label=name.replace("_", " "))
+    left.set_ylabel("predictive log-likelihood per query pupil (nats)")
+    left.set_title("held-out classes: mean ± sd over splits")
+    right.set_ylabel("loglik minus mixed model's, same split (nats)")
+    right.set_title("paired difference to the mixed model: mean ± sd")
+    right.axhline(0.0, color="k", lw=0.8)
+    for ax in (left, right):
+        ax.set_xticks(list(shots))
+        ax.set_xlabel("K support pupils per held-out class")
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    left.text(0.01, 0.01, note, transform=left.transAxes, fontsize=7, va="bottom")
+    fig.suptitle("nlschools (R MASS): language score of pupils in held-out classes")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
