@@ -37,7 +37,7 @@ def _joint_terms(model, guide, x, y, metadata, mask, num_particles):
     phi2 = q2.rsample((num_particles,))  # [S, T, 1, D]
     q1 = guide.phi1_posterior(phi2, m)  # batch [S, T, 1]
     phi1 = q1.rsample()  # [S, T, 1, D]
-    loglik = (model.likelihood(phi2, x).log_prob(y) * mask).sum(-1)  # [S, T]
+    loglik = torch.where(mask, model.likelihood(phi2, x).log_prob(y), 0.0).sum(-1)  # [S, T]
     return dict(q1=q1, phi1=phi1, phi2=phi2, loglik=loglik,
                 log_p1=model.phi1_prior(phi1.shape[:-1]).log_prob(phi1)[..., 0],
                 log_p2=model.phi2_prior(phi1, m).log_prob(phi2)[..., 0],

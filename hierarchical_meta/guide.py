@@ -59,8 +59,9 @@ class AmortizedGuide(nn.Module):
         mu0, var0 = prior[:, :D], positive(prior[:, D:]) ** 2  # [T, D]
         if mask is None:
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        r, v, a, u = self.point_encoder(torch.cat([x, y], -1)).split([D, D, D, 1], -1)  # [T, N, *]
         keep = mask[..., None].to(x.dtype)  # [T, N, 1]
+        points = torch.where(mask[..., None], torch.cat([x, y], -1), 0.0)  # padded slots may hold anything
+        r, v, a, u = self.point_encoder(points).split([D, D, D, 1], -1)  # [T, N, *]
         inv_v = keep / positive(v) ** 2  # [T, N, D]
         a = a * keep
         precision = torch.diag_embed(1.0 / var0 + inv_v.sum(1)) + a.transpose(1, 2) @ a  # [T, D, D]

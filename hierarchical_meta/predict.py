@@ -55,7 +55,7 @@ def posterior_predictive(model, guide, x_support, y_support, metadata, support_m
     if x_support.shape[1] == 0:  # zero-shot: the metadata alone
         loglik = torch.zeros_like(log_prior)
     else:
-        loglik = (model.likelihood(phi2, x_support).log_prob(y_support) * support_mask).sum(-1)  # [S, T]
+        loglik = torch.where(support_mask, model.likelihood(phi2, x_support).log_prob(y_support), 0.0).sum(-1)
     log_w = log_prior + loglik - log_proposal  # [S, T]
     log_evidence = log_w.logsumexp(0) - math.log(num_samples)
 

@@ -37,7 +37,7 @@ __all__ = ["TrainConfig", "fit", "corrupt_metadata", "ragged_mask"]
 
 @dataclasses.dataclass
 class TrainConfig:
-    steps: int = 3000
+    steps: int = 8000
     batch_tasks: int = 32
     max_points: int = 20
     lr: float = 3e-3
