@@ -83,7 +83,8 @@ def evaluation_batches(family, shots, draws, split_seed):
 def pooled_metrics(predict, batches):
     """Point metrics pooled over batches, weighted by their query pupils."""
     totals, points = dict.fromkeys(METRICS, 0.0), 0
-    for batch in batches:
+    for draw, batch in enumerate(batches):
+        torch.manual_seed(draw)  # our model's importance samples: reruns give the same numbers
         n = int(batch.query_mask.sum())
         metrics = point_metrics(predict(batch), batch.y_query, batch.query_mask)
         for key in METRICS:
@@ -114,6 +115,7 @@ def run_split(args, split_seed, log):
                              latent_dim=args.latent_dim, hidden=args.hidden, layers=args.layers,
                              prior=args.prior, decoder=args.decoder, use_metadata=use_metadata,
                              task_family="nlschools")
+        torch.manual_seed(split_seed)  # the initial weights (fit() seeds the training itself)
         model = HierarchicalMetaModel(config)
         train_config = TrainConfig(steps=args.steps, batch_tasks=args.batch_tasks, lr=args.lr,
                                    max_points=int(family.class_sizes.max()),
@@ -140,7 +142,10 @@ def summarize(rows, shots):
     """Mean and sample standard deviation over splits; paired difference to the mixed model."""
     by = {(r["split"], r["model"], r["K"]): r for r in rows}
     splits = sorted({r["split"] for r in rows})
-    spread = (lambda v: statistics.stdev(v)) if len(splits) > 1 else (lambda v: float("nan"))
+    def spread(values):  # sample sd over splits; NaN with one split or for undefined entries
+        return statistics.stdev(values) if len(values) > 1 and not any(map(math.isnan, values)) \
+            else float("nan")
+
     summary = []
     for name in MODELS:
         for k in shots:
@@ -151,7 +156,7 @@ def summarize(rows, shots):
                 out[key], out[f"{key}_sd"] = statistics.fmean(values), spread(values)
             diff = [by[(s, name, k)]["loglik"] - by[(s, "mixed_model", k)]["loglik"] for s in splits]
             out["loglik_minus_mixed"], out["loglik_minus_mixed_sd"] = statistics.fmean(diff), spread(diff)
-            plain = f"{name}_no_metadata"  # the metadata's worth: paired gain over the same model without m
+            plain = f"{name}_no_metadata"  # m's worth: paired gain over the same model without m
             gain = ([by[(s, name, k)]["loglik"] - by[(s, plain, k)]["loglik"] for s in splits]
                     if plain in MODELS else [float("nan")] * len(splits))
             out["metadata_gain"], out["metadata_gain_sd"] = statistics.fmean(gain), spread(gain)
