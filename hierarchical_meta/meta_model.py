@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 from typing import Optional
 
 import torch
@@ -122,7 +123,11 @@ def load_checkpoint(path: str, map_location="cpu"):
     if not os.path.exists(path):
         raise ValueError(f"checkpoint {path!r} does not exist; train one with "
                          "`python -m hierarchical_meta fit --out DIR` (it writes DIR/model.pt)")
-    state = torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as error:
+        raise ValueError(f"{path!r} is not a hierarchical_meta checkpoint ({error}); pass the "
+                         "DIR/model.pt that `python -m hierarchical_meta fit --out DIR` wrote") from None
     if not isinstance(state, dict) or "config" not in state or "state_dict" not in state:
         raise ValueError(f"{path!r} is not a hierarchical_meta checkpoint (no config/state_dict)")
     model = HierarchicalMetaModel(ModelConfig(**state["config"]))

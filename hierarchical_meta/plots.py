@@ -54,7 +54,7 @@ def plot_predictions(meta_model, batch: TaskBatch, path: str, family=None,
     if batch.x_support.shape[-1] != 1 or batch.y_support.shape[-1] != 1:
         raise ValueError("plot_predictions draws 1-D x and y only")
     lo, hi = x_range or (float(batch.x_query.min()), float(batch.x_query.max()))
-    grid = torch.linspace(lo, hi, 200)[None, :, None]
+    grid = torch.linspace(lo, hi, 120)[None, :, None]
     fig, axes = plt.subplots(num_tasks, len(shots), figsize=(3.2 * len(shots), 2.4 * num_tasks),
                              sharex=True, squeeze=False)
     for row in range(num_tasks):

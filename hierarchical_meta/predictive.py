@@ -53,7 +53,7 @@ class MixturePredictive:
         comp = torch.distributions.Normal(self.mean, self.std).cdf(y[:, None])  # [T, S, Q, Dy]
         return (self.weights[..., None, None] * comp).sum(1)
 
-    def quantile(self, level: float, iterations: int = 60) -> torch.Tensor:
+    def quantile(self, level: float, iterations: int = 40) -> torch.Tensor:
         """The ``level`` quantile of each marginal by bisection: [T, Q, Dy]."""
         spread = 10 * self.std.amax(1)
         low, high = self.mean.amin(1) - spread, self.mean.amax(1) + spread
@@ -83,12 +83,12 @@ def point_metrics(predictive: MixturePredictive, y: torch.Tensor,
     n = mask.sum()
     if n == 0:
         raise ValueError("no unmasked query points to score")
-    logp = predictive.log_prob(y)
-    sq = ((predictive.predictive_mean() - y) ** 2).mean(-1)
+    y = torch.where(mask[..., None], y, predictive.predictive_mean())  # padded slots may hold anything
+    logp = torch.where(mask, predictive.log_prob(y), 0.0)
+    sq = torch.where(mask, ((predictive.predictive_mean() - y) ** 2).mean(-1), 0.0)
     u = predictive.cdf(y)
     tail = (1 - level) / 2
     inside = ((u >= tail) & (u <= 1 - tail)).all(-1)
     key = f"coverage{int(round(level * 100))}"
-    return {"loglik": float((logp * mask).sum() / n),
-            "mse": float((sq * mask).sum() / n),
+    return {"loglik": float(logp.sum() / n), "mse": float(sq.sum() / n),
             key: float((inside & mask).sum() / n)}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from typing import List, Tuple
 
 import torch
@@ -57,6 +58,12 @@ def read_task_file(path: str, x_dim: int, y_dim: int, metadata_dim: int) -> Tupl
         if missing:
             raise ValueError(f"{path}: missing column(s) {missing}; a task file for this model needs "
                              f"columns {['task', 'role'] + xs + ys + ms} (see hierarchical_meta.taskfile)")
+        for name in header:
+            match = re.fullmatch(r"([xym])(\d+)", name)
+            dims = {"x": x_dim, "y": y_dim, "m": metadata_dim}
+            if match and int(match.group(2)) > dims[match.group(1)]:
+                raise ValueError(f"{path}: column {name!r} does not fit the model, which takes "
+                                 f"{dims[match.group(1)]} {match.group(1)} column(s) {column_names(match.group(1), dims[match.group(1)])}")
         tasks = {}
         for line, row in enumerate(reader, start=2):
             where = f"{path}, line {line}"
