@@ -19,6 +19,9 @@ in φ2 (y = ⟨h(x), φ2⟩ + c(x) + N(0, s²)) the exact posterior is in this f
 (a_n = h(x_n)/s, u_n = (y_n - c(x_n))/s, v_n → ∞).
 
 q(φ1 | φ2, m) = N(a_ψ(φ2, m), diag b_ψ(φ2, m)²).
+
+For classification (``num_classes`` = C, the model's categorical likelihood) y holds a
+class index and the point encoder reads its one-hot vector: enc([x_n, onehot(y_n)]).
 """
 
 from __future__ import annotations
@@ -37,16 +40,28 @@ __all__ = ["AmortizedGuide"]
 
 class AmortizedGuide(nn.Module):
     def __init__(self, x_dim: int = 1, y_dim: int = 1, metadata_dim: int = 2, latent_dim: int = 4,
-                 hidden: int = 64, layers: int = 2, sees_metadata: bool = False):
+                 hidden: int = 64, layers: int = 2, sees_metadata: bool = False,
+                 num_classes: Optional[int] = None):
         super().__init__()
         D, M = latent_dim, 2 * metadata_dim
-        self.latent_dim, self.sees_metadata = latent_dim, sees_metadata
-        self.point_encoder = MLP(x_dim + y_dim, 3 * D + 1, hidden, layers)  # r, log v, a, u
+        self.latent_dim, self.sees_metadata, self.num_classes = latent_dim, sees_metadata, num_classes
+        y_features = y_dim if num_classes is None else num_classes  # one-hot class
+        self.point_encoder = MLP(x_dim + y_features, 3 * D + 1, hidden, layers)  # r, log v, a, u
         if sees_metadata:
             self.aggregation_prior = MLP(M, 2 * D, hidden, layers)
         else:
             self.aggregation_prior_params = nn.Parameter(torch.zeros(2 * D))
         self.phi1_encoder = MLP(D + M, 2 * D, hidden, layers)
+
+    def encode_y(self, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """What the point encoder reads of y: y [T, N, Dy], or onehot(y) [T, N, C] for classes."""
+        if self.num_classes is None:
+            return y
+        labels = torch.where(mask, y[..., 0], 0.0)  # padded slots may hold anything
+        if not ((labels == labels.round()) & (labels >= 0) & (labels < self.num_classes)).all():
+            raise ValueError(f"y must hold class indices 0..{self.num_classes - 1} (as floats, [T, N, 1]); "
+                             f"got values in [{float(labels.min())}, {float(labels.max())}]")
+        return nn.functional.one_hot(labels.long(), self.num_classes).to(y)
 
     def phi2_posterior(self, x: torch.Tensor, y: torch.Tensor, metadata: torch.Tensor,
                        mask: Optional[torch.Tensor] = None) -> dist.Distribution:
@@ -60,7 +75,8 @@ class AmortizedGuide(nn.Module):
         if mask is None:
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         keep = mask[..., None].to(x.dtype)  # [T, N, 1]
-        points = torch.where(mask[..., None], torch.cat([x, y], -1), 0.0)  # padded slots may hold anything
+        points = torch.cat([x, self.encode_y(y, mask)], -1)  # [T, N, Dx + Dy or C]
+        points = torch.where(mask[..., None], points, 0.0)  # padded slots may hold anything
         r, v, a, u = self.point_encoder(points).split([D, D, D, 1], -1)  # [T, N, *]
         inv_v = keep / positive(v) ** 2  # [T, N, D]
         a = a * keep

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .guide import AmortizedGuide
-from .model import DECODERS, PRIORS, GenerativeModel
+from .model import DECODERS, PRIORS, GenerativeModel, check_likelihood
 from .predict import posterior_predictive
 from .tasks import TaskBatch
 
@@ -33,6 +33,9 @@ class ModelConfig:
 
     ``use_metadata=False`` is the ablation that withholds m (fed as missing everywhere).
     ``guide_sees_metadata`` selects q(φ2 | X, Y, m) instead of q(φ2 | X, Y).
+    ``likelihood="categorical"`` with ``num_classes`` = C (and y_dim = 1) makes it a
+    classifier: y holds class indices and :meth:`HierarchicalMetaModel.predict` returns a
+    ``CategoricalMixturePredictive``.
     """
 
     x_dim: int = 1
@@ -47,6 +50,8 @@ class ModelConfig:
     use_metadata: bool = True
     noise_std: Optional[float] = None
     task_family: str = "sinusoid"
+    likelihood: str = "normal"
+    num_classes: Optional[int] = None
 
     def __post_init__(self):
         for name in ("x_dim", "y_dim", "metadata_dim", "latent_dim", "hidden"):
@@ -58,6 +63,7 @@ class ModelConfig:
             raise ValueError(f"prior must be one of {PRIORS}, got {self.prior!r}")
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+        check_likelihood(self.likelihood, self.num_classes, self.y_dim, self.noise_std)
 
 
 class HierarchicalMetaModel(nn.Module):
@@ -72,8 +78,9 @@ class HierarchicalMetaModel(nn.Module):
         c = self.config
         shared = dict(x_dim=c.x_dim, y_dim=c.y_dim, metadata_dim=c.metadata_dim,
                       latent_dim=c.latent_dim, hidden=c.hidden, layers=c.layers)
-        self.model = GenerativeModel(prior=c.prior, decoder=c.decoder, noise_std=c.noise_std, **shared)
-        self.guide = AmortizedGuide(sees_metadata=c.guide_sees_metadata, **shared)
+        self.model = GenerativeModel(prior=c.prior, decoder=c.decoder, noise_std=c.noise_std,
+                                     likelihood=c.likelihood, num_classes=c.num_classes, **shared)
+        self.guide = AmortizedGuide(sees_metadata=c.guide_sees_metadata, num_classes=c.num_classes, **shared)
 
     # -- inputs --------------------------------------------------------------------------
     def check_batch(self, batch: TaskBatch) -> None:
@@ -99,7 +106,8 @@ class HierarchicalMetaModel(nn.Module):
     def predict(self, batch: TaskBatch, num_samples: int = 512, defensive: float = 0.1):
         """Posterior predictive at ``batch.x_query`` given the support set and metadata.
 
-        Returns ``(MixturePredictive, log_evidence)``; ``log_evidence`` [T] estimates
+        Returns ``(predictive, log_evidence)``: a ``MixturePredictive``, or a
+        ``CategoricalMixturePredictive`` for ``likelihood="categorical"``. ``log_evidence`` [T] estimates
         log p(Y_support | X_support, m) by importance sampling.
         """
         self.check_batch(batch)

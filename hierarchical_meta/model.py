@@ -4,7 +4,15 @@ Per task t (plate ``tasks``) and point n (plate ``points``, nested)::
 
     φ1_t ~ N(0, I_D)
     φ2_t ~ p_θ(φ2 | φ1_t, m_t) = N(μ_θ(φ1_t, m_t), diag σ_θ(φ1_t, m_t)²)
-    y_tn ~ p_θ(y | φ2_t, x_tn) = N(f_θ(x_tn, φ2_t), diag s²)
+    y_tn ~ p_θ(y | φ2_t, x_tn) = N(f_θ(x_tn, φ2_t), diag s²)      (likelihood "normal")
+    y_tn ~ p_θ(y | φ2_t, x_tn) = Cat(softmax f_θ(x_tn, φ2_t))      (likelihood "categorical")
+
+Likelihood (``likelihood``): ``"normal"`` (regression, f has Dy outputs, learned or fixed
+noise s) or ``"categorical"`` (classification into ``num_classes`` = C classes, f gives C
+logits). Categorical y is stored like a regression target, a float tensor [T, N, 1]
+holding the class index (as the memorization scenarios store labels), so every caller
+passes y the same way; ``Categorical.log_prob`` reads it as an index. Padded slots of a
+categorical y must hold some class index (any), since the distribution checks its support.
 
 Prior of φ2 (``prior``):
 
@@ -13,10 +21,11 @@ Prior of φ2 (``prior``):
 - ``"mlp"``: μ = L φ1 + MLP(φ1, m), σ = σ(φ1, m): a neural conditional Gaussian whose
   marginal p(φ2 | m) can be non-Gaussian (rings, mixtures).
 
-Decoder f_θ (``decoder``):
+Decoder f_θ (``decoder``), with Dout = Dy (normal) or C (categorical) outputs:
 
 - ``"features"``: f(x, φ2) = ⟨h_θ(x), φ2⟩ + c_θ(x), Bayesian linear regression on learned
-  features (y is linear in φ2, so with the linear prior the evidence is closed form);
+  features (y is linear in φ2, so with the linear prior and a normal likelihood the
+  evidence is closed form; categorical: multinomial logistic regression on the features);
 - ``"mlp"``: f(x, φ2) = MLP([x, φ2]).
 
 Observed m and x are sample sites with a flat (improper) density so that
@@ -38,24 +47,48 @@ from torch import nn
 
 from .networks import MLP, cat_broadcast, metadata_features, positive
 
-__all__ = ["GenerativeModel"]
+__all__ = ["GenerativeModel", "check_likelihood"]
 
 PRIORS = ("linear", "mlp")
 DECODERS = ("features", "mlp")
+LIKELIHOODS = ("normal", "categorical")
+
+
+def check_likelihood(likelihood: str, num_classes: Optional[int], y_dim: int,
+                     noise_std: Optional[float] = None) -> None:
+    """Raise ``ValueError`` unless the likelihood options fit together (shared by the config)."""
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+    if likelihood == "normal":
+        if num_classes is not None:
+            raise ValueError(f"num_classes={num_classes} needs likelihood='categorical' "
+                             "(the normal likelihood has no classes)")
+        return
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"likelihood='categorical' needs num_classes >= 2, got {num_classes!r}")
+    if y_dim != 1:
+        raise ValueError(f"likelihood='categorical' observes one class index per point (y_dim=1), "
+                         f"got y_dim={y_dim}")
+    if noise_std is not None:
+        raise ValueError(f"noise_std={noise_std} applies to likelihood='normal' only; leave it None")
 
 
 class GenerativeModel(nn.Module):
     def __init__(self, x_dim: int = 1, y_dim: int = 1, metadata_dim: int = 2, latent_dim: int = 4,
                  hidden: int = 64, layers: int = 2, prior: str = "mlp", decoder: str = "features",
-                 noise_std: Optional[float] = None):
+                 noise_std: Optional[float] = None, likelihood: str = "normal",
+                 num_classes: Optional[int] = None):
         super().__init__()
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+        check_likelihood(likelihood, num_classes, y_dim, noise_std)
         self.x_dim, self.y_dim, self.metadata_dim, self.latent_dim = x_dim, y_dim, metadata_dim, latent_dim
         self.prior, self.decoder = prior, decoder
+        self.likelihood_name, self.num_classes = likelihood, num_classes
         D, M = latent_dim, 2 * metadata_dim  # metadata features carry missing flags
+        out = y_dim if likelihood == "normal" else num_classes  # Dout: outputs of f
         self.phi1_to_phi2 = nn.Linear(D, D, bias=False)  # L
         if prior == "linear":
             self.prior_mean = MLP(M, D, hidden, layers)  # g(m)
@@ -64,10 +97,12 @@ class GenerativeModel(nn.Module):
             self.prior_mean = MLP(D + M, D, hidden, layers)
             self.prior_scale = MLP(D + M, D, hidden, layers)
         if decoder == "features":
-            self.features = MLP(x_dim, y_dim * D, hidden, layers)  # h(x)
-            self.offset = MLP(x_dim, y_dim, hidden, layers)  # c(x)
+            self.features = MLP(x_dim, out * D, hidden, layers)  # h(x)
+            self.offset = MLP(x_dim, out, hidden, layers)  # c(x)
         else:
-            self.net = MLP(x_dim + D, y_dim, hidden, layers)
+            self.net = MLP(x_dim + D, out, hidden, layers)
+        if likelihood == "categorical":
+            return  # no observation noise
         if noise_std is None:  # learned observation noise s, one per output dim
             self.raw_noise = nn.Parameter(torch.full((y_dim,), math.log(math.expm1(0.3))))
         else:
@@ -77,6 +112,9 @@ class GenerativeModel(nn.Module):
 
     # -- conditional distributions (broadcast over leading dims) ------------------------
     def noise_std(self) -> torch.Tensor:
+        """s [Dy] of the normal likelihood."""
+        if self.likelihood_name != "normal":
+            raise ValueError(f"noise_std is defined for likelihood='normal', not {self.likelihood_name!r}")
         return positive(self.raw_noise) if hasattr(self, "raw_noise") else self.fixed_noise
 
     def phi1_prior(self, shape) -> dist.Distribution:
@@ -96,22 +134,32 @@ class GenerativeModel(nn.Module):
             scale = positive(self.prior_scale(h))
         return dist.Normal(mean, scale).to_event(1)
 
-    def predictive_mean(self, phi2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """f(x, φ2): phi2 [..., T, 1, D], x [T, N, Dx] -> [..., T, N, Dy]."""
+    def decode(self, phi2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """f(x, φ2): phi2 [..., T, 1, D], x [T, N, Dx] -> [..., T, N, Dout] (mean or logits)."""
         if self.decoder == "features":
-            h = self.features(x).unflatten(-1, (self.y_dim, self.latent_dim))  # [T, N, Dy, D]
+            h = self.features(x).unflatten(-1, (-1, self.latent_dim))  # [T, N, Dout, D]
             return (h * phi2[..., None, :]).sum(-1) + self.offset(x)
         return self.net(cat_broadcast([x, phi2]))
 
+    def predictive_mean(self, phi2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """E[y | φ2, x] = f(x, φ2) of the normal likelihood: [..., T, N, Dy]."""
+        if self.likelihood_name != "normal":
+            raise ValueError("predictive_mean is the normal likelihood's mean; with likelihood="
+                             f"{self.likelihood_name!r}, decode(phi2, x) gives the class logits")
+        return self.decode(phi2, x)
+
     def likelihood(self, phi2: torch.Tensor, x: torch.Tensor) -> dist.Distribution:
-        """p(y | φ2, x) with batch shape [..., T, N] and event [Dy]."""
-        mean = self.predictive_mean(phi2, x)
-        return dist.Normal(mean, self.noise_std().expand(mean.shape)).to_event(1)
+        """p(y | φ2, x) with batch shape [..., T, N] and event [Dy] (categorical: [1], the index)."""
+        f = self.decode(phi2, x)
+        if self.likelihood_name == "categorical":
+            return dist.Categorical(logits=f[..., None, :]).to_event(1)  # logits [..., T, N, 1, C]
+        return dist.Normal(f, self.noise_std().expand(f.shape)).to_event(1)
 
     # -- the Pyro model -------------------------------------------------------------------
     def forward(self, x: torch.Tensor, metadata: torch.Tensor, y: Optional[torch.Tensor] = None,
                 mask: Optional[torch.Tensor] = None, latent_scale: float = 1.0):
-        """x [T, N, Dx], metadata [T, Dm], y [T, N, Dy] or None, mask [T, N] bool.
+        """x [T, N, Dx], metadata [T, Dm], y [T, N, Dy] (categorical: class indices, Dy = 1)
+        or None, mask [T, N] bool.
 
         ``latent_scale`` multiplies the log-densities of φ1 and φ2 (KL annealing; the
         guide scales its own sites by the same factor).

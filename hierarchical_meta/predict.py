@@ -7,8 +7,12 @@ of p(φ1, φ2 | X_s, Y_s, m) (DESIGN.md §2), made defensive by mixing in the pr
     r(φ1, φ2) = (1 - α) q(φ2 | X_s, Y_s) q(φ1 | φ2, m) + α p(φ1) p(φ2 | φ1, m)
     w_s ∝ p(φ1_s) p(φ2_s | φ1_s, m) p(Y_s | φ2_s, X_s) / r(φ1_s, φ2_s)
 
-The predictive at query inputs is the mixture Σ_s w_s p(y | φ2_s, x), and the mean of the
-unnormalized weights estimates p(Y_s | X_s, m) (its log is a bound in expectation).
+The predictive at query inputs is the mixture Σ_s w_s p(y | φ2_s, x): Gaussian
+components (:class:`~hierarchical_meta.predictive.MixturePredictive`) for the normal
+likelihood, categorical ones, Σ_s w_s softmax f(x, φ2_s)
+(:class:`~hierarchical_meta.predictive.CategoricalMixturePredictive`), for the categorical
+likelihood. The mean of the unnormalized weights estimates p(Y_s | X_s, m) (its log is a
+bound in expectation).
 With K = 0 support points the weights use the metadata alone.
 """
 
@@ -18,7 +22,7 @@ import math
 
 import torch
 
-from .predictive import MixturePredictive
+from .predictive import CategoricalMixturePredictive, MixturePredictive
 
 __all__ = ["posterior_predictive"]
 
@@ -29,8 +33,9 @@ def posterior_predictive(model, guide, x_support, y_support, metadata, support_m
     """Importance-weighted posterior predictive.
 
     Shapes: x_support [T, K, Dx], y_support [T, K, Dy], metadata [T, Dm] (NaN = missing),
-    support_mask [T, K], x_query [T, Q, Dx]. Returns ``(MixturePredictive, log_evidence [T])``
-    with S = ``num_samples`` components per task.
+    support_mask [T, K], x_query [T, Q, Dx]. Returns ``(predictive, log_evidence [T])`` with
+    S = ``num_samples`` components per task: a ``MixturePredictive`` (normal likelihood) or a
+    ``CategoricalMixturePredictive`` (categorical; y_support holds class indices, Dy = 1).
     """
     if not 0.0 <= defensive < 1.0:
         raise ValueError(f"defensive must be in [0, 1), got {defensive}")
@@ -59,7 +64,9 @@ def posterior_predictive(model, guide, x_support, y_support, metadata, support_m
     log_w = log_prior + loglik - log_proposal  # [S, T]
     log_evidence = log_w.logsumexp(0) - math.log(num_samples)
 
-    mean = model.predictive_mean(phi2, x_query)  # [S, T, Q, Dy]
-    std = model.noise_std().expand(mean.shape)
+    f = model.decode(phi2, x_query)  # mean [S, T, Q, Dy] or logits [S, T, Q, C]
+    if model.likelihood_name == "categorical":
+        return CategoricalMixturePredictive(log_w.T, f.transpose(0, 1)), log_evidence
+    mean, std = f, model.noise_std().expand(f.shape)
     predictive = MixturePredictive(log_w.T, mean.transpose(0, 1), std.transpose(0, 1))
     return predictive, log_evidence

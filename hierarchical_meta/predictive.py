@@ -1,4 +1,4 @@
-"""Predictive distributions as Gaussian mixtures, and the metrics computed from them.
+"""Predictive distributions as mixtures over posterior draws, and the metrics computed from them.
 
 Every regression predictor in the package (the model's importance-weighted posterior,
 the exact-Bayes grid, a linear mixed model) predicts, per task, a mixture over ``S``
@@ -9,6 +9,13 @@ components shared by all of that task's query points::
 Shapes: ``log_weights`` [T, S] (normalized or not), ``mean`` and ``std`` [T, S, Q, Dy].
 Metrics are per query point (``y`` [T, Q, Dy], ``mask`` [T, Q]); a point's density is
 the product over its Dy output dimensions.
+
+Classification (the model's categorical likelihood) mixes categorical distributions
+instead, :class:`CategoricalMixturePredictive`::
+
+    p(y_q = c | support, m) = Σ_s w_s softmax(f_sq)_c
+
+with ``logits`` f [T, S, Q, C] and y a class index stored as a float, [T, Q, 1].
 """
 
 from __future__ import annotations
@@ -19,11 +26,23 @@ from typing import Optional
 
 import torch
 
-__all__ = ["MixturePredictive", "point_metrics"]
+__all__ = ["MixturePredictive", "CategoricalMixturePredictive", "point_metrics"]
+
+
+class _Weighted:
+    """The mixture weights w_s of a predictive with ``log_weights`` [T, S]."""
+
+    @property
+    def weights(self) -> torch.Tensor:
+        return self.log_weights.exp()
+
+    def effective_sample_size(self) -> torch.Tensor:
+        """Kish's ESS of the mixture weights, 1 / Σ w_s²: [T]."""
+        return 1.0 / (self.weights ** 2).sum(-1)
 
 
 @dataclasses.dataclass
-class MixturePredictive:
+class MixturePredictive(_Weighted):
     log_weights: torch.Tensor  # [T, S]
     mean: torch.Tensor  # [T, S, Q, Dy]
     std: torch.Tensor  # [T, S, Q, Dy]
@@ -34,10 +53,6 @@ class MixturePredictive:
             raise ValueError(f"mean/std must be [T={T}, S={S}, Q, Dy], got {tuple(self.mean.shape)} "
                              f"and {tuple(self.std.shape)}")
         self.log_weights = self.log_weights - self.log_weights.logsumexp(-1, keepdim=True)
-
-    @property
-    def weights(self) -> torch.Tensor:
-        return self.log_weights.exp()
 
     def log_prob(self, y: torch.Tensor) -> torch.Tensor:
         """log p(y_q | support, m) per query point: y [T, Q, Dy] -> [T, Q]."""
@@ -63,26 +78,66 @@ class MixturePredictive:
             low, high = torch.where(below, mid, low), torch.where(below, high, mid)
         return (low + high) / 2
 
-    def effective_sample_size(self) -> torch.Tensor:
-        """Kish's ESS of the mixture weights, 1 / Σ w_s²: [T]."""
-        return 1.0 / (self.weights ** 2).sum(-1)
+
+@dataclasses.dataclass
+class CategoricalMixturePredictive(_Weighted):
+    """Σ_s w_s Cat(softmax f_s) per query point: log_weights [T, S], logits [T, S, Q, C]."""
+
+    log_weights: torch.Tensor  # [T, S]
+    logits: torch.Tensor  # [T, S, Q, C]
+
+    def __post_init__(self):
+        T, S = self.log_weights.shape
+        if self.logits.dim() != 4 or self.logits.shape[:2] != (T, S):
+            raise ValueError(f"logits must be [T={T}, S={S}, Q, C], got {tuple(self.logits.shape)}")
+        self.log_weights = self.log_weights - self.log_weights.logsumexp(-1, keepdim=True)
+
+    @property
+    def log_probs(self) -> torch.Tensor:
+        """log p(y_q = c | support, m): [T, Q, C]."""
+        return (self.log_weights[..., None, None] + self.logits.log_softmax(-1)).logsumexp(1)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """p(y_q = c | support, m) = Σ_s w_s softmax(f_sq)_c: [T, Q, C], rows sum to one."""
+        return self.log_probs.exp()
+
+    def log_prob(self, y: torch.Tensor) -> torch.Tensor:
+        """log p(y_q | support, m) per query point: y [T, Q, 1] (class indices) -> [T, Q]."""
+        return self.log_probs.gather(-1, y.long())[..., 0]
+
+    def predicted_class(self) -> torch.Tensor:
+        """The most probable class per query point: [T, Q] (long)."""
+        return self.log_probs.argmax(-1)
 
 
-def point_metrics(predictive: MixturePredictive, y: torch.Tensor,
-                  mask: Optional[torch.Tensor] = None, level: float = 0.9) -> dict:
+def point_metrics(predictive, y: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                  level: float = 0.9) -> dict:
     """Per-query-point metrics averaged over the unmasked points of all tasks.
 
     - ``loglik``: mean of log p(y_q | support, m) (nats per point);
+
+    and for a :class:`MixturePredictive` (regression)
+
     - ``mse``: mean squared error of the predictive mean (averaged over Dy);
     - ``coverage90`` (for ``level=0.9``): fraction of points whose every output
       dimension lies in the central ``level`` interval, i.e. its CDF value lies in
-      [(1 - level)/2, (1 + level)/2].
+      [(1 - level)/2, (1 + level)/2];
+
+    for a :class:`CategoricalMixturePredictive` (classification)
+
+    - ``accuracy``: fraction of points whose most probable class is the label.
     """
     if mask is None:
         mask = torch.ones(y.shape[:2], dtype=torch.bool, device=y.device)
     n = mask.sum()
     if n == 0:
         raise ValueError("no unmasked query points to score")
+    if isinstance(predictive, CategoricalMixturePredictive):
+        y = torch.where(mask[..., None], y, 0.0)  # padded slots may hold anything
+        logp = torch.where(mask, predictive.log_prob(y), 0.0)
+        correct = (predictive.predicted_class() == y[..., 0].long()) & mask
+        return {"loglik": float(logp.sum() / n), "accuracy": float(correct.sum() / n)}
     y = torch.where(mask[..., None], y, predictive.predictive_mean())  # padded slots may hold anything
     logp = torch.where(mask, predictive.log_prob(y), 0.0)
     sq = torch.where(mask, ((predictive.predictive_mean() - y) ** 2).mean(-1), 0.0)

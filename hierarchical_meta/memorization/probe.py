@@ -11,7 +11,8 @@ tasks. This module turns that into a measurement on any meta-learner given as a
 
 returning ``torch.distributions.Normal`` (``mean`` [T, Q, Dy]) or ``Independent`` of
 one, or the package's :class:`~hierarchical_meta.predictive.MixturePredictive` for
-regression, and ``Categorical`` (``probs`` [T, Q, C]) for classification. The
+regression, and ``Categorical`` (``probs`` [T, Q, C]) or the package's
+:class:`~hierarchical_meta.predictive.CategoricalMixturePredictive` for classification. The
 optional arguments are passed when the function's signature names them.
 
 For each task split (meta-train tasks, meta-test tasks) the probe reports
@@ -54,7 +55,7 @@ from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import torch
 
-from ..predictive import MixturePredictive
+from ..predictive import CategoricalMixturePredictive, MixturePredictive
 from ..tasks.base import TaskBatch, TaskFamily
 
 __all__ = ["ProbeReport", "probe", "probe_batch", "derangement", "true_mean", "predict_batch"]
@@ -136,11 +137,12 @@ def _class_probs(out, T: int, Q: int, C: int) -> torch.Tensor:
             raise ValueError(f"predict returned a Bernoulli with probs {tuple(out.probs.shape)}; "
                              f"expected [T={T}, Q={Q}] or [T, Q, 1]")
         return torch.stack([1 - p1, p1], -1)
-    if not isinstance(out, torch.distributions.Categorical):
+    if not isinstance(out, (torch.distributions.Categorical, CategoricalMixturePredictive)):
         raise ValueError(f"predict returned {type(out).__name__}; a classification predict function "
-                         f"must return torch.distributions.Categorical with probs [T={T}, Q={Q}, C={C}]")
+                         f"must return torch.distributions.Categorical (or a CategoricalMixturePredictive) "
+                         f"with probs [T={T}, Q={Q}, C={C}]")
     if tuple(out.probs.shape) != (T, Q, C):
-        raise ValueError(f"predict returned a Categorical with probs {tuple(out.probs.shape)}; "
+        raise ValueError(f"predict returned a {type(out).__name__} with probs {tuple(out.probs.shape)}; "
                          f"expected [T={T}, Q={Q}, C={C}]")
     return out.probs
 
