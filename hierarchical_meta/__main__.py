@@ -99,6 +99,7 @@ def run_fit(args, out: str) -> dict:
     train = TrainConfig(steps=args.steps, batch_tasks=args.batch_tasks, max_points=args.max_points,
                         lr=args.lr, anneal_steps=args.anneal_steps, seed=args.seed)
     os.makedirs(out, exist_ok=True)
+    torch.manual_seed(args.seed)  # the initial weights
     meta_model = HierarchicalMetaModel(config)
     tic = time.perf_counter()
     history = fit(meta_model, family, train, out_dir=out, progress=not args.no_progress)
@@ -177,9 +178,28 @@ def run_demo(args) -> None:
         args.metadata, args.tasks = metadata, "sinusoid"
         results[label] = run_fit(args, os.path.join(args.out, "with_metadata" if metadata == "use" else "no_metadata"))
     plot_metrics_vs_shots(results, os.path.join(args.out, "loglik_vs_k.png"))
+    targets = check_targets(results["with metadata"], results["metadata withheld"])
     with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(results, f, indent=2)
+        json.dump({"runs": results, "targets": targets}, f, indent=2)
     print(f"demo results under {args.out}/")
+
+
+def check_targets(with_m: dict, without_m: dict) -> dict:
+    """The issue's quality targets, each with its measured value and whether it is met."""
+    targets = {}
+    for k, e in with_m["shots"].items():
+        gap = e["oracle_loglik"] - e["loglik"]
+        targets[f"K={k}: loglik within 0.3 nats of exact Bayes"] = (round(gap, 3), gap <= 0.3)
+        targets[f"K={k}: coverage90 in [0.85, 0.95]"] = (round(e["coverage90"], 3),
+                                                        0.85 <= e["coverage90"] <= 0.95)
+    margin = with_m["shots"]["0"]["loglik"] - without_m["shots"]["0"]["loglik"]
+    targets["K=0: metadata beats withheld metadata (nats)"] = (round(margin, 3), margin > 0.1)
+    shuffled = with_m["shuffled_metadata"]["shots"]["10"]["loglik"] - without_m["shots"]["10"]["loglik"]
+    targets["K=10: shuffled m no worse than withheld by > 0.2 nats"] = (round(shuffled, 3), shuffled >= -0.2)
+    print("\ntargets (measured value, met?)")
+    for name, (value, met) in targets.items():
+        print(f"  {'ok  ' if met else 'MISS'} {name}: {value}")
+    return {name: {"value": value, "met": met} for name, (value, met) in targets.items()}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
