@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--checkpoint", required=True, help="DIR/model.pt written by fit")
     pred.add_argument("--tasks-file", required=True, help="CSV of support and query points per task")
     pred.add_argument("--out", required=True, help="CSV of predictions (mean, q05, q95, loglik if y given)")
-    pred.add_argument("--num-samples", type=positive_int, default=1024, help="importance samples per task")
+    pred.add_argument("--num-samples", type=positive_int, default=2048, help="importance samples per task")
     pred.add_argument("--seed", type=int, default=0)
 
     demo = sub.add_parser("demo", help="the main job end to end on a small default: diagram, fit with and "
@@ -82,7 +82,7 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
                    help="what q(φ2 | ...) sees: the support set, or the support set and m")
     e = p.add_argument_group("evaluation")
     e.add_argument("--eval-tasks", type=positive_int, default=200, help="held-out tasks for metrics.json")
-    e.add_argument("--num-samples", type=positive_int, default=512, help="importance samples per task")
+    e.add_argument("--num-samples", type=positive_int, default=2048, help="importance samples per task")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -60,7 +60,7 @@ def _score(predict, batch: TaskBatch, chunk: int) -> Dict[str, float]:
 
 @torch.no_grad()
 def evaluate(meta_model: HierarchicalMetaModel, family: TaskFamily, shots: Sequence[int] = SHOTS,
-             num_tasks: int = 200, num_query: int = 50, num_samples: int = 512, seed: int = 1234,
+             num_tasks: int = 200, num_query: int = 50, num_samples: int = 2048, seed: int = 1234,
              chunk: int = 25, batch: TaskBatch = None) -> dict:
     """Metrics per K on held-out tasks (see module docstring); a JSON-ready dict."""
     if any(k < 0 for k in shots):

@@ -46,7 +46,7 @@ def _bands(predictive):
 @torch.no_grad()
 def plot_predictions(meta_model, batch: TaskBatch, path: str, family=None,
                      shots: Sequence[int] = (0, 1, 5, 10), num_tasks: int = 3,
-                     num_samples: int = 512, x_range: Optional[tuple] = None) -> None:
+                     num_samples: int = 2048, x_range: Optional[tuple] = None) -> None:
     """Posterior predictive mean and central 90% band on a grid of x, per task and K.
 
     Only for one-dimensional x and y. The exact-Bayes band is dashed where the family has one.
