@@ -40,7 +40,7 @@ class TrainConfig:
     steps: int = 8000
     batch_tasks: int = 32
     max_points: int = 20
-    lr: float = 1e-2
+    lr: float = 3e-3
     num_particles: int = 2
     anneal_steps: int = 1000
     initial_kl_weight: float = 0.1
