@@ -7,6 +7,8 @@ points, and every predictor is scored on a disjoint query set, per query point:
 Beside the model: the exact-Bayes reference (``oracle_*``, where the family has one),
 the noise floor (the true function with the known noise), the same model with the
 metadata shuffled across tasks, and the importance sampler's effective sample size.
+A fixed data set (a family with ``all_tasks``, such as nlschools) is scored on every
+test task with more than K points, its other points being the query set.
 """
 
 from __future__ import annotations
@@ -65,9 +67,14 @@ def evaluate(meta_model: HierarchicalMetaModel, family: TaskFamily, shots: Seque
     """Metrics per K on held-out tasks (see module docstring); a JSON-ready dict."""
     if any(k < 0 for k in shots):
         raise ValueError(f"shots must be >= 0, got {list(shots)}")
-    if batch is None:
+    if batch is None and not hasattr(family, "all_tasks"):
         batch = heldout_tasks(family, num_tasks, max(shots), num_query, seed)
-    meta_model.check_batch(batch)
+
+    def tasks_with(k):
+        """The held-out tasks with K support points: nested supports across K."""
+        if batch is None:  # a fixed data set: every test task with more than K points
+            return family.all_tasks(k, split="test", generator=torch.Generator().manual_seed(seed))
+        return batch.with_support_size(k)
 
     def model_metrics(part):
         predictive, _ = meta_model.predict(part, num_samples=num_samples)
@@ -79,15 +86,16 @@ def evaluate(meta_model: HierarchicalMetaModel, family: TaskFamily, shots: Seque
         metrics = point_metrics(exact_predictive(family, part), part.y_query, part.query_mask)
         return {f"oracle_{key}": value for key, value in metrics.items()}
 
-    result = {"shots": {}, "shuffled_metadata": {"shots": {}}, "num_tasks": batch.num_tasks,
-              "num_query": batch.x_query.shape[1], "num_samples": num_samples}
-    shuffled = shuffle_metadata(batch)
+    result = {"shots": {}, "shuffled_metadata": {"shots": {}}, "num_samples": num_samples}
     for k in shots:
-        entry = _score(model_metrics, batch.with_support_size(k), chunk)
+        tasks = tasks_with(k)
+        meta_model.check_batch(tasks)
+        entry = _score(model_metrics, tasks, chunk)
         if has_oracle(family):
-            entry.update(_score(oracle_metrics, batch.with_support_size(k), chunk))
+            entry.update(_score(oracle_metrics, tasks, chunk))
+        entry["num_tasks"] = tasks.num_tasks
         result["shots"][str(k)] = entry
-        result["shuffled_metadata"]["shots"][str(k)] = _score(model_metrics, shuffled.with_support_size(k), chunk)
+        result["shuffled_metadata"]["shots"][str(k)] = _score(model_metrics, shuffle_metadata(tasks), chunk)
     if has_oracle(family):
         floor = noise_floor_log_prob(family, batch)
         result["noise_floor_loglik"] = float((floor * batch.query_mask).sum() / batch.query_mask.sum())
