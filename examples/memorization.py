@@ -7,17 +7,20 @@ For each scenario of :mod:`hierarchical_meta.memorization.scenarios` this trains
 - ``cnp``: a conditional neural process (black-box meta-learner);
 - ``maml``: MAML on profiling/'s MLP functions (regression scenarios);
 - ``bayes`` / ``bayes-no-m``: the hierarchical Bayesian model, with its metadata and
-  with metadata withheld (regression scenarios; the model has no classification
-  likelihood yet);
+  with metadata withheld (normal likelihood for regression, categorical for
+  classification);
 - ``oracle``: the closed-form adapting learner of the scenario (no training),
 
 runs the probe on fresh meta-train and meta-test tasks, and writes ``DIR/results.csv``
 and ``DIR/results.md`` (performance vs chance and the probe's scores). With ``--beta``
 it also runs the information-bottleneck experiment on ``basis-task-id`` and writes
-``DIR/beta.csv`` and ``DIR/beta.md``.
+``DIR/beta.csv`` and ``DIR/beta.md``. With ``--update`` it replaces, in an existing
+``DIR/results.csv``, only the (scenario, learner) rows this run produces, and lists every
+command that made the table in ``DIR/results.md``.
 
     python examples/memorization.py --out docs/memorization --beta
     python examples/memorization.py --scenario grasp --tiny --out /tmp/mem   # seconds
+    python examples/memorization.py --scenario mutually-exclusive --learner bayes --update --out docs/memorization
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import argparse
 import csv
 import dataclasses
 import os
+import re
 import sys
 import time
 
@@ -43,6 +47,7 @@ from hierarchical_meta.train import TrainConfig, fit
 
 LEARNERS = ("pooled", "cnp", "maml", "bayes", "bayes-no-m", "oracle")
 BETAS = (0.0, 0.01, 0.1, 1.0, 10.0)
+BAYES_LR = 3e-3  # the Bayesian model's SVI learning rate in the committed results (pinned)
 
 
 @dataclasses.dataclass
@@ -80,18 +85,19 @@ def train_learner(name, family, scenario, args, beta=None):
                                            bottleneck=beta is not None, beta=beta or 0.0)
         fit_episodic(learner, family, num_support=K, num_query=Q, steps=args.steps, seed=args.seed)
         return learner
-    if classes is not None:
-        return None  # MAML (MSE inner loop) and the Bayesian model are regression-only here
     if name == "maml":
+        if classes is not None:
+            return None  # MAML's inner loop is the MSE of profiling/: regression only
         learner = MAMLRegressor(family.x_dim, hidden=args.hidden)
         fit_maml(learner, family, num_support=K, num_query=Q, steps=args.maml_steps, seed=args.seed)
         return learner
     if name in ("bayes", "bayes-no-m"):
         key = (scenario.name, beta)
         if key not in args.model_cache:
+            classifier = {} if classes is None else dict(likelihood="categorical", num_classes=classes)
             model = HierarchicalMetaModel(x_dim=family.x_dim, y_dim=family.y_dim,
-                                          metadata_dim=family.metadata_dim, hidden=args.hidden)
-            config = BetaTrainConfig(steps=args.steps, max_points=K + Q, seed=args.seed,
+                                          metadata_dim=family.metadata_dim, hidden=args.hidden, **classifier)
+            config = BetaTrainConfig(steps=args.steps, max_points=K + Q, seed=args.seed, lr=BAYES_LR,
                                      eval_every=max(args.steps // 4, 1), eval_tasks=32,
                                      beta=1.0 if beta is None else beta)
             fit(model, family, config, progress=False)
@@ -133,10 +139,41 @@ def write_csv(rows, path):
         writer.writerows(rows)
 
 
+def read_csv(path):
+    """Rows of a CSV written by :func:`write_csv`, numbers parsed back (int, else float)."""
+    def parse(value):
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+        return value
+    with open(path, newline="") as f:
+        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def merge_rows(old, new):
+    """``old`` with the (scenario, learner) pairs of ``new`` replaced, in scenario then learner order."""
+    pairs = {(r["scenario"], r["learner"]) for r in new}
+    rows = [r for r in old if (r["scenario"], r["learner"]) not in pairs] + new
+    order = {name: i for i, name in enumerate(SCENARIOS)}
+    # a stable sort keeps each pair's splits in their order
+    return sorted(rows, key=lambda r: (order.get(r["scenario"], len(order)), LEARNERS.index(r["learner"])))
+
+
+def previous_commands(path):
+    """The commands listed in an existing results.md (``Command:`` lines)."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return re.findall(r"^(?:Command|Then): `(.+)`$", f.read(), flags=re.M)
+
+
 def markdown_table(rows, command, extra=()):
     head = ["scenario", "learner", *extra, "split", "metric", "own support", "no support", "chance",
             "NLL own", "gain vs swapped (nats)", "gain vs none (nats)", "follow"]
-    lines = [f"Command: `{command}`", "",
+    commands = [command] if isinstance(command, str) else list(command)
+    lines = [f"Command: `{commands[0]}`", *[f"Then: `{c}`" for c in commands[1:]], "",
              "metric: accuracy (classification) or MSE (regression); chance: the majority class, or a "
              "constant predictor (the split's query variance). NLL: nats per query point. "
              "± one standard error across tasks.", "",
@@ -185,6 +222,8 @@ def main(argv=None) -> int:
     parser.add_argument("--probe-tasks", type=int, default=256, help="tasks per split in the probe")
     parser.add_argument("--derangements", type=int, default=4, help="support derangements in the probe")
     parser.add_argument("--num-samples", type=int, default=256, help="importance samples (Bayesian model)")
+    parser.add_argument("--update", action="store_true",
+                        help="replace only this run's (scenario, learner) rows in an existing DIR/results.csv")
     parser.add_argument("--beta", action="store_true", help="also run the β bottleneck experiment")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiny", action="store_true", help="tiny sizes for tests (seconds)")
@@ -195,6 +234,9 @@ def main(argv=None) -> int:
     for name in ("steps", "maml_steps", "hidden", "probe_tasks", "derangements", "num_samples"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    results_csv = os.path.join(args.out, "results.csv")
+    if args.update and not os.path.exists(results_csv):
+        parser.error(f"--update needs an existing {results_csv}; run once without --update first")
     if args.probe_tasks < 2:
         parser.error("--probe-tasks must be >= 2 (the probe swaps supports across tasks)")
     torch.set_num_threads(1)
@@ -206,9 +248,14 @@ def main(argv=None) -> int:
     rows = []
     for name in names:
         rows += run_scenario(make_scenario(name), args, learners)
-    write_csv(rows, os.path.join(args.out, "results.csv"))
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write("# Memorization probe: results\n\n" + markdown_table(rows, command))
+    results_md = os.path.join(args.out, "results.md")
+    commands = [command]
+    if args.update:
+        rows = merge_rows(read_csv(results_csv), rows)
+        commands = previous_commands(results_md) + commands
+    write_csv(rows, results_csv)
+    with open(results_md, "w") as f:
+        f.write("# Memorization probe: results\n\n" + markdown_table(rows, commands))
     if args.beta:
         beta_rows, chosen = beta_experiment(args)
         write_csv(beta_rows, os.path.join(args.out, "beta.csv"))

@@ -2,7 +2,9 @@
 
 - :class:`BayesianModelPredictor`: the hierarchical model's importance-weighted posterior
   predictive p(y_q | support, m) (:func:`hierarchical_meta.predict.posterior_predictive`),
-  or with the metadata withheld (fed as missing, NaN, which the model is trained to read).
+  or with the metadata withheld (fed as missing, NaN, which the model is trained to read):
+  a ``MixturePredictive`` for regression, a ``CategoricalMixturePredictive`` (class
+  probabilities Σ_s w_s softmax f(x_q, φ2_s)) for a model with the categorical likelihood.
   Each call reseeds its sampler, so the probe's conditions share random numbers.
 - :class:`MAMLRegressor`: MAML (Finn et al., ICML 2017) on profiling/'s MLP functions.
   The inner loop is L SGD steps on the support MSE with :func:`profiling.mlp.mse_and_grad`
@@ -27,12 +29,18 @@ __all__ = ["BayesianModelPredictor", "MAMLRegressor", "fit_maml"]
 
 
 class BayesianModelPredictor:
-    """p(y_q | x_q, support, m) of a trained :class:`~hierarchical_meta.HierarchicalMetaModel`."""
+    """p(y_q | x_q, support, m) of a trained :class:`~hierarchical_meta.HierarchicalMetaModel`.
 
-    def __init__(self, meta_model, num_samples: int = 256, withhold_metadata: bool = False, seed: int = 0):
+    ``num_samples`` importance samples, a share ``defensive`` of them from the prior
+    (:func:`~hierarchical_meta.predict.posterior_predictive`); pinned here so that the
+    probe's numbers do not move with the library's defaults.
+    """
+
+    def __init__(self, meta_model, num_samples: int = 256, withhold_metadata: bool = False, seed: int = 0,
+                 defensive: float = 0.1):
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        self.meta_model, self.num_samples = meta_model, num_samples
+        self.meta_model, self.num_samples, self.defensive = meta_model, num_samples, defensive
         self.withhold_metadata, self.seed = withhold_metadata, seed
 
     def __call__(self, x_support, y_support, x_query, support_mask=None, metadata=None):
@@ -47,7 +55,7 @@ class BayesianModelPredictor:
             torch.manual_seed(self.seed)
             predictive, _ = posterior_predictive(self.meta_model.model, self.meta_model.guide, x_support,
                                                  y_support, metadata, support_mask, x_query,
-                                                 num_samples=self.num_samples)
+                                                 num_samples=self.num_samples, defensive=self.defensive)
         return predictive
 
 
