@@ -314,3 +314,19 @@ def test_wrapped_learners_run_through_the_probe():
             assert math.isfinite(r.follow) and math.isfinite(r.loss)
     with pytest.raises(ValueError, match="classification"):
         fit_maml(maml, DiseaseTasks(), num_support=4, num_query=4, steps=1)
+
+
+def test_bayesian_classifier_runs_through_the_probe():
+    """The categorical model's predictive (Σ_s w_s softmax f) is accepted by the probe as is."""
+    from hierarchical_meta.memorization.wrappers import BayesianModelPredictor
+    from hierarchical_meta.meta_model import HierarchicalMetaModel
+    from hierarchical_meta.predictive import CategoricalMixturePredictive
+    family = DiseaseTasks()
+    model = HierarchicalMetaModel(x_dim=family.x_dim, y_dim=1, metadata_dim=1, hidden=16,
+                                  likelihood="categorical", num_classes=family.num_classes)
+    predict = BayesianModelPredictor(model, 32)
+    batch = family.sample(4, 10, 10, generator=torch.Generator().manual_seed(0))
+    out = predict(batch.x_support, batch.y_support, batch.x_query, metadata=batch.metadata)
+    assert isinstance(out, CategoricalMixturePredictive) and out.probs.shape == (4, 10, 2)
+    for r in probe(predict, family, num_support=10, num_query=10, num_tasks=4, num_derangements=1).values():
+        assert r.metric_name == "accuracy" and math.isfinite(r.follow) and math.isfinite(r.loss)
