@@ -7,11 +7,11 @@ from a few labelled points plus metadata by importance sampling the whole poster
 
 from .evaluate import evaluate
 from .meta_model import HierarchicalMetaModel, ModelConfig, load_checkpoint
-from .predictive import MixturePredictive, point_metrics
+from .predictive import CategoricalMixturePredictive, MixturePredictive, point_metrics
 from .render import plate_diagram, render_diagram
 from .tasks import BasisFunctionTasks, SinusoidTasks, TaskBatch, TaskFamily, make_family
 from .train import TrainConfig, fit
 
 __all__ = ["HierarchicalMetaModel", "ModelConfig", "TrainConfig", "fit", "evaluate", "load_checkpoint",
-           "MixturePredictive", "point_metrics", "plate_diagram", "render_diagram",
+           "MixturePredictive", "CategoricalMixturePredictive", "point_metrics", "plate_diagram", "render_diagram",
            "TaskBatch", "TaskFamily", "SinusoidTasks", "BasisFunctionTasks", "make_family"]

@@ -103,7 +103,7 @@ class HierarchicalMetaModel(nn.Module):
         return torch.full_like(metadata, float("nan"))
 
     # -- prediction -----------------------------------------------------------------------
-    def predict(self, batch: TaskBatch, num_samples: int = 512, defensive: float = 0.1):
+    def predict(self, batch: TaskBatch, num_samples: int = 2048, defensive: float = 0.3):
         """Posterior predictive at ``batch.x_query`` given the support set and metadata.
 
         Returns ``(predictive, log_evidence)``: a ``MixturePredictive``, or a

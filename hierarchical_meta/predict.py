@@ -29,7 +29,7 @@ __all__ = ["posterior_predictive"]
 
 @torch.no_grad()
 def posterior_predictive(model, guide, x_support, y_support, metadata, support_mask, x_query,
-                         num_samples: int = 512, defensive: float = 0.1):
+                         num_samples: int = 2048, defensive: float = 0.3):
     """Importance-weighted posterior predictive.
 
     Shapes: x_support [T, K, Dx], y_support [T, K, Dy], metadata [T, Dm] (NaN = missing),
