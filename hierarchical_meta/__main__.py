@@ -70,6 +70,10 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
                    help="points per training task (each task keeps a random 0..max of them)")
     g.add_argument("--lr", type=float, default=DEFAULTS.lr, help="Adam learning rate (decays 10x over the run)")
     g.add_argument("--anneal-steps", type=int, default=DEFAULTS.anneal_steps, help="KL annealing steps (β to 1)")
+    g.add_argument("--metadata-dropout", type=float, default=DEFAULTS.metadata_dropout,
+                   help="fraction of training tasks whose metadata is dropped (read as missing)")
+    g.add_argument("--metadata-swap", type=float, default=DEFAULTS.metadata_swap,
+                   help="fraction of training tasks given another task's metadata (teaches how far to trust m)")
     m = p.add_argument_group("model")
     defaults = ModelConfig()
     m.add_argument("--latent-dim", type=positive_int, default=defaults.latent_dim, help="dimension D of φ1 and φ2")
@@ -97,7 +101,8 @@ def run_fit(args, out: str) -> dict:
                          guide_sees_metadata=args.guide == "data+metadata",
                          use_metadata=args.metadata == "use", task_family=args.tasks)
     train = TrainConfig(steps=args.steps, batch_tasks=args.batch_tasks, max_points=args.max_points,
-                        lr=args.lr, anneal_steps=args.anneal_steps, seed=args.seed)
+                        lr=args.lr, anneal_steps=args.anneal_steps, metadata_dropout=args.metadata_dropout,
+                        metadata_swap=args.metadata_swap, seed=args.seed)
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(args.seed)  # the initial weights
     meta_model = HierarchicalMetaModel(config)

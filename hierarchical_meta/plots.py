@@ -22,7 +22,7 @@ def plot_training_curve(history: dict, path: str) -> None:
     loss = torch.tensor(history["loss"])
     window = max(1, len(loss) // 100)
     smooth = loss.unfold(0, window, window).mean(1) if len(loss) >= window else loss
-    ax.plot(torch.arange(len(smooth)) * window + window, -smooth, lw=1, label="train ELBO / point (β-weighted)")
+    ax.plot(torch.arange(len(smooth)) * window + window, -smooth, lw=1, label="train ELBO / point (β-weighted; ragged tasks, corrupted m)")
     if history["eval"]:
         ax.plot(history["eval_step"], [e["elbo_per_point"] for e in history["eval"]], "o-", ms=3,
                 label="held-out ELBO / point")

@@ -21,7 +21,6 @@ with ``logits`` f [T, S, Q, C] and y a class index stored as a float, [T, Q, 1].
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Optional
 
 import torch

@@ -17,7 +17,6 @@ steps; calling :func:`fit` again on the same folder resumes from it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time

@@ -36,14 +36,7 @@ PARTICLES = 7
 EXACT = dict(rtol=1e-10, atol=1e-10)
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    pyro.clear_param_store()
-    yield
-    pyro.clear_param_store()
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def make_problem(prior="linear", decoder="features", seed=0, y_from_model=False):

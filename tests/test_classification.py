@@ -15,7 +15,6 @@
 import itertools
 import math
 
-import pyro
 import pytest
 import torch
 
@@ -29,20 +28,8 @@ from hierarchical_meta.predictive import CategoricalMixturePredictive, point_met
 from hierarchical_meta.train import TrainConfig, fit
 from test_bound import EXACT, PARTICLES, SIZES, pyro_loss, trace_elbo
 
-torch.set_num_threads(1)
 
 T, N, DX, DM, D, C = 4, 5, 2, 2, 2, 3  # tasks, max points, dims of x, m, latents; classes
-
-
-@pytest.fixture
-def float64():
-    """The exact comparisons run in float64 (as in test_bound), with a clean param store."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    pyro.clear_param_store()
-    yield
-    pyro.clear_param_store()
-    torch.set_default_dtype(previous)
 
 
 def make_problem(prior="linear", decoder="features", seed=0):

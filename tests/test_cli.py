@@ -28,7 +28,6 @@ from hierarchical_meta import oracle, plots
 from hierarchical_meta.__main__ import main
 from hierarchical_meta.meta_model import HierarchicalMetaModel, ModelConfig, load_checkpoint
 
-torch.set_num_threads(1)
 evaluate_module = importlib.import_module("hierarchical_meta.evaluate")  # the package re-exports a function of that name
 
 TINY = ["--eval-tasks", "8", "--num-samples", "32", "--batch-tasks", "8", "--no-progress",

@@ -15,7 +15,6 @@ from hierarchical_meta.predictive import MixturePredictive
 from hierarchical_meta.tasks.base import TaskFamily
 from hierarchical_meta.tasks.basis import BasisFunctionTasks
 
-torch.set_num_threads(1)
 
 
 def _basis_batch(T, seed=0, **kwargs):

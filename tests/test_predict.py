@@ -25,7 +25,6 @@ from hierarchical_meta.predict import posterior_predictive
 from hierarchical_meta.predictive import MixturePredictive, point_metrics
 from hierarchical_meta.tasks import BasisFunctionTasks, SinusoidTasks, TaskBatch
 
-torch.set_num_threads(1)
 
 Z95 = 1.6448536269514722  # standard normal 0.95 quantile
 

@@ -18,15 +18,6 @@ F64 = torch.float64
 DEVICE = os.environ.get("PROFILING_TEST_DEVICE", "cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny tensors on a shared 2-core machine: a second thread only adds contention
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make(layers=2, hidden=8, tasks=3, seed=0, dtype=F64):
     torch.manual_seed(seed)
     params = {k: v.detach() for k, v in profiling.build_mlp(layers, hidden).to(dtype).named_parameters()}

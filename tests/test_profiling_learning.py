@@ -6,15 +6,6 @@ import torch
 import profiling
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny tensors on a shared 2-core machine: a second thread only adds contention
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def held_out_loss(params, held_out):
     # post-adaptation query MSE after 5 inner steps, averaged over 64 held-out tasks
     return float(profiling.meta_gradient("maml", params, held_out, inner_steps=5, impl="batched")[0])

@@ -14,14 +14,6 @@ from profiling.study import Config, append_row, configurations, measure_config, 
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_cpu_peak_counts_the_peak_not_what_is_left():
     def step():
         a = torch.ones(1_000_000)  # 4 MB

@@ -16,7 +16,6 @@ import torch
 from hierarchical_meta.tasks import (FAMILIES, BasisFunctionTasks, SinusoidTasks, TaskBatch,
                                      make_family)
 
-torch.set_num_threads(1)
 
 
 def _batch(T=3, K=4, Q=5, Dx=1, Dy=1, Dm=2, **overrides):

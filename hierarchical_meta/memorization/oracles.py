@@ -126,7 +126,7 @@ class GoalGridPosterior:
 
     def __call__(self, x_support, y_support, x_query, support_mask=None):
         m = _mask(x_support, support_mask)  # [T, K]
-        T, Q, S = x_query.shape[0], x_query.shape[1], len(self.grid)
+        T, S = x_query.shape[0], len(self.grid)
         goals = self.grid.expand(T, S)  # [T, S]
 
         def curve(action):  # [T, N, 1] -> [T, S, N, 1]

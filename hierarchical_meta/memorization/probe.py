@@ -51,7 +51,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from typing import Callable, Dict, Mapping, Optional, Sequence
+from typing import Callable, Dict, Mapping, Optional
 
 import torch
 
