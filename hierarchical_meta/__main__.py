@@ -67,7 +67,9 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
                    help="'none' withholds m everywhere: the ablation baseline")
     g.add_argument("--batch-tasks", type=positive_int, default=DEFAULTS.batch_tasks, help="tasks per SVI step")
     g.add_argument("--max-points", type=positive_int, default=DEFAULTS.max_points,
-                   help="points per training task (each task keeps a random 0..max of them)")
+                   help="points per training task (each task keeps a random min..max of them)")
+    g.add_argument("--min-points", type=int, default=DEFAULTS.min_points,
+                   help="fewest points a training task keeps")
     g.add_argument("--lr", type=float, default=DEFAULTS.lr, help="Adam learning rate (decays 10x over the run)")
     g.add_argument("--anneal-steps", type=int, default=DEFAULTS.anneal_steps, help="KL annealing steps (β to 1)")
     g.add_argument("--metadata-dropout", type=float, default=DEFAULTS.metadata_dropout,
@@ -101,6 +103,7 @@ def run_fit(args, out: str) -> dict:
                          guide_sees_metadata=args.guide == "data+metadata",
                          use_metadata=args.metadata == "use", task_family=args.tasks)
     train = TrainConfig(steps=args.steps, batch_tasks=args.batch_tasks, max_points=args.max_points,
+                        min_points=args.min_points,
                         lr=args.lr, anneal_steps=args.anneal_steps, metadata_dropout=args.metadata_dropout,
                         metadata_swap=args.metadata_swap, seed=args.seed)
     os.makedirs(out, exist_ok=True)

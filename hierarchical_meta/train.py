@@ -5,7 +5,7 @@ own dependency (φ1 drawn given φ2); ``TraceMeanField_ELBO`` would replace the 
 by KL(q(φ2) || p(φ2 | φ1, m)), which is biased here (docs/derivation.md).
 
 Each step draws a fresh batch of training tasks with a random number of points each
-(0 to ``max_points``, by masking) so the set encoder sees every size, and corrupts the
+(``min_points`` to ``max_points``, by masking) so the set encoder sees every size, and corrupts the
 metadata of a fraction of tasks (dropped: NaN, read as missing; or swapped with another
 task's) so the model learns how far to trust m. The KL terms are annealed (both latent
 sites scaled by β rising from ``initial_kl_weight`` to 1) against posterior collapse.
@@ -39,6 +39,7 @@ class TrainConfig:
     steps: int = 8000
     batch_tasks: int = 32
     max_points: int = 20
+    min_points: int = 0
     lr: float = 3e-3
     num_particles: int = 2
     anneal_steps: int = 1000
@@ -55,6 +56,8 @@ class TrainConfig:
                      "eval_tasks", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if not 0 <= self.min_points <= self.max_points:
+            raise ValueError(f"min_points must be in [0, max_points={self.max_points}], got {self.min_points}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         for name in ("metadata_dropout", "metadata_swap", "initial_kl_weight"):
@@ -70,10 +73,10 @@ class TrainConfig:
         return min(1.0, self.initial_kl_weight + (1 - self.initial_kl_weight) * step / self.anneal_steps)
 
 
-def ragged_mask(mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Keep a uniformly random number 0..N of each task's points: [T, N] -> [T, N]."""
+def ragged_mask(mask: torch.Tensor, generator: torch.Generator, minimum: int = 0) -> torch.Tensor:
+    """Keep a uniformly random number ``minimum``..N of each task's points: [T, N] -> [T, N]."""
     T, N = mask.shape
-    keep = torch.randint(0, N + 1, (T, 1), generator=generator)
+    keep = torch.randint(minimum, N + 1, (T, 1), generator=generator)
     return mask & (torch.arange(N) < keep)
 
 
@@ -152,7 +155,7 @@ def fit(meta_model: HierarchicalMetaModel, family: TaskFamily, config: TrainConf
     tic = time.perf_counter()
     for step in bar:
         batch = family.sample(config.batch_tasks, config.max_points, 0, split="train", generator=generator)
-        mask = ragged_mask(batch.support_mask, generator)
+        mask = ragged_mask(batch.support_mask, generator, config.min_points)
         metadata = corrupt_metadata(meta_model.model_metadata(batch.metadata), config.metadata_dropout,
                                     config.metadata_swap, generator)
         loss = svi.step(batch.x_support, metadata, batch.y_support, mask,
