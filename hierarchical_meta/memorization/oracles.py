@@ -18,7 +18,6 @@ All are predict functions in the probe's convention.
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional
 
 import torch
@@ -138,8 +137,3 @@ class GoalGridPosterior:
         log_weights = (loglik[..., 0] * m[:, None]).sum(-1)  # [T, S]
         mean = curve(x_query[..., :1])  # [T, S, Q, 1]
         return MixturePredictive(log_weights, mean, torch.full_like(mean, self.noise_std))
-
-
-def gaussian_nll_floor(noise_std: float) -> float:
-    """Expected negative log-likelihood per point of the true function with known noise."""
-    return 0.5 * math.log(2 * math.pi * math.e * noise_std ** 2)

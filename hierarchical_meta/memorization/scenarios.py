@@ -31,12 +31,10 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from ..tasks.base import TaskBatch, TaskFamily
+from ..tasks.base import SPLITS, TaskBatch, TaskFamily
 from ..tasks.basis import BasisFunctionTasks
 
 __all__ = ["DiseaseTasks", "GraspTasks", "TaskIdBasisTasks", "Scenario", "SCENARIOS", "make_scenario"]
-
-SPLITS = ("train", "val", "test")
 
 
 def _balanced_labels(T: int, N: int, generator) -> torch.Tensor:
@@ -231,10 +229,6 @@ class Scenario:
     num_support: int
     num_query: int
     description: str
-
-    @property
-    def is_classification(self) -> bool:
-        return getattr(self.make_family(), "num_classes", None) is not None
 
 
 #: The scenarios by name (``--scenario NAME``).
