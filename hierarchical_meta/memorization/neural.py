@@ -87,6 +87,7 @@ class ConditionalNeuralProcess(nn.Module):
             q_dim = z_dim
         self.head = _Head(y_dim, num_classes)
         self.decoder = _mlp([q_dim + r_dim, hidden, hidden, self.head.size])
+        self.r_dim = r_dim
         self._kl = torch.zeros(())
 
     def _y_in(self, y):
@@ -97,11 +98,13 @@ class ConditionalNeuralProcess(nn.Module):
 
     def forward(self, x_support, y_support, x_query, support_mask=None):
         T, K = x_support.shape[:2]
-        m = (torch.ones(T, K) if support_mask is None else support_mask.float())[..., None]  # [T, K, 1]
-        h = self.encoder(torch.cat([x_support, self._y_in(y_support)], -1)) if K else None
-        r = (h * m).sum(1) / m.sum(1).clamp_min(1.0) if K else \
-            torch.zeros(T, self.encoder[-1].out_features)  # [T, R]
-        q = x_query
+        if K == 0:
+            r = x_query.new_zeros(T, self.r_dim)  # [T, R]
+        else:
+            keep = (torch.ones(T, K) if support_mask is None else support_mask.float())[..., None]  # [T, K, 1]
+            h = self.encoder(torch.cat([x_support, self._y_in(y_support)], -1))  # [T, K, R]
+            r = (h * keep).sum(1) / keep.sum(1).clamp_min(1.0)  # [T, R]
+        q = x_query  # [T, Q, Dx], or z [T, Q, Z] through the bottleneck
         if self.bottleneck:
             loc, raw = self.query_encoder(x_query).chunk(2, -1)  # [T, Q, Z] each
             scale = nn.functional.softplus(raw) + 1e-4
@@ -119,16 +122,16 @@ class ConditionalNeuralProcess(nn.Module):
 
 
 def fit_episodic(learner: nn.Module, family: TaskFamily, *, num_support: int, num_query: int,
-                 steps: int = 2000, tasks_per_step: int = 32, lr: float = 1e-3, seed: int = 0,
-                 beta: Optional[float] = None) -> list:
+                 steps: int = 2000, tasks_per_step: int = 32, lr: float = 1e-3, seed: int = 0) -> list:
     """Train ``learner`` on meta-training tasks (split ``"train"``) by maximum likelihood.
 
-    Loss per step: mean query negative log-likelihood + β·KL (the learner's bottleneck, if
-    any). Returns the loss per step.
+    Loss per step: mean query negative log-likelihood + β·KL, β the learner's ``beta``
+    (its bottleneck, if any). Returns the loss per step. (Not :func:`hierarchical_meta.train.fit`:
+    that one runs SVI on the Bayesian model's ELBO; these are plain networks.)
     """
     if steps < 0 or tasks_per_step < 1:
         raise ValueError(f"need steps >= 0 and tasks_per_step >= 1, got {steps}, {tasks_per_step}")
-    beta = getattr(learner, "beta", 0.0) if beta is None else beta
+    beta = getattr(learner, "beta", 0.0)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     optimizer = torch.optim.Adam(learner.parameters(), lr=lr)

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..predict import posterior_predictive
 from ..tasks.base import TaskFamily
+from .neural import _mlp
 
 __all__ = ["BayesianModelPredictor", "MAMLRegressor", "fit_maml"]
 
@@ -50,6 +51,7 @@ class BayesianModelPredictor:
         metadata = self.meta_model.model_metadata(metadata)
         if support_mask is None:
             support_mask = torch.ones(x_support.shape[:2], dtype=torch.bool)
+        # posterior_predictive, not meta_model.predict: a TaskBatch would reject withheld (NaN) metadata
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             predictive, _ = posterior_predictive(self.meta_model.model, self.meta_model.guide, x_support,
@@ -66,13 +68,7 @@ class MAMLRegressor(nn.Module):
         super().__init__()
         if inner_steps < 1 or inner_lr <= 0:
             raise ValueError(f"need inner_steps >= 1 and inner_lr > 0, got {inner_steps}, {inner_lr}")
-        sizes = [x_dim] + [hidden] * layers + [y_dim]
-        mods = []
-        for i in range(len(sizes) - 1):
-            mods.append(nn.Linear(sizes[i], sizes[i + 1]))
-            if i < len(sizes) - 2:
-                mods.append(nn.ReLU())
-        self.net = nn.Sequential(*mods)
+        self.net = _mlp([x_dim] + [hidden] * layers + [y_dim])  # ReLU, as profiling.mlp's functions
         self.inner_steps, self.inner_lr = inner_steps, float(inner_lr)
         self.register_buffer("noise_std", torch.tensor(1.0))
 
@@ -119,6 +115,7 @@ def fit_maml(learner: MAMLRegressor, family: TaskFamily, *, num_support: int, nu
     if getattr(family, "num_classes", None) is not None:
         raise ValueError("MAMLRegressor is a regression learner (MSE inner loop); "
                          f"{type(family).__name__} is a classification family")
+    # Not train.fit (SVI on the Bayesian model's ELBO): Adam on profiling's hand-written meta-gradients.
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     optimizer = torch.optim.Adam(learner.parameters(), lr=lr)
