@@ -196,6 +196,22 @@ def test_wrong_shape_or_type_from_predict_raises():
     with pytest.raises(ValueError, match="Categorical"):
         probe(_constant_regression, disease, num_support=4, num_query=4, num_tasks=4)
 
+    def three_classes(xs, ys, xq):  # C = 3 on a binary family
+        return torch.distributions.Categorical(logits=torch.zeros(xq.shape[:2] + (3,)))
+
+    def bernoulli_pairs(xs, ys, xq):  # probs [T, Q, 2]: not one probability per point
+        return torch.distributions.Bernoulli(probs=torch.full(xq.shape[:2] + (2,), 0.5))
+
+    def mixture_wrong_q(xs, ys, xq):  # a MixturePredictive with one query point too few
+        mean = torch.zeros(xq.shape[0], 1, xq.shape[1] - 1, 1)
+        return MixturePredictive(torch.zeros(xq.shape[0], 1), mean, torch.ones_like(mean))
+
+    for bad, fam in [(three_classes, disease), (bernoulli_pairs, disease), (mixture_wrong_q, family)]:
+        with pytest.raises(ValueError, match="expected"):
+            probe(bad, fam, num_support=4, num_query=4, num_tasks=4)
+    with pytest.raises(ValueError, match="splits must name"):
+        probe(_constant_regression, family, num_support=3, num_query=3, num_tasks=4, splits={})
+
 
 def test_family_without_held_out_tasks_raises():
     class TrainOnly(BasisFunctionTasks):

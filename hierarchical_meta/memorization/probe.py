@@ -12,8 +12,9 @@ tasks. This module turns that into a measurement on any meta-learner given as a
 returning ``torch.distributions.Normal`` (``mean`` [T, Q, Dy]) or ``Independent`` of
 one, or the package's :class:`~hierarchical_meta.predictive.MixturePredictive` for
 regression, and ``Categorical`` (``probs`` [T, Q, C]) or the package's
-:class:`~hierarchical_meta.predictive.CategoricalMixturePredictive` for classification. The
-optional arguments are passed when the function's signature names them.
+:class:`~hierarchical_meta.predictive.CategoricalMixturePredictive` for classification
+(``Bernoulli`` with ``probs`` [T, Q] or [T, Q, 1] for two classes). The optional arguments
+are passed when the function's signature names them; anything else raises ``ValueError``.
 
 For each task split (meta-train tasks, meta-test tasks) the probe reports
 
@@ -132,7 +133,7 @@ def _regression_view(out, T: int, Q: int, Dy: int):
 def _class_probs(out, T: int, Q: int, C: int) -> torch.Tensor:
     """Class probabilities [T, Q, C] of a classification predictive."""
     if isinstance(out, torch.distributions.Bernoulli) and C == 2:
-        p1 = out.probs.reshape(out.probs.shape[:2]) if out.probs.dim() == 3 else out.probs
+        p1 = out.probs[..., 0] if out.probs.dim() == 3 and out.probs.shape[-1] == 1 else out.probs
         if tuple(p1.shape) != (T, Q):
             raise ValueError(f"predict returned a Bernoulli with probs {tuple(out.probs.shape)}; "
                              f"expected [T={T}, Q={Q}] or [T, Q, 1]")
@@ -296,7 +297,7 @@ def probe_batch(predict: Callable, batch: TaskBatch, *, family: Optional[TaskFam
 
 def probe(predict: Callable, family: TaskFamily, *, num_support: int, num_query: int,
           num_tasks: int = 64, num_derangements: int = 4,
-          splits: Mapping[str, str] = None, swap_metadata: bool = False,
+          splits: Optional[Mapping[str, str]] = None, swap_metadata: bool = False,
           seed: int = 1234) -> Dict[str, ProbeReport]:
     """Probe ``predict`` on fresh tasks of ``family``, one report per entry of ``splits``.
 
@@ -306,7 +307,7 @@ def probe(predict: Callable, family: TaskFamily, *, num_support: int, num_query:
     (absent or None for regression) selects classification. The draws use their own seed,
     so they are fresh tasks and points, not the ones a learner was trained on.
     """
-    splits = dict(splits or {"meta-train": "train", "meta-test": "test"})
+    splits = {"meta-train": "train", "meta-test": "test"} if splits is None else dict(splits)
     if not splits:
         raise ValueError("splits must name at least one task split")
     num_classes = getattr(family, "num_classes", None)
