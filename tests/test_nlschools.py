@@ -139,6 +139,15 @@ def test_metadata_varying_inside_a_class_and_dropped_pupils():
     assert tasks.class_sizes.tolist() == [2, 4, 5, 6]
 
 
+def test_non_numeric_column_and_too_few_classes():
+    frame = small_frame()
+    frame["COMB"] = frame["COMB"].map({0: "no", 1: "yes"})
+    with pytest.raises(ValueError, match="'COMB' must be numeric"):
+        NLSchoolsTasks(data=frame)
+    with pytest.raises(ValueError, match="at least 3 classes"):
+        NLSchoolsTasks(data=small_frame(sizes=(3, 4)))
+
+
 def test_missing_dependency_message(monkeypatch):
     nlschools_module._read_archive.cache_clear()
     monkeypatch.setattr(nlschools_module.importlib.util, "find_spec", lambda name: None)

@@ -112,6 +112,7 @@ class MixedModel:
         self.metadata_names = list(metadata_names) if metadata_names is not None else None
         self.parameters: Optional[MixedModelParameters] = None
         self.result = None  # the statsmodels results object after fit()
+        self._fitted_dims: Optional[Tuple[int, int]] = None  # (x_dim, metadata_dim) after fit()
 
     # -- features -----------------------------------------------------------------------
 
@@ -200,7 +201,7 @@ class MixedModel:
     def summary(self) -> dict:
         """Fitted parameters by name: fixed effects, random-effect covariance, residual variance."""
         p = self._require_fit()
-        dims = getattr(self, "_fitted_dims", None)
+        dims = self._fitted_dims
         if dims is None:
             fixed = [f"f{i}" for i in range(len(p.fixed_effects))]
             random = [f"z{i}" for i in range(p.random_cov.shape[0])]
