@@ -81,7 +81,11 @@ def evaluation_batches(family, shots, draws, split_seed):
 
 
 def pooled_metrics(predict, batches):
-    """Point metrics pooled over batches, weighted by their query pupils."""
+    """Point metrics pooled over batches, weighted by their query pupils.
+
+    Not :func:`hierarchical_meta.evaluate.evaluate`: that scores our model alone on one draw;
+    here four predictors (two of them mixed models) share several support draws.
+    """
     totals, points = dict.fromkeys(METRICS, 0.0), 0
     for draw, batch in enumerate(batches):
         torch.manual_seed(draw)  # our model's importance samples: reruns give the same numbers
@@ -127,7 +131,7 @@ def run_split(args, split_seed, log):
                       "noise_std": model.model.noise_std().tolist()}
         log(f"split {split_seed}: trained {name} in {fits[name]['seconds']:.0f} s, "
             f"val ELBO/point {history['eval'][-1]['elbo_per_point']:.3f}")
-        predictors[name] = (lambda m: lambda b: m.predict(b, num_samples=args.num_samples)[0])(model)
+        predictors[name] = lambda b, model=model: model.predict(b, num_samples=args.num_samples)[0]
 
     with torch.no_grad():
         for name in MODELS:
