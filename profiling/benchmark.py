@@ -16,30 +16,35 @@ import statistics
 
 import torch
 
-from .algorithms import IMPLEMENTATIONS, METHODS, meta_gradient
-from .measure import environment, resolve_device, time_step
+from .algorithms import IMPLEMENTATIONS, METHODS, check_method, meta_gradient
+from .measure import environment, quantile, resolve_device, time_step
 from .mlp import build_mlp
+from .study import DEFAULTS, NUM_TASKS, PAIRS
 from .tasks import sample_sinusoid_tasks
 
 __all__ = ["run_benchmark", "main"]
 
 
-def run_benchmark(device="cpu", repeats: int = 20, layers: int = 2, hidden: int = 128, inner_steps: int = 5,
-                  num_tasks: int = 32, pairs: int = 16, seed: int = 0, methods=None) -> dict[tuple[str, str], list[float]]:
+def run_benchmark(device="cpu", repeats: int = 20, layers: int = DEFAULTS["layers"], hidden: int = DEFAULTS["hidden"],
+                  inner_steps: int = DEFAULTS["inner_steps"], num_tasks: int = NUM_TASKS, pairs: int = PAIRS,
+                  seed: int = 0, methods=None) -> dict[tuple[str, str], list[float]]:
     """Times (ms) of one meta-gradient per (method, impl), measured round-robin."""
     device = resolve_device(device)
+    methods = list(methods or METHODS)
+    for method in methods:
+        check_method(method)
     torch.manual_seed(seed)
     params = {k: v.detach().to(device) for k, v in build_mlp(layers, hidden).named_parameters()}
     batch = sample_sinusoid_tasks(num_tasks, generator=torch.Generator().manual_seed(seed), device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
     steps = {}
-    for method in methods or METHODS:
+    for method in methods:
         for impl in IMPLEMENTATIONS:
             options = {"pairs": pairs, "generator": generator} if method == "es" else {}
             steps[method, impl] = (lambda m=method, i=impl, o=options: meta_gradient(
                 m, params, batch, inner_steps=inner_steps, impl=i, **o))
     times = {key: [] for key in steps}
-    for key, step in steps.items():  # warm-up
+    for step in steps.values():  # warm-up
         time_step(step, device, repeats=1, warmup=2)
     for _ in range(repeats):
         for key, step in steps.items():
@@ -54,9 +59,14 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=20, help="timed steps per method and implementation (default 20)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads before timing (default: torch's)")
     args = parser.parse_args(argv)
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:
+        parser.error(str(error))
     if args.repeats < 1:
         parser.error(f"--repeats={args.repeats}: it must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads={args.threads}: it must be at least 1")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     env = environment(device)
@@ -70,9 +80,8 @@ def main(argv=None) -> int:
     for method in METHODS:
         loop_median = statistics.median(times[method, "loop"])
         for impl in IMPLEMENTATIONS:
-            t = sorted(times[method, impl])
-            median = statistics.median(t)
-            q25, q75 = t[len(t) // 4], t[(3 * len(t)) // 4]
+            t = times[method, impl]
+            median, q25, q75 = statistics.median(t), quantile(t, 0.25), quantile(t, 0.75)
             print(f"{method:8s} {impl:8s} {median:10.2f} {q25:8.2f} {q75:8.2f}  {loop_median / median:6.2f}x")
     return 0
 

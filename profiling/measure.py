@@ -41,6 +41,7 @@ __all__ = [
     "saved_tensor_peak_bytes",
     "Measurement",
     "measure",
+    "quantile",
     "environment",
 ]
 
@@ -172,7 +173,8 @@ class Measurement:
     threads: int
 
 
-def _quantile(values: list[float], q: float) -> float:
+def quantile(values: list[float], q: float) -> float:
+    """The q-quantile of ``values`` with linear interpolation between order statistics."""
     ordered = sorted(values)
     pos = q * (len(ordered) - 1)
     lo, hi = math.floor(pos), math.ceil(pos)
@@ -187,8 +189,8 @@ def measure(step: Callable[[], object], device: torch.device, repeats: int, warm
     saved = saved_tensor_peak_bytes(step) if saved_tensors else float("nan")
     return Measurement(
         time_median_ms=statistics.median(times),
-        time_q25_ms=_quantile(times, 0.25),
-        time_q75_ms=_quantile(times, 0.75),
+        time_q25_ms=quantile(times, 0.25),
+        time_q75_ms=quantile(times, 0.75),
         time_min_ms=min(times),
         repeats=repeats,
         peak_mb=peak / MIB,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["build_mlp", "layer_names", "mlp_forward", "mse", "mse_and_grad", "clone_params"]
+__all__ = ["build_mlp", "layer_names", "mlp_forward", "mse", "mse_and_grad"]
 
 
 def build_mlp(layers: int, hidden: int) -> nn.Sequential:
@@ -117,10 +117,3 @@ def mse_and_grad(
             delta = (delta @ params[w]) * masks[i - 1]  # δ_{l-1}: [B, points, in]
     return loss, {name: grads[name] for name in params}
 
-
-def clone_params(net: nn.Module, dtype: torch.dtype | None = None, device=None) -> dict[str, torch.Tensor]:
-    """Leaf copies of a module's parameters (requires_grad=True), optionally cast/moved."""
-    return {
-        k: v.detach().to(device=device, dtype=dtype).clone().requires_grad_(True)
-        for k, v in net.named_parameters()
-    }

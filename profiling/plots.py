@@ -92,10 +92,10 @@ def draw_all(rows: list[dict], out_dir: str, command: str) -> list[str]:
     for j, sweep in enumerate(SWEEP_PARAMETER):
         for i, quantity in enumerate(("time", "memory")):
             draw_panel(axes[i][j], rows, sweep, quantity)
-    for j in range(3):  # one legend per row, in the first panel that has curves
-        for i, size in ((0, 8), (1, 7)):
-            if axes[i][j].get_legend_handles_labels()[0] and not any(a.get_legend() for a in axes[i]):
-                _legend(axes[i][j], size)
+    for row, size in zip(axes, (8, 7)):  # one legend per row, in the first panel that has curves
+        first = next((ax for ax in row if ax.get_legend_handles_labels()[0]), None)
+        if first is not None:
+            first.legend(fontsize=size)
     fig.suptitle(f"MAML vs ES vs first-order MAML on a sinusoid MLP: one outer step\n{device}", fontsize=11)
     fig.text(0.01, 0.005, command, fontsize=7, color="gray")
     fig.tight_layout(rect=(0, 0.02, 1, 0.96))

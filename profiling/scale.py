@@ -116,21 +116,21 @@ def _command(argv) -> str:
 def _run_worker(configs: list[Config], csv_path: str, device: torch.device, spec: dict, bar: tqdm) -> None:
     """Measure ``configs`` in fresh worker processes; a dead worker's configuration is recorded as failed."""
     remaining = list(configs)
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     while remaining:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump({**spec, "csv": csv_path, "configs": [c.__dict__ for c in remaining]}, f)
             spec_path = f.name
-        env = dict(os.environ)
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         current = None
         try:
             with tempfile.TemporaryFile("w+") as errors, subprocess.Popen(
                 [sys.executable, "-m", "profiling.worker", spec_path], stdout=subprocess.PIPE, stderr=errors,
                 text=True, env=env,
             ) as proc:
-                for line in proc.stdout:
-                    word, *rest = line.split()
+                for line in proc.stdout:  # "start i" / "done i status"; anything else is passed over
+                    word, *rest = line.split() or [""]
                     if word == "start":
                         current = int(rest[0])
                         bar.set_postfix_str(f"{remaining[current].method} {remaining[current].sweep}", refresh=True)

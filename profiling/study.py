@@ -20,13 +20,14 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .algorithms import METHODS, meta_gradient
+from .algorithms import check_impl, check_method, es, meta_gradient
 from .measure import environment, measure
 from .mlp import build_mlp
 from .tasks import sample_sinusoid_tasks
 
 DEFAULTS = {"inner_steps": 5, "layers": 2, "hidden": 128}
-NUM_TASKS, INNER_LR, PAIRS, NOISE_STD = 32, 1e-2, 16, 1e-3
+NUM_TASKS, INNER_LR = 32, 1e-2
+PAIRS, NOISE_STD = es.DEFAULT_PAIRS, es.DEFAULT_NOISE_STD
 SWEEP_PARAMETER = {"steps": "inner_steps", "layers": "layers", "units": "hidden"}
 SWEEPS = {
     "full": {
@@ -79,9 +80,9 @@ def configurations(methods, sweeps, impl: str, quick: bool = False, values=None,
         if k not in DEFAULTS or isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"base {k}={v!r}: expected positive integers for {sorted(DEFAULTS)}")
     check_sweeps(sweeps)
-    for m in methods:
-        if m not in METHODS:
-            raise ValueError(f"method={m!r} is unknown: choose from {sorted(METHODS)}")
+    for method in methods:
+        check_method(method)
+    check_impl(impl)
     table = dict(SWEEPS["quick" if quick else "full"])
     table.update(values or {})
     out = []
@@ -106,7 +107,9 @@ def measure_config(config: Config, device: torch.device, repeats: int, warmup: i
                    seconds_per_config: float = 30.0, seed: int = 0) -> dict:
     """One CSV row: time and memory of one outer step of ``config`` on ``device``.
 
-    Repeats are capped so that timing takes about ``seconds_per_config`` (at least 3).
+    Repeats are capped so that timing takes about ``seconds_per_config`` (at least 3), as
+    sized from the last warm-up step (the first one also pays one-off costs: CUDA context,
+    kernel and allocator warm-up).
     An out-of-memory error gives a row with ``status="oom"``; other errors propagate.
     """
     env = environment(device)
@@ -128,14 +131,14 @@ def measure_config(config: Config, device: torch.device, repeats: int, warmup: i
             return meta_gradient(config.method, params, batch, inner_steps=config.inner_steps,
                                  inner_lr=INNER_LR, impl=config.impl, **options)
 
-        t0 = time.perf_counter()
-        step()  # first warm-up, also sizes the number of repeats
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        first = time.perf_counter() - t0
-        n = max(3, min(repeats, int(seconds_per_config / max(first, 1e-6))))
-        result = measure(step, device, repeats=n, warmup=max(warmup - 1, 0),
-                         saved_tensors=config.impl != "vmap")
+        for _ in range(max(warmup, 1)):  # the last warm-up step sizes the number of repeats
+            t0 = time.perf_counter()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - t0
+        n = max(3, min(repeats, int(seconds_per_config / max(seconds, 1e-6))))
+        result = measure(step, device, repeats=n, warmup=0, saved_tensors=config.impl != "vmap")
         row.update(asdict(result), status="ok")
     except Exception as error:  # only out-of-memory is recorded; anything else is a bug
         if not _is_out_of_memory(error):
@@ -152,8 +155,7 @@ def measure_config(config: Config, device: torch.device, repeats: int, warmup: i
 
 def failed_row(config: Config, device: torch.device, status: str) -> dict:
     """A row for a configuration whose worker process died (e.g. killed by the OS)."""
-    row = {**asdict(config), **environment(device), "status": status, "repeats": 0}
-    return row
+    return {**asdict(config), **environment(device), "status": status, "repeats": 0}
 
 
 def read_rows(path) -> list[dict]:

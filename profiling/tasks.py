@@ -72,7 +72,7 @@ class SinusoidBatch:
         return SinusoidBatch(**{k: getattr(self, k).to(device=device, dtype=dtype) for k in self.keys()})
 
     def task(self, index: int) -> "SinusoidBatch":
-        """Task ``index`` alone, as a batch of one (the per-task loops use this)."""
+        """Task ``index`` alone, as a batch of one (e.g. for a per-task reference in a test)."""
         return SinusoidBatch(**{k: getattr(self, k)[index : index + 1] for k in self.keys()})
 
 

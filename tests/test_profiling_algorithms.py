@@ -26,8 +26,8 @@ def make(layers=2, hidden=8, tasks=3, seed=0, dtype=F64):
     return params, batch
 
 
-def es_options(seed=3, pairs=4):
-    return {"pairs": pairs, "noise_std": 1e-3, "generator": torch.Generator().manual_seed(seed)}
+def es_options(seed=3, pairs=4, device="cpu"):
+    return {"pairs": pairs, "noise_std": 1e-3, "generator": torch.Generator(device=device).manual_seed(seed)}
 
 
 def test_public_api():
@@ -186,6 +186,7 @@ def test_es_noise_is_seeded():
         (lambda p, b: profiling.meta_gradient("es", p, b, noise_std=0.0), "noise_std=0.0"),
         (lambda p, b: profiling.meta_gradient("maml", p, b, pairs=4), "'es' only"),
         (lambda p, b: profiling.meta_gradient("maml", p, b.to(dtype=torch.float32)), "float32"),
+        (lambda p, b: profiling.meta_gradient("maml", p, {"x_support": b.x_support}), "SinusoidBatch"),
         (lambda p, b: profiling.build_mlp(0, 8), "layers=0"),
         (lambda p, b: profiling.build_mlp(2, -3), "hidden=-3"),
         (lambda p, b: profiling.sample_sinusoid_tasks(0), "num_tasks=0"),
@@ -206,11 +207,12 @@ def test_vectorized_matches_loop_on_the_device(method):
     params, batch = make()
     params = {k: v.to(device) for k, v in params.items()}
     batch = batch.to(device=device)
+    def options():  # a fresh generator per call: every implementation draws the same noise
+        return es_options(device=device) if method == "es" else {}
+
     for impl in ("batched", "vmap"):
-        opts = {"pairs": 4, "generator": torch.Generator(device=device).manual_seed(3)} if method == "es" else {}
-        ref_opts = {"pairs": 4, "generator": torch.Generator(device=device).manual_seed(3)} if method == "es" else {}
-        _, grads = profiling.meta_gradient(method, params, batch, inner_steps=3, inner_lr=0.05, impl=impl, **opts)
-        _, ref = profiling.meta_gradient(method, params, batch, inner_steps=3, inner_lr=0.05, impl="loop", **ref_opts)
+        _, grads = profiling.meta_gradient(method, params, batch, inner_steps=3, inner_lr=0.05, impl=impl, **options())
+        _, ref = profiling.meta_gradient(method, params, batch, inner_steps=3, inner_lr=0.05, impl="loop", **options())
         for k in params:  # float64 on the device: rounding only (ES: amplified by 1/2σ)
             torch.testing.assert_close(grads[k], ref[k], rtol=1e-9, atol=1e-10)
     peak = peak_memory_bytes(lambda: profiling.meta_gradient(method, params, batch, inner_steps=3), device)

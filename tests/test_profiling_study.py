@@ -72,6 +72,8 @@ def test_configurations_and_bad_sweeps():
         configurations(["maml"], ["depth"], "batched")
     with pytest.raises(ValueError, match="method='reptile'"):
         configurations(["reptile"], ["steps"], "batched")
+    with pytest.raises(ValueError, match="impl='fast'"):
+        configurations(["maml"], ["steps"], "fast")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -132,6 +134,17 @@ def test_study_in_worker_processes(tmp_path):
     assert scale.main(argv) == 0
     (row,) = read_rows(os.path.join(out, "scale.csv"))
     assert row["status"] == "ok" and row["threads"] == 1 and row["layers"] == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--repeats", "0"], "--repeats=0"),
+    (["--threads", "0"], "--threads=0"),
+    (["--device", "tpu"], "device='tpu'"),
+])
+def test_benchmark_rejects_bad_input_before_work(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        benchmark.main(argv)
+    assert message in capsys.readouterr().err
 
 
 def test_benchmark_runs_every_method_and_impl():
