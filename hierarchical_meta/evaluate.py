@@ -13,7 +13,7 @@ test task with more than K points, its other points being the query set.
 
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 
@@ -63,7 +63,7 @@ def _score(predict, batch: TaskBatch, chunk: int) -> Dict[str, float]:
 @torch.no_grad()
 def evaluate(meta_model: HierarchicalMetaModel, family: TaskFamily, shots: Sequence[int] = SHOTS,
              num_tasks: int = 200, num_query: int = 50, num_samples: int = 2048, seed: int = 1234,
-             chunk: int = 25, batch: TaskBatch = None) -> dict:
+             chunk: int = 25, batch: Optional[TaskBatch] = None) -> dict:
     """Metrics per K on held-out tasks (see module docstring); a JSON-ready dict."""
     if any(k < 0 for k in shots):
         raise ValueError(f"shots must be >= 0, got {list(shots)}")
@@ -96,7 +96,7 @@ def evaluate(meta_model: HierarchicalMetaModel, family: TaskFamily, shots: Seque
         entry["num_tasks"] = tasks.num_tasks
         result["shots"][str(k)] = entry
         result["shuffled_metadata"]["shots"][str(k)] = _score(model_metrics, shuffle_metadata(tasks), chunk)
-    if has_oracle(family):
+    if has_oracle(family) and batch is not None:
         floor = noise_floor_log_prob(family, batch)
         result["noise_floor_loglik"] = float((floor * batch.query_mask).sum() / batch.query_mask.sum())
     return result

@@ -92,7 +92,7 @@ class HierarchicalMetaModel(nn.Module):
         for key in found:
             if found[key] != expected[key]:
                 raise ValueError(f"{key} has dimension {found[key]} but the model was built for "
-                                 f"{expected[key]} (config {key if key != 'metadata' else 'metadata'}_dim); "
+                                 f"{expected[key]} (config {key}_dim); "
                                  "build the model from the task family you predict on, or load the "
                                  "checkpoint trained on it")
 

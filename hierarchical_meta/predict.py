@@ -42,6 +42,7 @@ def posterior_predictive(model, guide, x_support, y_support, metadata, support_m
     T, m = x_support.shape[0], metadata[:, None, :]  # m: [T, 1, Dm]
     n_prior = int(round(defensive * num_samples))
     n_guide = num_samples - n_prior
+    share = n_prior / num_samples  # the prior's share as drawn (rounded), which the density must use
     q2 = guide.phi2_posterior(x_support, y_support, metadata, support_mask)  # batch [T, 1]
     phi2_q = q2.sample((n_guide,))  # [Sg, T, 1, D]
     phi1_q = guide.phi1_posterior(phi2_q, m).sample()
@@ -55,8 +56,7 @@ def posterior_predictive(model, guide, x_support, y_support, metadata, support_m
     if n_prior == 0:
         log_proposal = log_guide
     else:
-        log_proposal = torch.logaddexp(math.log1p(-defensive) + log_guide,
-                                       math.log(defensive) + log_prior)
+        log_proposal = torch.logaddexp(math.log1p(-share) + log_guide, math.log(share) + log_prior)
     if x_support.shape[1] == 0:  # zero-shot: the metadata alone
         loglik = torch.zeros_like(log_prior)
     else:

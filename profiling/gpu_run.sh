@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
 # The whole GPU check of profiling/ in one command, for a session lent a GPU:
-#   PYTHONPATH=. OUT=/path/to/out bash profiling/gpu_run.sh            # cuda, full study (~8 min budget)
+#   PYTHONPATH=. OUT=/path/to/out bash profiling/gpu_run.sh            # cuda, full study
 #   PYTHONPATH=. OUT=runs/gpu-smoke bash profiling/gpu_run.sh --device cpu --quick   # rehearsal on the CPU
-# Writes under "$OUT" (default runs/gpu): env.txt, tests.txt (the tests that matter on the
-# device: vectorized vs loop, MAML vs finite differences, measurement), benchmark.txt
-# (one outer step of every method and implementation, side by side) and scale/ (CSV,
-# six plots, combined figure, summary). Needs torch, numpy, matplotlib, tqdm, pytest only.
+# Writes 7 files under "$OUT" (default runs/gpu), one folder deep at most, as the device
+# tool returns at most 8 files, 2 folders deep:
+#   env.txt        the machine, Python, torch and CUDA versions
+#   tests.txt      the tests that matter on the device (vectorized vs loop, MAML vs finite
+#                  differences, measurement), PROFILING_TEST_DEVICE set to the device
+#   benchmark.txt  one outer step of every method and implementation, side by side
+#   scale_log.txt  the study's progress and printed summary
+#   scale/scale.csv, scale/summary.txt, scale/plots.tar (the six plots and combined.png)
+# Imports torch, numpy, matplotlib and tqdm only (and pytest for the tests): the tests run
+# with --noconftest, since tests/conftest.py imports Pyro, which the GPU machine lacks.
+# Time limits add up to 9 minutes at most (tests 90 s, benchmark 90 s, study 330 s, plots
+# 30 s), inside the device tool's 10-minute command limit; call it with timeout_s=600.
+# A study cut off by its limit keeps the rows measured so far, and the plots are drawn
+# from them.
 set -uo pipefail
 DEVICE=cuda
 QUICK=""
@@ -19,22 +29,34 @@ done
 PY="${PYTHON:-python3}"
 OUT="${OUT:-runs/gpu}"
 mkdir -p "$OUT"
-export PYTHONPATH="${PYTHONPATH:-.}"
+export PYTHONPATH="${PYTHONPATH:-.}" PYTHONUNBUFFERED=1
 {
   date -u
   "$PY" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available()); print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
-# the tests that matter on the device (the CPU-only ones run anyway; they take ~30 s)
-PROFILING_TEST_DEVICE="$DEVICE" timeout 240 "$PY" -m pytest -q -p no:cacheprovider \
+# the tests that matter on the device (the CPU-only ones run too); one torch thread, as
+# tests/conftest.py would set it
+OMP_NUM_THREADS=1 PROFILING_TEST_DEVICE="$DEVICE" timeout 90 "$PY" -m pytest -q -p no:cacheprovider --noconftest \
   tests/test_profiling_algorithms.py tests/test_profiling_study.py -k "not worker_processes" \
   > "$OUT/tests.txt" 2>&1
 echo "tests exit $? (see $OUT/tests.txt)"; tail -3 "$OUT/tests.txt"
 if [ "$DEVICE" = cuda ]; then REPS=20; else REPS=5; fi
-timeout 300 "$PY" -m profiling.benchmark --device "$DEVICE" --repeats "$REPS" > "$OUT/benchmark.txt" 2>&1
+timeout 90 "$PY" -m profiling.benchmark --device "$DEVICE" --repeats "$REPS" > "$OUT/benchmark.txt" 2>&1
 echo "benchmark exit $?"; cat "$OUT/benchmark.txt"
-# the study: GPU full sweeps fit ~8 min with 20 repeats capped at ~3 s per configuration
+# the study: on a GPU, 20 repeats capped at ~3 s per configuration
 if [ "$DEVICE" = cuda ] && [ -z "$QUICK" ]; then EXTRA="--repeats 20 --seconds-per-config 3"; else EXTRA=""; fi
-timeout 540 "$PY" -m profiling.scale --device "$DEVICE" $QUICK $EXTRA --out "$OUT/scale" > "$OUT/scale_log.txt" 2>&1
-echo "scale exit $?"; tail -40 "$OUT/scale_log.txt"
+SCALE=("$PY" -m profiling.scale --device "$DEVICE" $QUICK $EXTRA --out "$OUT/scale")
+timeout 330 "${SCALE[@]}" > "$OUT/scale_log.txt" 2>&1
+echo "scale exit $?"
+if [ ! -f "$OUT/scale/summary.txt" ]; then  # cut off: plots and summary from the rows measured
+  timeout 30 "${SCALE[@]}" --plots-only >> "$OUT/scale_log.txt" 2>&1
+  echo "plots from the partial CSV: exit $?"
+fi
+tail -40 "$OUT/scale_log.txt"
+# one file for the seven figures, so that $OUT holds 7 files
+if ls "$OUT"/scale/*.png > /dev/null 2>&1; then
+  tar -cf "$OUT/scale/plots.tar" -C "$OUT/scale" $(cd "$OUT/scale" && ls *.png) && rm -f "$OUT"/scale/*.png
+fi
+find "$OUT" -type f | sort
