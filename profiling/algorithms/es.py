@@ -32,14 +32,13 @@ noise_std, generator)`` → ``(meta_loss, grads)``):
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import torch
-from torch.func import vmap
+from torch.func import grad, vmap
 
-from ..mlp import mse
+from ..mlp import mse, mse_and_grad
 from ..tasks import SinusoidBatch
-from .common import adapt, adapted_query_loss, first_order_grad, func_grad, handwritten_grad
+from .common import sgd_step
 
 DEFAULT_PAIRS = 16
 DEFAULT_NOISE_STD = 1e-3
@@ -82,53 +81,68 @@ def combine(loss_plus, loss_minus, pair, weight, eps, noise_std):
     return 0.5 * (loss_plus + loss_minus).mean(), grads
 
 
-def _setup(params, batch: SinusoidBatch, pairs: int, generator):
-    """θ (detached), ε: name → [pairs, *shape], and (task, pair, weight) of every unit."""
-    theta = {k: v.detach() for k, v in params.items()}
-    eps = draw_noise(theta, pairs, generator)
-    return theta, eps, units(batch.num_tasks, pairs, batch.x_support.device)
-
-
 def loop(params, batch: SinusoidBatch, *, inner_steps, inner_lr, pairs=DEFAULT_PAIRS,
          noise_std=DEFAULT_NOISE_STD, generator=None):
-    theta, eps, (task, pair, weight) = _setup(params, batch, pairs, generator)
+    theta = {k: v.detach() for k, v in params.items()}
+    names = list(theta)
+    eps = draw_noise(theta, pairs, generator)
+    task, pair, weight = units(batch.num_tasks, pairs, next(iter(theta.values())).device)
     losses = {+1: [], -1: []}
     for u in range(task.shape[0]):
         t, i = int(task[u]), int(pair[u])
         for sign in (+1, -1):
-            member = {k: theta[k] + sign * noise_std * eps[k][i] for k in theta}  # θ ± σ ε_i
-            fast = adapt(member, batch.x_support[t], batch.y_support[t], inner_steps=inner_steps,
-                         inner_lr=inner_lr, gradient=first_order_grad)
+            fast = {k: (theta[k] + sign * noise_std * eps[k][i]).requires_grad_(True) for k in names}
+            for _ in range(inner_steps):
+                loss = mse(fast, batch.x_support[t], batch.y_support[t])
+                g = torch.autograd.grad(loss, [fast[k] for k in names])
+                fast = {k: (fast[k] - inner_lr * gk).detach().requires_grad_(True) for k, gk in zip(names, g)}
             with torch.no_grad():
                 losses[sign].append(mse(fast, batch.x_query[t], batch.y_query[t]))
     return combine(torch.stack(losses[+1]), torch.stack(losses[-1]), pair, weight, eps, noise_std)
 
 
-def _vectorized(params, batch: SinusoidBatch, member_query_losses, pairs, noise_std, generator):
-    """The estimate with every member at once; ``member_query_losses`` adapts and scores them."""
-    theta, eps, (task, pair, weight) = _setup(params, batch, pairs, generator)
-    two_task = torch.cat([task, task])  # the task of each member, plus members first: [2 * units]
-    with torch.no_grad():
-        members = {k: torch.cat([theta[k] + noise_std * eps[k][pair], theta[k] - noise_std * eps[k][pair]])
-                   for k in theta}  # θ ± σ ε_pair(u): name → [2 * units, *shape]
-        query = member_query_losses(
-            members, batch.x_support[two_task], batch.y_support[two_task],  # [2 * units, support, 1]
-            batch.x_query[two_task], batch.y_query[two_task],  # [2 * units, query, 1]
-        )  # [2 * units]
-    n = task.shape[0]
-    return combine(query[:n], query[n:], pair, weight, eps, noise_std)
+def _members(theta, eps, pair, noise_std):
+    # θ ± σ ε_pair(u) for every unit: name → [2 * units, *shape] (plus members first)
+    return {k: torch.cat([theta[k] + noise_std * eps[k][pair], theta[k] - noise_std * eps[k][pair]]) for k in theta}
 
 
 def batched(params, batch: SinusoidBatch, *, inner_steps, inner_lr, pairs=DEFAULT_PAIRS,
             noise_std=DEFAULT_NOISE_STD, generator=None):
-    losses = partial(adapted_query_loss, inner_steps=inner_steps, inner_lr=inner_lr, gradient=handwritten_grad)
-    return _vectorized(params, batch, losses, pairs, noise_std, generator)
+    theta = {k: v.detach() for k, v in params.items()}
+    eps = draw_noise(theta, pairs, generator)
+    task, pair, weight = units(batch.num_tasks, pairs, next(iter(theta.values())).device)
+    two_task = torch.cat([task, task])  # [2 * units]
+    with torch.no_grad():
+        fast = _members(theta, eps, pair, noise_std)
+        x_support, y_support = batch.x_support[two_task], batch.y_support[two_task]  # [2 * units, support, 1]
+        for _ in range(inner_steps):
+            _, g = mse_and_grad(fast, x_support, y_support)
+            fast = sgd_step(fast, g, inner_lr)
+        query = mse(fast, batch.x_query[two_task], batch.y_query[two_task])  # [2 * units]
+    n = task.shape[0]
+    return combine(query[:n], query[n:], pair, weight, eps, noise_std)
+
+
+def _adapted_query_loss(fast, x_support, y_support, x_query, y_query, inner_steps, inner_lr):
+    for _ in range(inner_steps):
+        fast = sgd_step(fast, grad(mse)(fast, x_support, y_support), inner_lr)
+    return mse(fast, x_query, y_query)
 
 
 def vmapped(params, batch: SinusoidBatch, *, inner_steps, inner_lr, pairs=DEFAULT_PAIRS,
             noise_std=DEFAULT_NOISE_STD, generator=None):
-    losses = vmap(partial(adapted_query_loss, inner_steps=inner_steps, inner_lr=inner_lr, gradient=func_grad))
-    return _vectorized(params, batch, losses, pairs, noise_std, generator)
+    theta = {k: v.detach() for k, v in params.items()}
+    eps = draw_noise(theta, pairs, generator)
+    task, pair, weight = units(batch.num_tasks, pairs, next(iter(theta.values())).device)
+    two_task = torch.cat([task, task])
+    with torch.no_grad():
+        fast = _members(theta, eps, pair, noise_std)
+        query = vmap(_adapted_query_loss, in_dims=(0, 0, 0, 0, 0, None, None))(
+            fast, batch.x_support[two_task], batch.y_support[two_task],
+            batch.x_query[two_task], batch.y_query[two_task], inner_steps, inner_lr,
+        )  # [2 * units]
+    n = task.shape[0]
+    return combine(query[:n], query[n:], pair, weight, eps, noise_std)
 
 
 IMPLEMENTATIONS = {"batched": batched, "vmap": vmapped, "loop": loop}

@@ -23,48 +23,56 @@ returning ``(meta_loss, grads)``:
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
-from torch.func import vmap
+from torch.func import grad, vmap
 
+from ..mlp import mse, mse_and_grad
 from ..tasks import SinusoidBatch
-from .common import adapted_query_loss, expand_params, func_grad, handwritten_grad, leaf_params, second_order_grad
-
-
-def _meta_gradient(theta, meta_loss):
-    grads = torch.autograd.grad(meta_loss, list(theta.values()))
-    return meta_loss.detach(), dict(zip(theta, grads))
+from .common import expand_params, leaf_params, sgd_step
 
 
 def loop(params, batch: SinusoidBatch, *, inner_steps: int, inner_lr: float):
     theta = leaf_params(params)
-    query_loss = partial(adapted_query_loss, inner_steps=inner_steps, inner_lr=inner_lr, gradient=second_order_grad)
+    names = list(theta)
     meta_loss = 0.0
     for t in range(batch.num_tasks):
-        meta_loss = meta_loss + query_loss(
-            theta, batch.x_support[t], batch.y_support[t], batch.x_query[t], batch.y_query[t]
-        ) / batch.num_tasks  # scalar
-    return _meta_gradient(theta, meta_loss)
+        fast = dict(theta)
+        for _ in range(inner_steps):
+            loss = mse(fast, batch.x_support[t], batch.y_support[t])  # scalar
+            g = torch.autograd.grad(loss, [fast[k] for k in names], create_graph=True)
+            fast = sgd_step(fast, dict(zip(names, g)), inner_lr)
+        meta_loss = meta_loss + mse(fast, batch.x_query[t], batch.y_query[t]) / batch.num_tasks
+    grads = torch.autograd.grad(meta_loss, [theta[k] for k in names])
+    return meta_loss.detach(), dict(zip(names, grads))
 
 
 def batched(params, batch: SinusoidBatch, *, inner_steps: int, inner_lr: float):
     theta = leaf_params(params)
-    per_task = adapted_query_loss(
-        expand_params(theta, batch.num_tasks),  # W: [tasks, out, in], b: [tasks, out]
-        batch.x_support, batch.y_support, batch.x_query, batch.y_query,
-        inner_steps=inner_steps, inner_lr=inner_lr, gradient=handwritten_grad,
-    )  # [tasks]
-    return _meta_gradient(theta, per_task.mean())
+    fast = expand_params(theta, batch.num_tasks)  # W: [tasks, out, in], b: [tasks, out]
+    for _ in range(inner_steps):
+        _, g = mse_and_grad(fast, batch.x_support, batch.y_support)  # g like fast
+        fast = sgd_step(fast, g, inner_lr)
+    meta_loss = mse(fast, batch.x_query, batch.y_query).mean()  # mean over tasks of [tasks]
+    grads = torch.autograd.grad(meta_loss, list(theta.values()))
+    return meta_loss.detach(), dict(zip(theta, grads))
+
+
+def _adapted_query_loss(theta, x_support, y_support, x_query, y_query, inner_steps, inner_lr):
+    # one task: x_support: [support, 1], x_query: [query, 1] -> scalar
+    fast = theta
+    for _ in range(inner_steps):
+        fast = sgd_step(fast, grad(mse)(fast, x_support, y_support), inner_lr)
+    return mse(fast, x_query, y_query)
 
 
 def vmapped(params, batch: SinusoidBatch, *, inner_steps: int, inner_lr: float):
     theta = leaf_params(params)
-    query_loss = partial(adapted_query_loss, inner_steps=inner_steps, inner_lr=inner_lr, gradient=func_grad)
-    per_task = vmap(query_loss, in_dims=(None, 0, 0, 0, 0))(
-        theta, batch.x_support, batch.y_support, batch.x_query, batch.y_query
+    per_task = vmap(_adapted_query_loss, in_dims=(None, 0, 0, 0, 0, None, None))(
+        theta, batch.x_support, batch.y_support, batch.x_query, batch.y_query, inner_steps, inner_lr
     )  # [tasks]
-    return _meta_gradient(theta, per_task.mean())
+    meta_loss = per_task.mean()
+    grads = torch.autograd.grad(meta_loss, list(theta.values()))
+    return meta_loss.detach(), dict(zip(theta, grads))
 
 
 IMPLEMENTATIONS = {"batched": batched, "vmap": vmapped, "loop": loop}
