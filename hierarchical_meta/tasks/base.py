@@ -12,13 +12,26 @@ points a learner adapts to) and ``query`` (the points it is scored on).
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["TaskBatch", "TaskFamily", "SPLITS"]
+__all__ = ["TaskBatch", "TaskFamily", "SPLITS", "split_generator"]
 
 SPLITS = ("train", "val", "test")
+
+
+def split_generator(split: str, generator: Optional[torch.Generator] = None) -> torch.Generator:
+    """A generator for ``split`` alone, seeded from ``generator`` (torch's global RNG if None).
+
+    One draw b in [0, 2^60) from ``generator`` seeds the new stream with 3 b + i, i the
+    index of ``split`` in :data:`SPLITS`. The seeds of different splits differ modulo 3,
+    so no choice of the caller's seeds can give a training and a test stream the same seed.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    base = int(torch.randint(2 ** 60, (1,), generator=generator))
+    return torch.Generator().manual_seed(3 * base + SPLITS.index(split))
 
 
 @dataclasses.dataclass
@@ -33,6 +46,7 @@ class TaskBatch:
 
     ``params`` holds a family's true task parameters (name -> [T, ...]) where it has
     them, for oracles and plots. Padded slots (mask False) hold finite dummy values.
+    Metadata entries may be NaN: that entry is missing (the networks read it so).
     """
 
     x_support: torch.Tensor
@@ -80,16 +94,28 @@ class TaskBatch:
         if self.support_mask.shape != self.x_support.shape[:2] or \
                 self.query_mask.shape != self.x_query.shape[:2]:
             raise ValueError("support_mask/query_mask must have shape [tasks, points]")
-        for name in ("x_support", "y_support", "x_query", "y_query", "metadata"):
+        for name in ("x_support", "y_support", "x_query", "y_query"):
             if not torch.isfinite(getattr(self, name)).all():
                 raise ValueError(f"TaskBatch.{name} contains NaN or infinite values; "
                                  "drop or impute those points before building the batch")
+        if torch.isinf(self.metadata).any():
+            raise ValueError("TaskBatch.metadata contains infinite values; "
+                             "use NaN for a missing entry")
 
     def to(self, device) -> "TaskBatch":
         moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         moved = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in moved.items()}
         moved["params"] = {k: v.to(device) for k, v in self.params.items()}
         return TaskBatch(**moved)
+
+    def subset(self, index: Union[slice, Sequence[int], torch.Tensor]) -> "TaskBatch":
+        """The tasks picked by ``index`` (a slice, indices or a bool mask over tasks)."""
+        if not isinstance(index, slice):
+            index = torch.as_tensor(index)
+            if index.dtype != torch.bool:
+                index = index.long()
+        picked = {f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self) if f.name != "params"}
+        return TaskBatch(**picked, params={k: v[index] for k, v in self.params.items()})
 
     def with_metadata(self, metadata: torch.Tensor) -> "TaskBatch":
         """The same tasks with other metadata (ablations: zeroed or shuffled m)."""
@@ -103,22 +129,55 @@ class TaskBatch:
 
 
 class TaskFamily:
-    """A distribution over regression tasks with observable metadata.
+    """A distribution over tasks with observable metadata.
 
-    Subclasses set ``x_dim``, ``y_dim``, ``metadata_dim`` and implement
-    :meth:`sample`. ``split`` selects train, validation or test tasks; synthetic
-    families draw all three from the same distribution with disjoint seeds, fixed
-    data sets hold out whole tasks.
+    Subclasses set ``x_dim``, ``y_dim``, ``metadata_dim`` and implement :meth:`sample`.
+    ``split`` selects train, validation or test tasks: synthetic families draw each
+    split from its own stream (:func:`split_generator`), fixed data sets hold out whole
+    tasks, so training and test tasks never coincide.
+
+    Optional capabilities, declared here with their defaults and overridden by the
+    families that have them:
+
+    - ``num_classes``: C for a classification family (y holds class indices), else None;
+    - ``noise_std``: the known observation noise σ, else None;
+    - ``fixed_dataset``: True for a finite set of tasks, scored on every test task by
+      :meth:`all_tasks` instead of tasks drawn by :meth:`sample`;
+    - :meth:`true_mean`: the noise-free function of each task, else None;
+    - :meth:`exact_predictive`: the exact posterior predictive, else None.
     """
 
     name: str = "family"
     x_dim: int = 1
     y_dim: int = 1
     metadata_dim: int = 1
+    num_classes: Optional[int] = None
+    noise_std: Optional[float] = None
+    fixed_dataset: bool = False
 
     def sample(self, num_tasks: int, num_support: int, num_query: int, *,
                split: str = "train", generator: Optional[torch.Generator] = None) -> TaskBatch:
         raise NotImplementedError
+
+    def all_tasks(self, num_support: int, *, split: str = "test",
+                  generator: Optional[torch.Generator] = None) -> TaskBatch:
+        """Every task of ``split`` with more than ``num_support`` points (fixed data sets)."""
+        raise NotImplementedError(f"task family {self.name!r} is not a fixed data set; use sample()")
+
+    def true_mean(self, params: Dict[str, torch.Tensor], x: torch.Tensor) -> Optional[torch.Tensor]:
+        """Noise-free f_t(x) of each task from ``batch.params``: x [T, Q, Dx] -> [T, Q, Dy], or None."""
+        return None
+
+    def exact_predictive(self, batch: TaskBatch):
+        """The exact p(y_query | support, m) as a predictive distribution, or None."""
+        return None
+
+    def noise_floor_log_prob(self, batch: TaskBatch) -> Optional[torch.Tensor]:
+        """log N(y; f_t(x), σ²) at the query points, [T, Q]: knowing the task exactly; or None."""
+        f = self.true_mean(batch.params, batch.x_query)
+        if f is None or self.noise_std is None:
+            return None
+        return torch.distributions.Normal(f, self.noise_std).log_prob(batch.y_query).sum(-1)
 
     @staticmethod
     def check_sizes(num_tasks: int, num_support: int, num_query: int, split: str) -> None:

@@ -49,6 +49,14 @@ class BasisFunctionTasks(TaskFamily):
         """Basis functions φ(x): x [..., 1] -> [..., B]."""
         return torch.exp(-0.5 * ((x - self.centers.to(x)) / self.width) ** 2)
 
+    def true_mean(self, params, x):
+        return self.features(x) @ params["weights"][:, :, None]
+
+    def exact_predictive(self, batch: TaskBatch):
+        from ..predictive import MixturePredictive
+        mean, std = self.posterior_predictive(batch)
+        return MixturePredictive(torch.zeros(batch.num_tasks, 1), mean[:, None], std[:, None])
+
     def sample(self, num_tasks: int, num_support: int, num_query: int, *,
                split: str = "train", generator: Optional[torch.Generator] = None) -> TaskBatch:
         self.check_sizes(num_tasks, num_support, num_query, split)

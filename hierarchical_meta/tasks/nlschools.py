@@ -240,6 +240,8 @@ class NLSchoolsTasks(TaskFamily):
             chosen = eligible[torch.randint(len(eligible), (num_tasks,), generator=generator)]
         return self._batch(chosen, num_support, num_query, generator)
 
+    fixed_dataset = True
+
     def all_tasks(self, num_support: int, *, split: str = "test",
                   generator: Optional[torch.Generator] = None) -> TaskBatch:
         """Every class of ``split`` with more than ``num_support`` pupils, for evaluation.

@@ -56,6 +56,13 @@ class SinusoidTasks(TaskFamily):
         """Noise-free y for x [T, N, 1] and parameters [T] -> [T, N, 1]."""
         return amplitude[:, None, None] * torch.sin(x + phase[:, None, None]) + offset[:, None, None]
 
+    def true_mean(self, params, x):
+        return self.function(x, params["amplitude"], params["phase"], params["offset"])
+
+    def exact_predictive(self, batch: TaskBatch):
+        from ..oracle import sinusoid_predictive
+        return sinusoid_predictive(self, batch)
+
     def sample(self, num_tasks: int, num_support: int, num_query: int, *,
                split: str = "train", generator: Optional[torch.Generator] = None) -> TaskBatch:
         self.check_sizes(num_tasks, num_support, num_query, split)
