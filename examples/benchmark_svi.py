@@ -49,8 +49,7 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     family = SinusoidTasks()
     batch = family.sample(args.batch_tasks, args.points, 0, generator=torch.Generator().manual_seed(0))
-    singles = [batch.__class__(batch.x_support[i:i + 1], batch.y_support[i:i + 1], batch.x_query[i:i + 1],
-                               batch.y_query[i:i + 1], batch.metadata[i:i + 1]) for i in range(batch.num_tasks)]
+    singles = [batch.subset([t]) for t in range(batch.num_tasks)]
     results = {}
     for name, batches in (("vectorized", [batch]), ("per-task loop", singles)):
         pyro.clear_param_store()

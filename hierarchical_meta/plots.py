@@ -1,17 +1,17 @@
-"""Figures for a fitted model: training curve, predictions with bands, metrics against K."""
+"""Figures for a fitted model: training curve, predictions with bands, metrics against K.
+
+The functions write files and close their figures; they leave matplotlib's backend to
+the caller (the command line chooses a non-interactive one).
+"""
 
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import matplotlib
+import matplotlib.pyplot as plt
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from .oracle import exact_predictive, has_oracle  # noqa: E402
-from .tasks import TaskBatch  # noqa: E402
+from .tasks import TaskBatch, TaskFamily
 
 __all__ = ["plot_training_curve", "plot_predictions", "plot_metrics_vs_shots"]
 
@@ -44,7 +44,7 @@ def _bands(predictive):
 
 
 @torch.no_grad()
-def plot_predictions(meta_model, batch: TaskBatch, path: str, family=None,
+def plot_predictions(meta_model, batch: TaskBatch, path: str, family: Optional[TaskFamily] = None,
                      shots: Sequence[int] = (0, 1, 5, 10), num_tasks: int = 3,
                      num_samples: int = 2048, x_range: Optional[tuple] = None) -> None:
     """Posterior predictive mean and central 90% band on a grid of x, per task and K.
@@ -60,18 +60,20 @@ def plot_predictions(meta_model, batch: TaskBatch, path: str, family=None,
     for row in range(num_tasks):
         for col, k in enumerate(shots):
             ax = axes[row][col]
-            task = TaskBatch(batch.x_support[row:row + 1, :k], batch.y_support[row:row + 1, :k],
-                             grid, torch.zeros_like(grid), batch.metadata[row:row + 1],
-                             params={n: v[row:row + 1] for n, v in batch.params.items()})
+            one = batch.subset([row]).with_support_size(k)
+            task = TaskBatch(one.x_support, one.y_support, grid, torch.zeros_like(grid), one.metadata,
+                             one.support_mask, params=one.params)
             mean, low, high = _bands(meta_model.predict(task, num_samples=num_samples)[0])
             ax.fill_between(grid[0, :, 0], low, high, alpha=0.3, color="C0", label="model 90%")
             ax.plot(grid[0, :, 0], mean, color="C0", lw=1.5, label="model mean")
-            if family is not None and has_oracle(family):
-                o_mean, o_low, o_high = _bands(exact_predictive(family, task))
+            exact = family.exact_predictive(task) if family is not None else None
+            if exact is not None:
+                _, o_low, o_high = _bands(exact)
                 ax.plot(grid[0, :, 0], o_low, "k--", lw=0.8, label="exact Bayes 90%")
                 ax.plot(grid[0, :, 0], o_high, "k--", lw=0.8)
-            ax.scatter(batch.x_query[row, :, 0], batch.y_query[row, :, 0], s=4, color="0.6", label="query")
-            ax.scatter(batch.x_support[row, :k, 0], batch.y_support[row, :k, 0], s=22, color="C3",
+            query, support = one.query_mask[0], one.support_mask[0]
+            ax.scatter(one.x_query[0, query, 0], one.y_query[0, query, 0], s=4, color="0.6", label="query")
+            ax.scatter(one.x_support[0, support, 0], one.y_support[0, support, 0], s=22, color="C3",
                        zorder=3, label="support")
             if row == 0:
                 ax.set_title(f"K = {k}")

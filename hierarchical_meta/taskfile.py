@@ -12,6 +12,8 @@ The task file (one row per point)::
 - inputs ``x`` (or ``x1``, ``x2``, … when the model has several), labels ``y`` (or
   ``y1``, …; optional on query rows: given, they are scored), metadata ``m1``, … (or ``m``),
   the same on every row of a task. A task may have no support rows (zero-shot).
+- an unknown metadata value is an empty cell (or ``nan``): it is read as NaN, which the
+  model treats as missing. x and y must be finite numbers.
 
 The predictions file has one row per query point: ``task``, the inputs, ``mean``,
 ``q05``, ``q95`` (central 90% interval) per output, and ``loglik`` where y was given.
@@ -36,13 +38,34 @@ def column_names(prefix: str, dim: int) -> List[str]:
 
 
 def _float(text: str, where: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"{where}: {text!r} is not a number") from None
+    """A finite number (x, y)."""
+    value = _number(text, where)
     if not math.isfinite(value):
         raise ValueError(f"{where}: {text!r} is NaN or infinite; drop or impute that point")
     return value
+
+
+def _metadata(text: str, where: str) -> float:
+    """A metadata value: a number, or NaN (missing) for an empty cell or ``nan``."""
+    if not text.strip():
+        return math.nan
+    value = _number(text, where)
+    if math.isinf(value):
+        raise ValueError(f"{where}: {text!r} is infinite; leave the cell empty (or write nan) "
+                         "when the metadata value is unknown")
+    return value
+
+
+def _number(text: str, where: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{where}: {text!r} is not a number") from None
+
+
+def _same(a: List[float], b: List[float]) -> bool:
+    """Equal metadata rows, NaN (missing) matching NaN."""
+    return all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(a, b))
 
 
 def read_task_file(path: str, x_dim: int, y_dim: int, metadata_dim: int) -> Tuple[TaskBatch, List[str], bool]:
@@ -67,12 +90,14 @@ def read_task_file(path: str, x_dim: int, y_dim: int, metadata_dim: int) -> Tupl
         tasks = {}
         for line, row in enumerate(reader, start=2):
             where = f"{path}, line {line}"
+            if None in row or None in row.values():  # csv's marks of a longer or shorter row
+                raise ValueError(f"{where}: the row does not have the header's {len(header)} fields")
             role = row["role"].strip()
             if role not in ("support", "query"):
                 raise ValueError(f"{where}: role must be 'support' or 'query', got {row['role']!r}")
-            meta = [_float(row[c], f"{where}, column {c}") for c in ms]
+            meta = [_metadata(row[c], f"{where}, column {c}") for c in ms]
             task = tasks.setdefault(row["task"], {"metadata": meta, "support": [], "query": []})
-            if task["metadata"] != meta:
+            if not _same(task["metadata"], meta):
                 raise ValueError(f"{where}: task {row['task']!r} has different metadata on different rows")
             x = [_float(row[c], f"{where}, column {c}") for c in xs]
             if role == "support" or any(row[c].strip() for c in ys):

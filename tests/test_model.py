@@ -1,5 +1,5 @@
 """The generative model and the amortized guide: shapes, vectorized particles, and the
-set encoder's properties (DESIGN.md §2).
+set encoder's properties (docs/model.md).
 
 - every prior x decoder broadcasts over an extra leading particle dim, and Pyro's
   vectorized ``Trace_ELBO`` runs on it;

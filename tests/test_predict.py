@@ -8,9 +8,9 @@ the exact-Bayes reference, each against a closed form or a slow reference.
   linear-Gaussian instance (prior "linear", decoder "features"), where p(y_q | support, m)
   and p(Y_s | X_s, m) are Gaussian in closed form: it converges to them, within the
   Monte Carlo error it reports;
-- the sinusoid oracle (grid over (A, phase), b integrated analytically) against a
-  brute-force Monte Carlo over prior draws of (A, phase, b), its calibration, and the
-  noise floor lying above it.
+- the sinusoid family's exact predictive (grid over (A, phase), b integrated analytically)
+  against a brute-force Monte Carlo over prior draws of (A, phase, b), its calibration, the
+  noise floor lying above it, and missing (NaN) metadata read as uninformative.
 """
 
 import math
@@ -20,10 +20,9 @@ import torch
 
 from hierarchical_meta.meta_model import HierarchicalMetaModel, ModelConfig
 from hierarchical_meta.networks import metadata_features, positive
-from hierarchical_meta.oracle import exact_predictive, noise_floor_log_prob, sinusoid_predictive
 from hierarchical_meta.predict import posterior_predictive
 from hierarchical_meta.predictive import MixturePredictive, point_metrics
-from hierarchical_meta.tasks import BasisFunctionTasks, SinusoidTasks, TaskBatch
+from hierarchical_meta.tasks import BasisFunctionTasks, SinusoidTasks, TaskBatch, TaskFamily
 
 
 Z95 = 1.6448536269514722  # standard normal 0.95 quantile
@@ -361,7 +360,7 @@ def test_sinusoid_oracle_matches_brute_force_monte_carlo(K):
     """
     family = SinusoidTasks(noise_std=0.5, metadata_noise=(1.0, 0.5))
     batch = family.sample(1, K, 5, generator=torch.Generator().manual_seed(21))
-    oracle = sinusoid_predictive(family, batch).log_prob(batch.y_query)[0].double().exp()  # [Q]
+    oracle = family.exact_predictive(batch).log_prob(batch.y_query)[0].double().exp()  # [Q]
 
     g = torch.Generator().manual_seed(22)
     S = 400_000
@@ -397,32 +396,55 @@ def test_sinusoid_oracle_is_calibrated_and_below_the_noise_floor():
     """
     family = SinusoidTasks()
     batch = family.sample(150, 2, 20, generator=torch.Generator().manual_seed(0))
-    floor = float(noise_floor_log_prob(family, batch).mean())
+    floor = float(family.noise_floor_log_prob(batch).mean())
     previous = -math.inf
     for k in (0, 2):
-        metrics = point_metrics(sinusoid_predictive(family, batch.with_support_size(k),
-                                                    grid_amplitude=40, grid_phase=48), batch.y_query)
+        metrics = point_metrics(family.exact_predictive(batch.with_support_size(k),
+                                                        grid_amplitude=40, grid_phase=48), batch.y_query)
         assert abs(metrics["coverage90"] - 0.9) < 0.04, (k, metrics)
         assert metrics["loglik"] < floor - 0.3, (k, metrics["loglik"], floor)
         assert metrics["loglik"] > previous  # more support, better prediction (on average)
         previous = metrics["loglik"]
 
 
+@pytest.mark.parametrize("entry", [0, 1], ids=["amplitude", "offset"])
+def test_sinusoid_nan_metadata_is_an_uninformative_observation(entry):
+    """A NaN metadata entry predicts as that entry observed with noise 1e6, which carries
+    no information about A (range 5) or b (std 0.5): the log weights move by < 1e-10 nats,
+    so the log densities agree to float32 round-off (1e-5). The observed entry matters."""
+    batch = SinusoidTasks().sample(3, 2, 4, generator=torch.Generator().manual_seed(4))
+    noise = [0.3, 0.1]
+    noise[entry] = 1e6
+    vague = SinusoidTasks(metadata_noise=tuple(noise))
+    metadata = batch.metadata.clone()
+    metadata[:, entry] = float("nan")
+    grid = dict(grid_amplitude=40, grid_phase=48)
+    missing = vague.exact_predictive(batch.with_metadata(metadata), **grid).log_prob(batch.y_query)
+    reference = vague.exact_predictive(batch, **grid).log_prob(batch.y_query)
+    torch.testing.assert_close(missing, reference, rtol=1e-5, atol=1e-5)
+    observed = SinusoidTasks().exact_predictive(batch, **grid).log_prob(batch.y_query)
+    assert (missing - observed).abs().max() > 0.01
+
+
 def test_basis_oracle_is_the_exact_gaussian_and_below_the_noise_floor():
     family = BasisFunctionTasks()
     batch = family.sample(100, 3, 10, generator=torch.Generator().manual_seed(1))
-    pred = exact_predictive(family, batch)
+    pred = family.exact_predictive(batch)
     mean, std = family.posterior_predictive(batch)
     torch.testing.assert_close(pred.log_prob(batch.y_query),
                                torch.distributions.Normal(mean, std).log_prob(batch.y_query)[..., 0])
-    assert point_metrics(pred, batch.y_query)["loglik"] < float(noise_floor_log_prob(family, batch).mean())
+    assert point_metrics(pred, batch.y_query)["loglik"] < float(family.noise_floor_log_prob(batch).mean())
 
 
-def test_oracle_rejects_families_without_one():
-    class Other:
+def test_a_family_declares_no_oracle_by_default():
+    """TaskFamily's defaults: no true function, no exact predictive, hence no noise floor."""
+    class Other(TaskFamily):
         name = "other"
-    batch = SinusoidTasks().sample(1, 1, 1)
-    with pytest.raises(ValueError, match="no exact posterior"):
-        exact_predictive(Other(), batch)
-    with pytest.raises(ValueError, match="no known true function"):
-        noise_floor_log_prob(Other(), batch)
+    batch = SinusoidTasks().sample(2, 1, 3, generator=torch.Generator().manual_seed(0))
+    family = Other()
+    assert family.true_mean(batch.params, batch.x_query) is None
+    assert family.exact_predictive(batch) is None
+    assert family.noise_floor_log_prob(batch) is None
+    assert family.num_classes is None and family.noise_std is None and not family.fixed_dataset
+    with pytest.raises(NotImplementedError, match="not a fixed data set"):
+        family.all_tasks(1)

@@ -1,11 +1,15 @@
 """The task interface (TaskBatch) and the synthetic families behind it.
 
-- TaskBatch refuses bad shapes and non-finite values with a ValueError naming the field;
-- ``with_support_size`` keeps the first k support slots (k = 0 is zero-shot);
-- SinusoidTasks / BasisFunctionTasks sample the documented shapes, reproducibly per seed;
-- the basis family's exact posterior predictive (fast path: precision form with the
-  metadata folded in) matches two slow references: direct Gaussian conditioning of the
-  joint (w, m, Y_support, y_query), and a brute-force Monte Carlo over prior weight draws.
+- TaskBatch refuses bad shapes and non-finite values with a ValueError naming the field,
+  except NaN metadata, which means "missing";
+- ``with_support_size`` keeps the first k support slots (k = 0 is zero-shot); ``subset``
+  picks tasks by slice, indices or bool mask, params included;
+- SinusoidTasks / BasisFunctionTasks sample the documented shapes, reproducibly per seed,
+  and each split from its own stream: no caller seeds make train, val and test tasks meet;
+- the basis family's exact posterior predictive (fast path: linear_gaussian with the
+  metadata as measurements) matches two slow references: direct Gaussian conditioning of
+  the joint (w, m, Y_support, y_query), and a brute-force Monte Carlo over prior weight
+  draws; a NaN metadata entry is exactly an unobserved one.
 """
 
 import math
@@ -13,8 +17,8 @@ import math
 import pytest
 import torch
 
-from hierarchical_meta.tasks import (FAMILIES, BasisFunctionTasks, SinusoidTasks, TaskBatch,
-                                     make_family)
+from hierarchical_meta.tasks import (FAMILIES, SPLITS, BasisFunctionTasks, SinusoidTasks, TaskBatch,
+                                     make_family, split_generator)
 
 
 
@@ -51,7 +55,7 @@ def test_bad_shapes_raise_naming_the_field(field, bad, match):
         _batch(**{field: bad})
 
 
-@pytest.mark.parametrize("field", ["x_support", "y_support", "x_query", "y_query", "metadata"])
+@pytest.mark.parametrize("field", ["x_support", "y_support", "x_query", "y_query"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_values_raise_naming_the_field(field, value):
     good = _batch()
@@ -59,6 +63,16 @@ def test_non_finite_values_raise_naming_the_field(field, value):
     tensor.view(-1)[1] = value
     with pytest.raises(ValueError, match=rf"TaskBatch\.{field} contains NaN or infinite"):
         _batch(**{field: tensor})
+
+
+@pytest.mark.parametrize("value", [float("inf"), -float("inf")])
+def test_infinite_metadata_raises_and_nan_metadata_is_missing(value):
+    metadata = _batch().metadata.clone()
+    metadata[1, 0] = value
+    with pytest.raises(ValueError, match=r"TaskBatch\.metadata contains infinite values; use NaN"):
+        _batch(metadata=metadata)
+    metadata[1, 0] = float("nan")
+    assert torch.isnan(_batch(metadata=metadata).metadata[1, 0])
 
 
 def test_with_support_size_keeps_the_first_k_slots():
@@ -76,8 +90,36 @@ def test_with_support_size_keeps_the_first_k_slots():
 def test_with_metadata_revalidates():
     batch = _batch()
     with pytest.raises(ValueError, match="metadata"):
-        batch.with_metadata(torch.full((3, 2), float("nan")))
+        batch.with_metadata(torch.full((3, 2), float("inf")))
+    with pytest.raises(ValueError, match="metadata"):
+        batch.with_metadata(torch.zeros(2, 2))
     assert batch.with_metadata(torch.zeros(3, 2)).metadata.abs().sum() == 0
+    assert torch.isnan(batch.with_metadata(torch.full((3, 2), float("nan"))).metadata).all()
+
+
+@pytest.mark.parametrize("index, picked", [
+    (slice(1, 3), [1, 2]),
+    ([3, 0], [3, 0]),  # indices keep their order
+    (torch.tensor([2]), [2]),
+    (torch.tensor([True, False, False, True]), [0, 3]),
+    ([False, True, False, False], [1]),
+])
+def test_subset_picks_tasks_with_every_field_and_param(index, picked):
+    mask = torch.ones(4, 3, dtype=torch.bool)
+    mask[2, 1:] = False
+    batch = _batch(T=4, K=3, support_mask=mask)
+    batch.params = {"weights": torch.arange(8.0).view(4, 2)}
+    sub = batch.subset(index)
+    rows = torch.tensor(picked)
+    assert sub.num_tasks == len(picked)
+    for name in ("x_support", "y_support", "x_query", "y_query", "metadata", "support_mask", "query_mask"):
+        assert torch.equal(getattr(sub, name), getattr(batch, name)[rows]), name
+    assert torch.equal(sub.params["weights"], batch.params["weights"][rows])
+
+
+def test_subset_refuses_a_scalar_index():
+    with pytest.raises(ValueError, match=r"write \[t\] for one task"):
+        _batch().subset(1)
 
 
 # -- families ---------------------------------------------------------------------------------
@@ -231,3 +273,71 @@ def test_basis_posterior_predictive_matches_monte_carlo_over_weight_prior():
     se = ((weights[:, None] ** 2) * (p_s - p_hat) ** 2).sum(0).sqrt()
     assert (se < 0.03 * p_hat).all(), (se, p_hat)
     assert ((p_hat - exact).abs() < 5 * se).all(), (p_hat, exact, se)
+
+
+# -- split streams ------------------------------------------------------------------------------
+
+SYNTHETIC = [SinusoidTasks(), BasisFunctionTasks(num_basis=4, num_observed_weights=2)]
+
+
+def test_split_generator_gives_each_split_its_own_seed():
+    """For any caller seed, split i's stream has a seed ≡ i (mod 3) below 2^32: torch's CPU
+    generator keeps only a seed's low 32 bits, so a larger seed could alias another split's."""
+    for seed in range(300):
+        seeds = [split_generator(split, torch.Generator().manual_seed(seed)).initial_seed()
+                 for split in SPLITS]
+        assert all(s < 2 ** 32 and s % 3 == i for i, s in enumerate(seeds)), (seed, seeds)
+    with pytest.raises(ValueError, match="split must be one of"):
+        split_generator("training")
+
+
+@pytest.mark.parametrize("family", SYNTHETIC, ids=["sinusoid", "basis"])
+def test_splits_never_share_a_task_whatever_the_seeds(family):
+    """Train tasks drawn with caller seed s and val/test tasks drawn with s' (every pair on a
+    grid, s = s' included) never coincide: a task is the tuple of all its parameters. The
+    same split and seed give the same tasks again, so the comparison can detect sharing."""
+    def tasks(split, seed):
+        batch = family.sample(16, 2, 3, split=split, generator=torch.Generator().manual_seed(seed))
+        params = torch.cat([v.reshape(batch.num_tasks, -1) for v in batch.params.values()], 1)
+        return {tuple(row) for row in params.tolist()}
+
+    seeds = range(12)
+    drawn = {(split, seed): tasks(split, seed) for split in SPLITS for seed in seeds}
+    assert drawn[("test", 3)] == tasks("test", 3)
+    for i, a in enumerate(SPLITS):
+        for b in SPLITS[i + 1:]:
+            for s in seeds:
+                for s2 in seeds:
+                    assert drawn[(a, s)].isdisjoint(drawn[(b, s2)]), (a, s, b, s2)
+
+
+def test_sample_takes_one_draw_from_the_caller_and_the_rest_from_the_split_stream():
+    """The caller's generator advances by exactly one draw (the split stream's seed); the
+    task parameters are the family's first draws from split_generator(split, caller)."""
+    family = SinusoidTasks()
+    caller, expected = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    batch = family.sample(5, 2, 3, split="val", generator=caller)
+    stream = split_generator("val", expected)
+    assert torch.equal(torch.rand(3, generator=caller), torch.rand(3, generator=expected))
+    low, high = family.amplitude_range
+    torch.testing.assert_close(batch.params["amplitude"], low + (high - low) * torch.rand(5, generator=stream),
+                               rtol=0, atol=0)
+
+
+def test_basis_nan_metadata_is_exactly_an_unobserved_weight():
+    """m = (m1, NaN) predicts as a family observing only w1, m = (NaN, NaN) as one observing
+    no weight: the same Gaussian conditioning with fewer measurements (float32, 1e-5)."""
+    families = {M: BasisFunctionTasks(num_basis=5, num_observed_weights=M) for M in (0, 1, 2)}
+    batch = families[2].sample(4, 3, 6, generator=torch.Generator().manual_seed(2))
+    nan = float("nan")
+    for keep in (0, 1):
+        metadata = batch.metadata.clone()
+        metadata[:, keep:] = nan
+        mean, std = families[2].posterior_predictive(batch.with_metadata(metadata))
+        fewer = TaskBatch(batch.x_support, batch.y_support, batch.x_query, batch.y_query,
+                          batch.metadata[:, :keep])
+        ref_mean, ref_std = families[keep].posterior_predictive(fewer)
+        torch.testing.assert_close(mean, ref_mean, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(std, ref_std, rtol=1e-5, atol=1e-5)
+    observed, _ = families[2].posterior_predictive(batch)
+    assert not torch.allclose(observed, ref_mean, atol=1e-2)  # the metadata do matter here

@@ -13,13 +13,16 @@ over the support points s::
 
     Cov[b | support] = (I + Ψ A)⁻¹ Ψ,    E[b | support] = Cov[b | support] Σ_s z_s r_s / σ²
 
-(no inverse of Ψ, so a singular Ψ on the boundary is fine; K = 0 gives the prior). Each
-query point's predictive is Gaussian::
+(no inverse of Ψ, so a singular Ψ on the boundary is fine; K = 0 gives the prior;
+:mod:`hierarchical_meta.linear_gaussian` computes it). Each query point's predictive is
+Gaussian::
 
     y_q | support ~ N(f_qᵀ β + z_qᵀ E[b | support],  z_qᵀ Cov[b | support] z_q + σ²)
 
 It is returned as a :class:`~hierarchical_meta.predictive.MixturePredictive` with one
 component. β, Ψ and σ² are plugged in: their estimation uncertainty is not propagated.
+The metadata enter as fixed-effect covariates, so they must be observed: a task with a
+missing (NaN) metadata entry raises ``ValueError``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
+from .. import linear_gaussian
 from ..predictive import MixturePredictive
 from ..tasks.base import TaskBatch
 
@@ -76,15 +80,7 @@ def random_effects_posterior(z: torch.Tensor, residual: torch.Tensor, mask: torc
     if residual.shape != (T, K) or mask.shape != (T, K) or random_cov.shape != (R, R):
         raise ValueError(f"shapes disagree: z {tuple(z.shape)}, residual {tuple(residual.shape)}, "
                          f"mask {tuple(mask.shape)}, random_cov {tuple(random_cov.shape)}")
-    z = z * mask[..., None]  # padded slots contribute nothing
-    residual = residual * mask
-    precision_data = z.transpose(1, 2) @ z / residual_var  # A: [T, R, R]
-    eye = torch.eye(R, dtype=z.dtype)
-    cov = torch.linalg.solve(eye + random_cov @ precision_data,
-                             random_cov.expand(T, R, R))  # [T, R, R]
-    cov = (cov + cov.transpose(1, 2)) / 2
-    mean = cov @ (z.transpose(1, 2) @ residual[..., None]) / residual_var  # [T, R, 1]
-    return mean[..., 0], cov
+    return linear_gaussian.posterior(random_cov.to(z.dtype), z, residual, residual_var, mask)
 
 
 class MixedModel:
@@ -127,6 +123,10 @@ class MixedModel:
     def fixed_features(self, x: torch.Tensor, metadata: torch.Tensor) -> torch.Tensor:
         """f(x, m): x [T, N, Dx], metadata [T, Dm] -> [T, N, P]."""
         self._check_dims(x.shape[-1], metadata.shape[-1])
+        missing = torch.isnan(metadata).any(-1).nonzero()[:, 0].tolist()
+        if missing:
+            raise ValueError(f"the mixed model needs observed metadata, but task(s) {missing[:10]} "
+                             "have missing (NaN) entries; impute them or leave those tasks out")
         m = metadata[:, None, :].expand(-1, x.shape[1], -1)  # [T, N, Dm]
         products = [x[..., i] * m[..., j] for i, j in self.interactions]
         return torch.cat([x.new_ones(x.shape[:-1] + (1,)), x, m] +
@@ -236,8 +236,8 @@ class MixedModel:
         xq = batch.x_query.double()
         f = self.fixed_features(xq, batch.metadata.double())  # [T, Q, P]
         z = self.random_features(xq)  # [T, Q, R]
-        mean = f @ p.fixed_effects + (z @ mean_b[..., None])[..., 0]  # [T, Q]
-        var = ((z @ cov_b) * z).sum(-1) + p.residual_var  # [T, Q]
+        mean_re, var = linear_gaussian.predictive(z, mean_b, cov_b, p.residual_var)  # [T, Q] each
+        mean = f @ p.fixed_effects + mean_re
         dtype = batch.x_query.dtype
         T = batch.num_tasks
         return MixturePredictive(log_weights=torch.zeros(T, 1, dtype=dtype),

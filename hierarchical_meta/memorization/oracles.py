@@ -6,6 +6,7 @@
       Λ = I/σ_w² + Φ_sᵀΦ_s/σ²,   μ_w = Λ⁻¹ Φ_sᵀ y_s / σ²,
       p(y_q | D) = N(φ(x_q)ᵀ μ_w, φ(x_q)ᵀ Λ⁻¹ φ(x_q) + σ²)
 
+  (:mod:`hierarchical_meta.linear_gaussian` computes it).
 - :func:`basis_posterior_predictor`: the same with the basis family's metadata term,
   delegating to :meth:`BasisFunctionTasks.posterior_predictive`.
 - :class:`GaussianClassMeans`: Bayes classification with isotropic Gaussian classes,
@@ -22,6 +23,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .. import linear_gaussian
 from ..predictive import MixturePredictive
 from ..tasks.base import TaskBatch
 from ..tasks.basis import BasisFunctionTasks
@@ -47,29 +49,25 @@ class BayesianLinearRegression:
 
     def weight_posterior(self, x_support, y_support, support_mask=None):
         """Posterior mean [T, B] and covariance [T, B, B] of the weights."""
-        m = _mask(x_support, support_mask)  # [T, K]
-        F = self.features(x_support) * m[..., None]  # [T, K, B]
-        B = F.shape[-1]
-        precision = torch.eye(B).to(F) / self.weight_std ** 2 + F.transpose(1, 2) @ F / self.noise_std ** 2
-        rhs = (F.transpose(1, 2) @ (y_support[..., :1] * m[..., None]))[..., 0] / self.noise_std ** 2
-        cov = torch.linalg.inv(precision)
-        return (cov @ rhs[..., None])[..., 0], cov
+        F = self.features(x_support)  # [T, K, B]
+        prior_cov = self.weight_std ** 2 * torch.eye(F.shape[-1], dtype=F.dtype, device=F.device)
+        return linear_gaussian.posterior(prior_cov, F, y_support[..., 0], self.noise_std ** 2,
+                                         support_mask)
 
     def __call__(self, x_support, y_support, x_query, support_mask=None):
         mean_w, cov_w = self.weight_posterior(x_support, y_support, support_mask)
-        F = self.features(x_query)  # [T, Q, B]
-        mean = F @ mean_w[..., None]  # [T, Q, 1]
-        var = ((F @ cov_w) * F).sum(-1, keepdim=True) + self.noise_std ** 2
-        return torch.distributions.Normal(mean, var.sqrt())
+        mean, var = linear_gaussian.predictive(self.features(x_query), mean_w, cov_w,
+                                               self.noise_std ** 2)  # [T, Q] each
+        return torch.distributions.Normal(mean[..., None], var.sqrt()[..., None])
 
 
 def basis_posterior_predictor(family: BasisFunctionTasks):
-    """Exact p(y_q | support, m) on the basis family (metadata included)."""
+    """Exact p(y_q | support, m) on the basis family (metadata included; None = missing)."""
 
     def predict(x_support, y_support, x_query, support_mask=None, metadata=None):
         T, Q = x_query.shape[:2]
         if metadata is None:
-            metadata = torch.zeros(T, family.metadata_dim)
+            metadata = torch.full((T, family.metadata_dim), float("nan"))
         batch = TaskBatch(x_support=x_support, y_support=y_support, x_query=x_query,
                           y_query=torch.zeros(T, Q, 1), metadata=metadata, support_mask=support_mask)
         mean, std = family.posterior_predictive(batch)

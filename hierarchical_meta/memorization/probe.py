@@ -77,19 +77,14 @@ def derangement(n: int, generator: Optional[torch.Generator] = None) -> torch.Te
 def true_mean(family: TaskFamily, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Noise-free regression function f_t(x) of each task: x [T, Q, Dx] -> [T, Q, Dy].
 
-    Uses ``family.mean_function(params, x)`` where the family defines it, and knows the
-    package's basis-function and sinusoid families.
+    ``family.true_mean(params, x)``; ``ValueError`` when the family has none.
     """
-    if hasattr(family, "mean_function"):
-        return family.mean_function(params, x)
-    from ..tasks.basis import BasisFunctionTasks
-    from ..tasks.sinusoid import SinusoidTasks
-    if isinstance(family, BasisFunctionTasks):
-        return family.features(x) @ params["weights"][:, :, None]
-    if isinstance(family, SinusoidTasks):
-        return family.function(x, params["amplitude"], params["phase"], params["offset"])
-    raise ValueError(f"the regression follow score needs each task's noise-free function, but "
-                     f"{type(family).__name__} has no mean_function(params, x); add one")
+    f = family.true_mean(params, x)
+    if f is None:
+        raise ValueError(f"the regression follow score needs each task's noise-free function, but "
+                         f"task family {family.name!r} ({type(family).__name__}) has no true_mean; "
+                         "override TaskFamily.true_mean(params, x)")
+    return f
 
 
 def _accepts(fn: Callable, name: str) -> bool:
@@ -304,19 +299,14 @@ def probe(predict: Callable, family: TaskFamily, *, num_support: int, num_query:
     ``splits`` maps a report name to the family's task split; the default
     ``{"meta-train": "train", "meta-test": "test"}`` draws new tasks from the meta-training
     distribution and from the held-out (meta-test) distribution. ``family.num_classes``
-    (absent or None for regression) selects classification. The draws use their own seed,
-    so they are fresh tasks and points, not the ones a learner was trained on.
+    (None for regression) selects classification. The draws use their own seed, so they
+    are fresh tasks and points, not the ones a learner was trained on.
     """
     splits = {"meta-train": "train", "meta-test": "test"} if splits is None else dict(splits)
     if not splits:
         raise ValueError("splits must name at least one task split")
-    num_classes = getattr(family, "num_classes", None)
-    available = getattr(family, "splits", None)
     reports = {}
     for i, (name, split) in enumerate(splits.items()):
-        if available is not None and split not in available:
-            raise ValueError(f"task family {type(family).__name__} has no {split!r} tasks (it offers "
-                             f"{tuple(available)}); the probe needs held-out tasks for {name!r}")
         generator = torch.Generator().manual_seed(seed + 7919 * i)
         try:
             batch = family.sample(num_tasks, num_support, num_query, split=split, generator=generator)
@@ -326,7 +316,7 @@ def probe(predict: Callable, family: TaskFamily, *, num_support: int, num_query:
         if batch.num_tasks == 0:
             raise ValueError(f"task family {type(family).__name__} has no {split!r} tasks; the probe "
                              f"needs held-out tasks for {name!r}")
-        reports[name] = probe_batch(predict, batch, family=family, num_classes=num_classes,
+        reports[name] = probe_batch(predict, batch, family=family, num_classes=family.num_classes,
                                     num_derangements=num_derangements, swap_metadata=swap_metadata,
                                     split=name, generator=generator)
     return reports

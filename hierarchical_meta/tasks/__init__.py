@@ -1,6 +1,6 @@
 """Task families behind one interface (:class:`TaskBatch`, :class:`TaskFamily`)."""
 
-from .base import SPLITS, TaskBatch, TaskFamily
+from .base import SPLITS, TaskBatch, TaskFamily, split_generator
 from .basis import BasisFunctionTasks
 from .nlschools import NLSchoolsTasks
 from .sinusoid import SinusoidTasks
@@ -20,5 +20,5 @@ def make_family(name: str, **kwargs) -> TaskFamily:
     return FAMILIES[name](**kwargs)
 
 
-__all__ = ["SPLITS", "TaskBatch", "TaskFamily", "SinusoidTasks", "BasisFunctionTasks",
+__all__ = ["SPLITS", "TaskBatch", "TaskFamily", "split_generator", "SinusoidTasks", "BasisFunctionTasks",
            "NLSchoolsTasks", "FAMILIES", "make_family"]

@@ -19,19 +19,21 @@ import torch
 __all__ = ["TaskBatch", "TaskFamily", "SPLITS", "split_generator"]
 
 SPLITS = ("train", "val", "test")
+_SEEDS_PER_SPLIT = 2 ** 32 // len(SPLITS)  # seeds 3 b + i stay below 2^32
 
 
 def split_generator(split: str, generator: Optional[torch.Generator] = None) -> torch.Generator:
     """A generator for ``split`` alone, seeded from ``generator`` (torch's global RNG if None).
 
-    One draw b in [0, 2^60) from ``generator`` seeds the new stream with 3 b + i, i the
-    index of ``split`` in :data:`SPLITS`. The seeds of different splits differ modulo 3,
-    so no choice of the caller's seeds can give a training and a test stream the same seed.
+    One draw b in [0, 2^32 / 3) from ``generator`` seeds the new stream with 3 b + i, i the
+    index of ``split`` in :data:`SPLITS`. The seeds are below 2^32 (torch's CPU generator
+    keeps only a seed's low 32 bits) and those of different splits differ modulo 3, so no
+    choice of the caller's seeds can give a training and a test stream the same seed.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    base = int(torch.randint(2 ** 60, (1,), generator=generator))
-    return torch.Generator().manual_seed(3 * base + SPLITS.index(split))
+    base = int(torch.randint(_SEEDS_PER_SPLIT, (1,), generator=generator))
+    return torch.Generator().manual_seed(len(SPLITS) * base + SPLITS.index(split))
 
 
 @dataclasses.dataclass
@@ -109,9 +111,12 @@ class TaskBatch:
         return TaskBatch(**moved)
 
     def subset(self, index: Union[slice, Sequence[int], torch.Tensor]) -> "TaskBatch":
-        """The tasks picked by ``index`` (a slice, indices or a bool mask over tasks)."""
+        """The tasks picked by ``index`` (a slice, indices or a bool mask over tasks), in its order."""
         if not isinstance(index, slice):
             index = torch.as_tensor(index)
+            if index.dim() != 1:
+                raise ValueError(f"subset takes a slice, a list of task indices or a bool mask [T], "
+                                 f"got an index of shape {tuple(index.shape)}; write [t] for one task")
             if index.dtype != torch.bool:
                 index = index.long()
         picked = {f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self) if f.name != "params"}

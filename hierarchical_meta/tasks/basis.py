@@ -1,4 +1,4 @@
-"""Basis-function regression with task metadata (DESIGN.md §3).
+"""Basis-function regression with task metadata.
 
 A finite set of linearly independent basis functions on [0, 1] (Gaussian bumps)::
 
@@ -9,7 +9,9 @@ Metadata is a noisy view of the first ``num_observed_weights`` weights::
     m = w_{1:M} + ε_m,   ε_m ~ N(0, metadata_noise² I_M)
 
 Everything is linear-Gaussian, so the exact posterior predictive is Bayesian linear
-regression (:meth:`BasisFunctionTasks.posterior_predictive`).
+regression (:mod:`hierarchical_meta.linear_gaussian`), with the metadata as measurements of
+the first weights; a NaN (missing) metadata entry is left out. Each split draws its tasks
+from its own stream (:func:`~hierarchical_meta.tasks.base.split_generator`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from typing import Optional
 
 import torch
 
-from .base import TaskBatch, TaskFamily
+from .. import linear_gaussian
+from ..predictive import MixturePredictive
+from .base import TaskBatch, TaskFamily, split_generator
 
 __all__ = ["BasisFunctionTasks"]
 
@@ -50,42 +54,47 @@ class BasisFunctionTasks(TaskFamily):
         return torch.exp(-0.5 * ((x - self.centers.to(x)) / self.width) ** 2)
 
     def true_mean(self, params, x):
+        """f_w(x) = φ(x)ᵀ w: x [T, Q, 1] -> [T, Q, 1]."""
         return self.features(x) @ params["weights"][:, :, None]
 
-    def exact_predictive(self, batch: TaskBatch):
-        from ..predictive import MixturePredictive
+    def exact_predictive(self, batch: TaskBatch) -> MixturePredictive:
+        """Bayesian linear regression (:meth:`posterior_predictive`) as a one-component mixture."""
         mean, std = self.posterior_predictive(batch)
         return MixturePredictive(torch.zeros(batch.num_tasks, 1), mean[:, None], std[:, None])
 
     def sample(self, num_tasks: int, num_support: int, num_query: int, *,
                split: str = "train", generator: Optional[torch.Generator] = None) -> TaskBatch:
         self.check_sizes(num_tasks, num_support, num_query, split)
+        g = split_generator(split, generator)
         T, N, M = num_tasks, num_support + num_query, self.metadata_dim
-        w = self.weight_std * torch.randn(T, self.num_basis, generator=generator)
-        x = torch.rand(T, N, 1, generator=generator)
-        y = (self.features(x) @ w[:, :, None]) + self.noise_std * torch.randn(T, N, 1, generator=generator)
-        metadata = w[:, :M] + self.metadata_noise * torch.randn(T, M, generator=generator)
+        w = self.weight_std * torch.randn(T, self.num_basis, generator=g)
+        x = torch.rand(T, N, 1, generator=g)
+        y = (self.features(x) @ w[:, :, None]) + self.noise_std * torch.randn(T, N, 1, generator=g)
+        metadata = w[:, :M] + self.metadata_noise * torch.randn(T, M, generator=g)
         return TaskBatch(x_support=x[:, :num_support], y_support=y[:, :num_support],
                          x_query=x[:, num_support:], y_query=y[:, num_support:],
                          metadata=metadata, params={"weights": w})
 
     def weight_posterior(self, batch: TaskBatch):
-        """Exact p(w | support, m): mean [T, B] and covariance [T, B, B]."""
+        """Exact p(w | support, m): mean [T, B] and covariance [T, B, B].
+
+        The measurements are the unmasked support points (y = φ(x)ᵀ w + ε, variance σ²)
+        and the observed metadata (m_j = w_j + ε_m, variance τ², NaN entries left out).
+        """
         B, M = self.num_basis, self.metadata_dim
-        F = self.features(batch.x_support) * batch.support_mask[..., None]  # [T, K, B]
-        y = batch.y_support[..., 0] * batch.support_mask  # [T, K]
-        precision = torch.eye(B).to(F) / self.weight_std ** 2 + F.transpose(1, 2) @ F / self.noise_std ** 2
-        rhs = (F.transpose(1, 2) @ y[..., None])[..., 0] / self.noise_std ** 2  # [T, B]
-        if M:
-            precision[:, :M, :M] += torch.eye(M).to(F) / self.metadata_noise ** 2
-            rhs[:, :M] += batch.metadata / self.metadata_noise ** 2
-        cov = torch.linalg.inv(precision)
-        return (cov @ rhs[..., None])[..., 0], cov
+        F = self.features(batch.x_support)  # [T, K, B]
+        E = torch.eye(B, dtype=F.dtype, device=F.device)[:M].expand(batch.num_tasks, M, B)  # m = E w + ε_m
+        features = torch.cat([E, F], 1)  # [T, M + K, B]
+        targets = torch.cat([batch.metadata, batch.y_support[..., 0]], 1)  # [T, M + K]
+        mask = torch.cat([~torch.isnan(batch.metadata), batch.support_mask], 1)
+        noise_var = torch.cat([F.new_full((M,), self.metadata_noise ** 2),
+                               F.new_full((F.shape[1],), self.noise_std ** 2)])  # [M + K]
+        prior_cov = self.weight_std ** 2 * torch.eye(B, dtype=F.dtype, device=F.device)
+        return linear_gaussian.posterior(prior_cov, features, targets, noise_var, mask)
 
     def posterior_predictive(self, batch: TaskBatch):
         """Exact predictive mean and standard deviation at the query points, each [T, Q, 1]."""
         mean_w, cov_w = self.weight_posterior(batch)
-        F = self.features(batch.x_query)  # [T, Q, B]
-        mean = F @ mean_w[..., None]
-        var = ((F @ cov_w) * F).sum(-1, keepdim=True) + self.noise_std ** 2
-        return mean, var.sqrt()
+        mean, var = linear_gaussian.predictive(self.features(batch.x_query), mean_w, cov_w,
+                                               self.noise_std ** 2)
+        return mean[..., None], var.sqrt()[..., None]

@@ -1,4 +1,4 @@
-"""Real tasks with metadata: the Dutch schools data of R's MASS (DESIGN.md §3).
+"""Real tasks with metadata: the Dutch schools data of R's MASS.
 
 ``nlschools`` (Snijders and Bosker, 1999; Venables and Ripley's MASS) holds 2287 pupils
 in 133 grade-8 classes of Dutch elementary schools. One class is one task and one pupil
@@ -97,11 +97,6 @@ class Standardizer:
     def inverse(self, values: torch.Tensor) -> torch.Tensor:
         return values * self.std + self.mean
 
-    @property
-    def log_jacobian(self) -> float:
-        """Σ log std: a density over standardized values minus this is one in original units."""
-        return float(self.std.log().sum())
-
 
 class NLSchoolsTasks(TaskFamily):
     """Classes of the ``nlschools`` data as tasks; see the module docstring.
@@ -121,6 +116,7 @@ class NLSchoolsTasks(TaskFamily):
     x_dim = 2
     y_dim = 1
     metadata_dim = 2
+    fixed_dataset = True
 
     def __init__(self, split_seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.2,
                  data=None, x_columns: Sequence[str] = ("IQ", "SES"), y_column: str = "lang",
@@ -239,8 +235,6 @@ class NLSchoolsTasks(TaskFamily):
         else:
             chosen = eligible[torch.randint(len(eligible), (num_tasks,), generator=generator)]
         return self._batch(chosen, num_support, num_query, generator)
-
-    fixed_dataset = True
 
     def all_tasks(self, num_support: int, *, split: str = "test",
                   generator: Optional[torch.Generator] = None) -> TaskBatch:
