@@ -77,6 +77,14 @@ def test_ragged_mask_keeps_a_uniform_prefix(minimum):
     assert abs(kept.float().mean().item() - (minimum + N) / 2) <= 5 * mean_se
 
 
+def test_ragged_mask_defaults_to_zero_shot_and_is_seeded():
+    mask = torch.ones(TASKS, 20, dtype=torch.bool)
+    first = ragged_mask(mask, torch.Generator().manual_seed(0))
+    assert int(first.sum(1).min()) == 0                             # by default a task may keep no point
+    assert torch.equal(first, ragged_mask(mask, torch.Generator().manual_seed(0)))
+    assert not torch.equal(first, ragged_mask(mask, torch.Generator().manual_seed(1)))
+
+
 def test_ragged_mask_never_adds_a_masked_point():
     mask = torch.rand(500, 20, generator=torch.Generator().manual_seed(1)) < 0.5
     out = ragged_mask(mask, torch.Generator().manual_seed(2))
@@ -94,6 +102,7 @@ def test_kl_weight_anneals_linearly_then_stays_at_one():
     assert config.kl_weight(1000) == 1.0
     assert config.kl_weight(10_000) == 1.0
     assert TrainConfig(anneal_steps=0).kl_weight(0) == 1.0
+    assert TrainConfig(anneal_steps=1, initial_kl_weight=0.2).kl_weight(0) == pytest.approx(0.2, abs=1e-12)
 
 
 # ---- shuffle_metadata: every task gets another task's metadata -----------------------
@@ -128,7 +137,20 @@ def test_fit_returns_the_exponent_of_a_power_law_over_the_widest_half():
         ("exponent", pytest.approx(2.0, abs=1e-9))
 
 
+@pytest.mark.parametrize("points", [2, 3, 4, 5, 6, 7])
+def test_fit_exponent_is_the_log_log_slope_of_the_widest_half(points):
+    rng = np.random.default_rng(points)
+    hs = 2.0 ** np.arange(5, 5 + points)
+    ys = 1e-4 * hs ** 2 * rng.uniform(0.5, 2.0, points)             # off-law: which points enter matters
+    widest = max(2, math.ceil(points / 2))                          # the docstring: the widest half
+    expected = least_squares_slope(np.log(hs[-widest:]), np.log(ys[-widest:]))
+    assert fit("units", hs.tolist(), ys.tolist()) == ("exponent", pytest.approx(expected, abs=1e-9))
+
+
 def test_fit_edge_cases():
+    assert fit("steps", [1, 2], [3.0, 5.5]) == ("slope", pytest.approx(2.5, abs=1e-12))   # two points suffice
+    with pytest.raises(ValueError):
+        fit("steps", [1, 2, 3], [1.0, 2.0])                          # one y per x, or a loud error
     assert fit("steps", [1, 2, 3], [0.0, 0.0, 0.0]) == ("slope", 0.0)
     assert fit("units", [32, 64], [0.0, 0.0]) == ("exponent", 0.0)
     kind, value = fit("steps", [1, 2, 3], [math.nan, 4.0, math.nan])
@@ -159,6 +181,23 @@ def test_growth_table_of_the_committed_study():
     assert table["layers", "maml", "time_median_ms"]["unit"] == "ms"
     assert table["units", "maml", "peak_mb"]["kind"] == "exponent"
     assert table["units", "maml", "peak_mb"]["value"] == pytest.approx(1.94, abs=5e-3)
+
+
+def test_growth_table_fits_each_sweep_with_its_own_methods():
+    rows = read_rows(ROOT / "docs/profiling/scale.csv")
+    rows = [r for r in rows if (r["sweep"], r["method"]) in {("steps", "maml"), ("layers", "es")}]
+    assert {(g["sweep"], g["method"]) for g in growth_table(rows)} == {("steps", "maml"), ("layers", "es")}
+
+
+def test_summary_text_names_every_device_and_every_failed_configuration():
+    rows = read_rows(ROOT / "docs/profiling/scale.csv")
+    rows[0] = {**rows[0], "status": "oom"}
+    rows[1] = {**rows[1], "status": "killed", "device_name": "A second CPU"}
+    lines = summary_text(rows, "cmd").splitlines()
+    assert lines[1].startswith("device: A second CPU, CPU (2 cores visible, 1 torch threads)  (torch 2.13.0+cpu")
+    assert "52 configurations measured, 2 not (killed, oom)" in lines
+    one = summary_text(rows[-1:], "cmd").splitlines()                # a study of one configuration
+    assert one[4] == "1 configurations measured, 0 not (-)"
 
 
 def test_summary_text_reproduces_the_committed_summary():
