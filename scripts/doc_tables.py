@@ -1,0 +1,290 @@
+"""Write the result tables and quoted numbers of README.md and docs/*.md from the committed runs.
+
+``python scripts/doc_tables.py`` (``make docs``) rewrites, in place, every region between
+
+    <!-- table:NAME -->            a whole Markdown table, from ``tables()[NAME]``
+    ...
+    <!-- /table -->
+
+and every inline ``<!--v:KEY-->TEXT<!--/v-->`` (or ``<!--v:KEY:SPEC-->``, SPEC a Python format
+spec such as ``.3f``), from ``values()[KEY]``. Every table and number comes from a file
+committed under docs/: the demo (docs/demo/summary.json), the long run
+(docs/long/metrics.json), the SVI benchmark (docs/benchmarks/svi_cpu.txt), the
+nlschools comparison (docs/nlschools/*.csv), and the profiling study
+(docs/profiling/scale.csv through ``profiling.growth``, docs/profiling/benchmark_cpu*.txt).
+``--check`` writes nothing and exits 1 naming each doc that differs (tests/test_docs.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from profiling.growth import growth_table  # noqa: E402  (the repository root is on the path only now)
+from profiling.study import SWEEP_PARAMETER, read_rows  # noqa: E402
+
+__all__ = ["DOCS", "values", "tables", "render", "expected", "main"]
+
+DOCS = ["README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))]
+TABLE = re.compile(r"(<!-- table:([\w-]+) -->\n)(.*?)(<!-- /table -->)", re.DOTALL)
+VALUE = re.compile(r"<!--v:([\w.-]+)(?::([^>]*?))?-->(.*?)<!--/v-->")
+SHOTS = (0, 1, 2, 5, 10)
+COVERAGE = (0.85, 0.95)       # the calibration band the docs hold coverage90 to
+
+
+# ---- formatting -------------------------------------------------------------------------
+
+def minus(text: str) -> str:
+    """Typographic minus, as the model tables print it."""
+    return text.replace("-", "−")
+
+
+def grouped(n: int) -> str:
+    """80000 -> '80 000' (SI grouping from five digits on), 8000 -> '8000'."""
+    return f"{n:,}".replace(",", " ") if n >= 10_000 else str(n)
+
+
+def ks(shots) -> str:
+    """[1, 2] -> 'K = 1 and 2', [0, 2, 5] -> 'K = 0, 2 and 5'."""
+    shots = [str(k) for k in shots]
+    if not shots:
+        raise ValueError("no K to name")
+    return "K = " + (shots[0] if len(shots) == 1 else ", ".join(shots[:-1]) + " and " + shots[-1])
+
+
+def and_list(items) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def row(cells) -> str:
+    return "|" + "|".join(f" {c} " if str(c) else " " for c in cells) + "|"
+
+
+def table(header, rows) -> str:
+    return "\n".join([row(header), "|" + "---|" * len(header), *(row(r) for r in rows)]) + "\n"
+
+
+# ---- the committed runs ------------------------------------------------------------------
+
+def read_json(path: str) -> dict:
+    return json.loads((ROOT / path).read_text())
+
+
+def read_csv(path: str) -> list[dict]:
+    with open(ROOT / path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def sinusoid_runs() -> dict[str, dict]:
+    """The three sinusoid runs the docs quote: the demo with and without m, and the long run."""
+    demo = read_json("docs/demo/summary.json")["runs"]
+    return {"demo": demo["with metadata"], "demo_no_m": demo["metadata withheld"],
+            "long": read_json("docs/long/metrics.json")}
+
+
+def per_k(run: dict) -> dict[int, dict]:
+    """K -> every score at K, with ``gap`` (exact Bayes minus model) and the shuffled-m scores."""
+    out = {}
+    for k in SHOTS:
+        scores = dict(run["shots"][str(k)])
+        scores["gap"] = scores["oracle_loglik"] - scores["loglik"]
+        for name, value in run["shuffled_metadata"]["shots"][str(k)].items():
+            scores[f"shuffled_{name}"] = value
+        out[k] = scores
+    return out
+
+
+def read_benchmark(path: str) -> dict:
+    """A ``profiling.benchmark`` output: (method, impl) -> (median ms, loop/this), and the load."""
+    lines = (ROOT / path).read_text().splitlines()
+    loads = [float(v) for v in re.findall(r"(?:before|after) \(([\d.]+),", lines[1])]  # 1-min, before and after
+    rows = {}
+    for line in lines[4:]:
+        method, impl, median, _, _, ratio = line.split()
+        rows[method, impl] = (float(median), float(ratio.rstrip("x")))
+    return {"rows": rows, "loads": loads}
+
+
+def read_svi_benchmark(path: str) -> dict:
+    """``examples/benchmark_svi.py`` output: the setting line and ms, tasks/s per variant."""
+    lines = (ROOT / path).read_text().splitlines()
+    setting, load = re.fullmatch(r"(.*), \d+ thread\(s\), load average ([\d.]+)", lines[0]).groups()
+    numbers = [re.findall(r"[\d.]+", line) for line in lines[1:3]]
+    return {"setting": setting.replace(" x ", " × "), "load": float(load),
+            "vectorized": [float(v) for v in numbers[0]], "loop": [float(v) for v in numbers[1]],
+            "speedup": float(re.search(r"([\d.]+)x", lines[3]).group(1))}
+
+
+# ---- values and tables -------------------------------------------------------------------
+
+def values() -> dict[str, object]:
+    """Every quotable number (float or int, formatted by the marker's spec) or phrase (str)."""
+    v: dict[str, object] = {}
+    runs = sinusoid_runs()
+    for name, run in runs.items():
+        scores = per_k(run)
+        for k, at_k in scores.items():
+            for metric, value in at_k.items():
+                v[f"{name}.{metric}.{k}"] = value
+        for key in ("elbo", "kl_phi1", "kl_phi2", "noise_floor_loglik", "num_samples", "train_seconds"):
+            v[f"{name}.{key}"] = run[key]
+        v[f"{name}.steps"] = grouped(run["train"]["steps"])
+        v[f"{name}.train_minutes"] = run["train_seconds"] / 60
+        v[f"{name}.gaps"] = " / ".join(f"{scores[k]['gap']:.2f}" for k in SHOTS)
+        coverage = [scores[k]["coverage90"] for k in SHOTS]
+        v[f"{name}.coverage_range"] = f"{min(coverage):.2f}–{max(coverage):.2f}"
+        wide = [k for k in SHOTS if scores[k]["coverage90"] > COVERAGE[1]]
+        inside = [k for k in SHOTS if COVERAGE[0] <= scores[k]["coverage90"] <= COVERAGE[1]]
+        v[f"{name}.too_wide"] = ks(wide) if wide else "no K"
+        v[f"{name}.too_wide_values"] = and_list(f"{scores[k]['coverage90']:.3f}" for k in wide) if wide else "none"
+        v[f"{name}.coverage_inside"] = ks(inside) if inside else "no K"
+        worst = max(SHOTS, key=lambda k: scores[k]["gap"])
+        v[f"{name}.max_gap"], v[f"{name}.max_gap_k"] = scores[worst]["gap"], ks([worst])
+        v[f"{name}.gap_within_0.1"] = ks([k for k in SHOTS if scores[k]["gap"] <= 0.1])
+    demo, no_m = per_k(runs["demo"]), per_k(runs["demo_no_m"])
+    v["demo.metadata_gain.0"] = demo[0]["loglik"] - no_m[0]["loglik"]
+
+    svi = read_svi_benchmark("docs/benchmarks/svi_cpu.txt")
+    v["svi.load"] = svi["load"]
+
+    comparison = {(r["model"], int(r["K"])): r for r in read_csv("docs/nlschools/comparison.csv")}
+    ours = [float(r["loglik_minus_mixed"]) for (model, _), r in comparison.items() if model == "ours"]
+    v["nlschools.delta_range"] = f"{min(ours):+.3f} to {max(ours):+.3f}"
+    split = {(r["split"], r["model"], r["K"]): float(r["loglik"]) for r in read_csv("docs/nlschools/per_split.csv")}
+    cells = [split[s, "ours", k] - split[s, "mixed_model", k] for s, model, k in split if model == "ours"]
+    v["nlschools.cells_won"] = f"{sum(d > 0 for d in cells)} of {len(cells)}"
+    v["nlschools.cell_delta_range"] = f"{min(cells):+.3f} to {max(cells):+.3f}"
+    for (model, k), r in comparison.items():
+        for column in ("loglik", "mse", "coverage90", "loglik_minus_mixed", "metadata_gain", "metadata_gain_sd"):
+            v[f"nlschools.{model}.{column}.{k}"] = float(r[column])
+
+    rows = read_rows(ROOT / "docs/profiling/scale.csv")
+    ok = [r for r in rows if r["status"] == "ok"]
+    for g in growth_table(rows):
+        v[f"growth.{g['sweep']}.{g['method']}.{g['quantity']}"] = g["value"]
+    for r in ok:
+        key = f"scale.{r['sweep']}.{r['method']}.{r[SWEEP_PARAMETER[r['sweep']]]}"
+        for quantity in ("peak_mb", "saved_peak_mb", "time_median_ms"):
+            v[f"{key}.{quantity}"] = r[quantity]
+        v[f"{key}.time_median_s"] = r["time_median_ms"] / 1000
+    loads = [r["load_1min"] for r in ok]
+    v["scale.load_min"], v["scale.load_max"] = min(loads), max(loads)
+    v["scale.load_median"] = statistics.median(loads)
+    v["scale.configurations"] = len(ok)
+    for threads in (1, 2):
+        bench = read_benchmark(f"docs/profiling/benchmark_cpu{'_1thread' if threads == 1 else ''}.txt")
+        for (method, impl), (median, ratio) in bench["rows"].items():
+            v[f"bench{threads}.{method}.{impl}.median"], v[f"bench{threads}.{method}.{impl}.ratio"] = median, ratio
+        v[f"bench{threads}.load_min"], v[f"bench{threads}.load_max"] = min(bench["loads"]), max(bench["loads"])
+    return v
+
+
+def tables() -> dict[str, str]:
+    """Every generated table, by the name its marker gives."""
+    out = {}
+    runs = sinusoid_runs()
+    demo, no_m, long = per_k(runs["demo"]), per_k(runs["demo_no_m"]), per_k(runs["long"])
+    out["demo"] = table(
+        ["K", "loglik", "exact Bayes", "gap", "mse", "coverage90", f"ESS (of {runs['demo']['num_samples']})",
+         "m shuffled", "m withheld", "coverage90, m withheld"],
+        [[k, minus(f"{s['loglik']:.3f}"), minus(f"{s['oracle_loglik']:.3f}"), f"{s['gap']:.3f}", f"{s['mse']:.3f}",
+          f"{s['coverage90']:.3f}", f"{s['ess']:.0f}", minus(f"{s['shuffled_loglik']:.3f}"),
+          minus(f"{no_m[k]['loglik']:.3f}"), f"{no_m[k]['coverage90']:.3f}"] for k, s in demo.items()])
+    out["long"] = table(
+        ["K", "loglik", "exact Bayes", "gap", "mse", "coverage90", "m shuffled"],
+        [[k, minus(f"{s['loglik']:.3f}"), minus(f"{s['oracle_loglik']:.3f}"), f"{s['gap']:.3f}", f"{s['mse']:.3f}",
+          f"{s['coverage90']:.3f}", minus(f"{s['shuffled_loglik']:.3f}")] for k, s in long.items()])
+
+    svi = read_svi_benchmark("docs/benchmarks/svi_cpu.txt")
+    out["svi-speed"] = table(
+        ["", f"ms per step ({svi['setting']})", "tasks / s"],
+        [["vectorized (one trace, plate `tasks`)", f"{svi['vectorized'][0]:.1f}", f"{svi['vectorized'][1]:.0f}"],
+         [f"per-task loop ({svi['setting'].split()[0]} SVI steps)", f"{svi['loop'][0]:.1f}", f"{svi['loop'][1]:.0f}"],
+         ["speed-up", f"{svi['speedup']:.1f}×", ""]])
+
+    def pm(r, column, sign=""):
+        mean = float(r[column])
+        return "–" if math.isnan(mean) else f"{mean:{sign}.3f} ± {float(r[column + '_sd']):.3f}"
+
+    out["nlschools"] = table(
+        ["model", "K", "loglik", "Δ loglik vs mixed", "gain from m", "mse", "coverage90", "test classes",
+         "query pupils"],
+        [[r["model"], r["K"], pm(r, "loglik"), pm(r, "loglik_minus_mixed", "+"), pm(r, "metadata_gain", "+"),
+          pm(r, "mse"), pm(r, "coverage90"), f"{float(r['test_classes']):.1f}", f"{float(r['query_pupils']):.0f}"]
+         for r in read_csv("docs/nlschools/comparison.csv")])
+
+    two, one = (read_benchmark(f"docs/profiling/benchmark_cpu{s}.txt")["rows"] for s in ("", "_1thread"))
+    names = {"maml": "MAML", "fomaml": "first-order MAML", "es": "ES"}
+    shown = [("maml", "batched"), ("maml", "vmap"), ("maml", "loop"), ("fomaml", "batched"),
+             ("es", "batched"), ("es", "vmap"), ("es", "loop")]
+
+    def cell(bench, key):
+        median, ratio = bench[key]
+        return f"{median:.1f}" if key[1] == "loop" else f"{median:.1f} ({ratio:.1f}×)"
+
+    out["profiling-benchmark"] = table(
+        ["median ms (loop / this)", "2 threads", "1 thread"],
+        [[f"{names[m]} {impl}", cell(two, (m, impl)), cell(one, (m, impl))] for m, impl in shown])
+    return out
+
+
+# ---- rendering ---------------------------------------------------------------------------
+
+def render(text: str, values: dict, tables: dict, where: str = "a doc") -> str:
+    """``text`` with every table region and inline value rewritten; unknown names raise ValueError."""
+    def put_table(match):
+        name = match.group(2)
+        if name not in tables:
+            raise ValueError(f"{where}: no table named {name!r}; known: {sorted(tables)}")
+        return match.group(1) + tables[name] + match.group(4)
+
+    def put_value(match):
+        key, spec = match.group(1), match.group(2)
+        if key not in values:
+            raise ValueError(f"{where}: no value named {key!r} (scripts/doc_tables.py, values())")
+        value = values[key]
+        if isinstance(value, str) and spec:
+            raise ValueError(f"{where}: {key!r} is a phrase and takes no format spec, got {spec!r}")
+        return f"<!--v:{key}{':' + spec if spec else ''}-->{format(value, spec or '')}<!--/v-->"
+
+    for pattern, opening, closing in ((TABLE, "<!-- table:", "<!-- /table -->"), (VALUE, "<!--v:", "<!--/v-->")):
+        whole = len(pattern.findall(text))
+        if not whole == text.count(opening) == text.count(closing):
+            raise ValueError(f"{where}: {text.count(opening)} {opening!r} and {text.count(closing)} {closing!r} "
+                             f"markers, but {whole} whole regions (a value must stay on one line)")
+    return VALUE.sub(put_value, TABLE.sub(put_table, text))
+
+
+def expected() -> dict[str, str]:
+    """Doc path (relative to the repository root) -> the text ``make docs`` would write."""
+    v, t = values(), tables()
+    return {path: render((ROOT / path).read_text(), v, t, where=path) for path in DOCS}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a doc differs")
+    args = parser.parse_args(argv)
+    stale = []
+    for path, text in expected().items():
+        if (ROOT / path).read_text() != text:
+            stale.append(path)
+            if not args.check:
+                (ROOT / path).write_text(text)
+    if stale:
+        print(("differs from `make docs`: " if args.check else "rewrote: ") + ", ".join(stale))
+    return 1 if stale and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

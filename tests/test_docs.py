@@ -1,0 +1,65 @@
+"""The result tables and quoted numbers of README.md and docs/*.md are what `make docs` writes.
+
+`make docs` (scripts/doc_tables.py) regenerates them from the committed CSV/JSON under docs/;
+a doc edited by hand, or a committed run replaced without rerunning it, fails here.
+"""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("doc_tables", ROOT / "scripts" / "doc_tables.py")
+doc_tables = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(doc_tables)
+
+EXPECTED = doc_tables.expected()
+
+
+@pytest.mark.parametrize("path", doc_tables.DOCS)
+def test_doc_is_what_make_docs_writes(path):
+    current = (ROOT / path).read_text()
+    if current != EXPECTED[path]:
+        diff = [f"{i + 1}: {a!r}\n    make docs: {b!r}"
+                for i, (a, b) in enumerate(zip(current.splitlines(), EXPECTED[path].splitlines(), strict=False))
+                if a != b]
+        pytest.fail(f"{path} differs from `make docs` (run it and commit):\n" + "\n".join(diff[:5]))
+
+
+def test_every_result_doc_has_generated_numbers():
+    for path in ("README.md", "docs/model.md", "docs/nlschools.md", "docs/profiling.md"):
+        assert "<!--v:" in EXPECTED[path], path
+    tables = "".join(EXPECTED.values())
+    for name in doc_tables.tables():
+        assert f"<!-- table:{name} -->" in tables, f"table {name!r} is generated but no doc shows it"
+
+
+def test_the_three_numbers_that_drifted():
+    readme, model = EXPECTED["README.md"], EXPECTED["docs/model.md"]
+    assert "<!--v:demo.gaps-->0.08 / 0.22 / 0.18 / 0.08 / 0.05<!--/v-->" in readme       # K=1 gap 0.2247
+    assert "where it is <!--v:long.max_gap:.3f-->0.123<!--/v-->" in model                 # K=1 gap 0.1234
+    assert "at <!--v:long.too_wide-->K = 1<!--/v--> it\nis <!--v:long.too_wide_values-->0.953<!--/v-->" in model
+
+
+def test_render_rewrites_values_and_tables_and_refuses_unknown_names():
+    text = "a <!--v:x:.2f-->0<!--/v--> b <!--v:p-->old<!--/v-->\n<!-- table:t -->\nold\n<!-- /table -->\n"
+    out = doc_tables.render(text, {"x": 2.798, "p": "K = 1"}, {"t": "| new |\n"})
+    assert out == ("a <!--v:x:.2f-->2.80<!--/v--> b <!--v:p-->K = 1<!--/v-->\n"
+                   "<!-- table:t -->\n| new |\n<!-- /table -->\n")
+    with pytest.raises(ValueError, match="no value named 'y'"):
+        doc_tables.render("<!--v:y-->1<!--/v-->", {}, {})
+    with pytest.raises(ValueError, match="no table named 'u'"):
+        doc_tables.render("<!-- table:u -->\n<!-- /table -->", {}, {})
+    with pytest.raises(ValueError, match="whole regions"):
+        doc_tables.render("<!--v:x-->1\n<!--/v-->", {"x": 1.0}, {})
+    with pytest.raises(ValueError, match="phrase"):
+        doc_tables.render("<!--v:p:.2f-->1<!--/v-->", {"p": "K = 1"}, {})
+
+
+def test_check_mode_reports_a_stale_doc(tmp_path, monkeypatch, capsys):
+    assert doc_tables.main(["--check"]) == 0
+    stale = dict(EXPECTED, **{"README.md": EXPECTED["README.md"] + "x"})
+    monkeypatch.setattr(doc_tables, "expected", lambda: stale)
+    assert doc_tables.main(["--check"]) == 1
+    assert "README.md" in capsys.readouterr().out
