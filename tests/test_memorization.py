@@ -1,4 +1,8 @@
-"""The memorization probe against closed forms, its bad-input errors, and tiny scenario runs."""
+"""The memorization probe against closed forms and its bad-input errors.
+
+The study built on the probe (scenario families and their oracles, trained learners, the
+driver) is tested in tests/test_memorization_study.py.
+"""
 
 import dataclasses
 import math
@@ -6,15 +10,11 @@ import math
 import pytest
 import torch
 
-from hierarchical_meta.memorization import (SCENARIOS, BayesianLinearRegression, ConditionalNeuralProcess,
-                                            DiseaseTasks, GaussianClassMeans, GoalGridPosterior,
-                                            GraspTasks, PooledNetwork, TaskIdBasisTasks,
-                                            basis_posterior_predictor, derangement, fit_episodic,
-                                            make_scenario, probe, probe_batch, true_mean)
+from examples.memorization import DiseaseTasks, PooledNetwork
+from hierarchical_meta.memorization import BayesianLinearRegression, derangement, probe, probe_batch, true_mean
 from hierarchical_meta.predictive import MixturePredictive
 from hierarchical_meta.tasks.base import TaskFamily
 from hierarchical_meta.tasks.basis import BasisFunctionTasks
-
 
 
 def _basis_batch(T, seed=0, **kwargs):
@@ -237,111 +237,3 @@ def test_regression_follow_needs_a_mean_function():
         probe(_constant_regression, Opaque(), num_support=3, num_query=3, num_tasks=4)
     with pytest.raises(ValueError, match="2 tasks"):
         derangement(1)
-    with pytest.raises(ValueError, match="unknown memorization scenario"):
-        make_scenario("nope")
-
-
-# ---------------------------------------------------------------- scenarios
-
-def test_scenario_structure():
-    g = torch.Generator().manual_seed(0)
-    grasp = GraspTasks()
-    train, test = grasp.sample(6, 5, 20, generator=g), grasp.sample(6, 5, 20, split="test", generator=g)
-    assert (train.x_query[..., 1:].abs().sum(-1) > 0).all() and (test.x_query[..., 1:] == 0).all()
-    ident = TaskIdBasisTasks()
-    test = ident.sample(6, 10, 10, split="test", generator=g)
-    nearest = torch.cdist(test.params["weights"], ident.train_weights).argmin(-1)
-    assert (test.x_query[:, 0, 1:].argmax(-1) == nearest).all()
-    disjoint = DiseaseTasks(shared_signature=False)
-    assert (disjoint.train_means @ disjoint.test_means.T).abs().max() == 0  # no shared direction
-    shared = DiseaseTasks(shared_signature=True)
-    assert (shared.test_means[:, 0] > 0).all() and (shared.train_means[:, 0] > 0).all()
-    mutex = DiseaseTasks(shuffle_labels=True).sample(64, 10, 10, generator=g)
-    assert 0 < mutex.params["flip"].sum() < 64
-
-
-def test_closed_form_learners_adapt_on_their_scenarios():
-    """The adapting oracles follow their support on meta-train and meta-test tasks alike."""
-    grasp = GraspTasks()
-    oracle = GoalGridPosterior(grasp.reward, grasp.goal_range, grasp.noise_std)
-    for r in probe(oracle, grasp, num_support=5, num_query=20, num_tasks=32).values():
-        assert r.follow > 0.8 and r.gain_vs_none > 0.5
-    for r in probe(GaussianClassMeans(), DiseaseTasks(), num_support=10, num_query=10, num_tasks=32).values():
-        assert r.follow > 0.3 and r.metric > 0.75
-    basis = BasisFunctionTasks()
-    reports = probe(basis_posterior_predictor(basis), basis, num_support=10, num_query=10, num_tasks=32)
-    assert all(r.follow > 0.8 for r in reports.values())
-
-
-@pytest.mark.parametrize("name", sorted(SCENARIOS))
-def test_tiny_run_of_each_scenario(name):
-    """Train the pooled network and a CNP for a few steps and probe both (smoke test)."""
-    scenario = SCENARIOS[name]
-    family = scenario.make_family()
-    classes = getattr(family, "num_classes", None)
-    for learner in (PooledNetwork(family.x_dim, num_classes=classes),
-                    ConditionalNeuralProcess(family.x_dim, num_classes=classes, bottleneck=True, beta=0.1)):
-        losses = fit_episodic(learner, family, num_support=scenario.num_support,
-                              num_query=scenario.num_query, steps=5, tasks_per_step=8)
-        assert all(math.isfinite(v) for v in losses)
-        reports = probe(learner, family, num_support=scenario.num_support, num_query=scenario.num_query,
-                        num_tasks=8, num_derangements=2)
-        assert set(reports) == {"meta-train", "meta-test"}
-        for r in reports.values():
-            assert all(math.isfinite(v) for v in dataclasses.asdict(r).values() if isinstance(v, float))
-        if isinstance(learner, PooledNetwork):
-            assert all(r.follow == 0.0 and r.gain_vs_swapped == 0.0 for r in reports.values())
-
-
-# ---------------------------------------------------------------- wrappers of the package's learners
-
-def test_maml_meta_gradient_matches_profiling_reference():
-    """For 1-D inputs the wrapper's MAML meta-gradient is profiling's batched MAML, to
-    float32 round-off (rtol 1e-4: the same operations, possibly in another order)."""
-    from profiling import SinusoidBatch, meta_gradient
-
-    from hierarchical_meta.memorization.wrappers import MAMLRegressor
-    torch.manual_seed(0)
-    family, batch = _basis_batch(4)
-    maml = MAMLRegressor(1, hidden=16, inner_steps=3, inner_lr=0.05)
-    loss, grads = maml.meta_gradient(batch.x_support, batch.y_support, batch.x_query, batch.y_query)
-    zeros = torch.zeros(4)
-    ref_batch = SinusoidBatch(batch.x_support, batch.y_support, batch.x_query, batch.y_query, zeros, zeros, zeros)
-    ref_loss, ref_grads = meta_gradient("maml", maml.params(), ref_batch, inner_steps=3, inner_lr=0.05)
-    torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-6)
-    for name in grads:
-        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-6)
-
-
-def test_wrapped_learners_run_through_the_probe():
-    from hierarchical_meta.memorization.wrappers import BayesianModelPredictor, MAMLRegressor, fit_maml
-    from hierarchical_meta.meta_model import HierarchicalMetaModel
-    family = TaskIdBasisTasks()
-    maml = MAMLRegressor(family.x_dim, hidden=16)
-    fit_maml(maml, family, num_support=10, num_query=10, steps=3, tasks_per_step=4)
-    model = HierarchicalMetaModel(x_dim=family.x_dim, y_dim=1, metadata_dim=1, hidden=16)
-    with_m, without_m = BayesianModelPredictor(model, 32), BayesianModelPredictor(model, 32, withhold_metadata=True)
-    batch = family.sample(4, 10, 10, generator=torch.Generator().manual_seed(0))
-    assert isinstance(with_m(batch.x_support, batch.y_support, batch.x_query, metadata=batch.metadata),
-                      MixturePredictive)
-    for learner in (maml, with_m, without_m):
-        for r in probe(learner, family, num_support=10, num_query=10, num_tasks=4, num_derangements=1).values():
-            assert math.isfinite(r.follow) and math.isfinite(r.loss)
-    with pytest.raises(ValueError, match="classification"):
-        fit_maml(maml, DiseaseTasks(), num_support=4, num_query=4, steps=1)
-
-
-def test_bayesian_classifier_runs_through_the_probe():
-    """The categorical model's predictive (Σ_s w_s softmax f) is accepted by the probe as is."""
-    from hierarchical_meta.memorization.wrappers import BayesianModelPredictor
-    from hierarchical_meta.meta_model import HierarchicalMetaModel
-    from hierarchical_meta.predictive import CategoricalMixturePredictive
-    family = DiseaseTasks()
-    model = HierarchicalMetaModel(x_dim=family.x_dim, y_dim=1, metadata_dim=1, hidden=16,
-                                  likelihood="categorical", num_classes=family.num_classes)
-    predict = BayesianModelPredictor(model, 32)
-    batch = family.sample(4, 10, 10, generator=torch.Generator().manual_seed(0))
-    out = predict(batch.x_support, batch.y_support, batch.x_query, metadata=batch.metadata)
-    assert isinstance(out, CategoricalMixturePredictive) and out.probs.shape == (4, 10, 2)
-    for r in probe(predict, family, num_support=10, num_query=10, num_tasks=4, num_derangements=1).values():
-        assert r.metric_name == "accuracy" and math.isfinite(r.follow) and math.isfinite(r.loss)

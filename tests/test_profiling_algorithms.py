@@ -14,7 +14,7 @@ from profiling.algorithms import IMPLEMENTATIONS, METHODS, es
 from profiling.mlp import mlp_forward, mse, mse_and_grad
 
 F64 = torch.float64
-# profiling/gpu_run.sh sets PROFILING_TEST_DEVICE=cuda on a GPU machine
+# scripts/gpu_run.sh sets PROFILING_TEST_DEVICE=cuda on a GPU machine
 DEVICE = os.environ.get("PROFILING_TEST_DEVICE", "cpu")
 
 
@@ -198,7 +198,7 @@ def test_bad_input_is_a_clear_error(call, match):
         call(params, batch)
 
 
-@pytest.mark.skipif(DEVICE == "cpu", reason="set PROFILING_TEST_DEVICE=cuda (profiling/gpu_run.sh) on a GPU machine")
+@pytest.mark.skipif(DEVICE == "cpu", reason="set PROFILING_TEST_DEVICE=cuda (scripts/gpu_run.sh) on a GPU machine")
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_vectorized_matches_loop_on_the_device(method):
     from profiling.measure import peak_memory_bytes, resolve_device

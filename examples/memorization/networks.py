@@ -12,7 +12,10 @@
   much the query input alone can say about the task. Prediction uses z = μ(x_q).
 
 All are predict functions in the probe's convention (``module(x_support, y_support,
-x_query, support_mask)``); :func:`fit_episodic` trains any of them on a task family.
+x_query, support_mask)``) with a training penalty ``penalty()`` (β·KL, zero without a
+bottleneck); :func:`fit_episodic` trains any of them on a task family. :func:`mlp` is
+the plain ReLU network they (and :class:`~examples.memorization.maml.MAMLRegressor`)
+are built from.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..tasks.base import TaskFamily
+from hierarchical_meta.tasks.base import TaskFamily
 
-__all__ = ["PooledNetwork", "ConditionalNeuralProcess", "fit_episodic"]
+__all__ = ["mlp", "PooledNetwork", "ConditionalNeuralProcess", "fit_episodic"]
 
 
-def _mlp(sizes):
+def mlp(sizes) -> nn.Sequential:
+    """Linear layers sizes[0] → sizes[1] → … → sizes[-1] with ReLU between them."""
     layers = []
     for i in range(len(sizes) - 1):
         layers.append(nn.Linear(sizes[i], sizes[i + 1]))
@@ -57,12 +61,13 @@ class PooledNetwork(nn.Module):
     def __init__(self, x_dim: int, y_dim: int = 1, num_classes: Optional[int] = None, hidden: int = 64):
         super().__init__()
         self.head = _Head(y_dim, num_classes)
-        self.net = _mlp([x_dim, hidden, hidden, self.head.size])
+        self.net = mlp([x_dim, hidden, hidden, self.head.size])
 
     def forward(self, x_support, y_support, x_query, support_mask=None):
         return self.head(self.net(x_query))
 
-    def kl(self):
+    def penalty(self):
+        """No regularizer: zero."""
         return torch.zeros(())
 
 
@@ -80,13 +85,13 @@ class ConditionalNeuralProcess(nn.Module):
             raise ValueError(f"beta must be >= 0, got {beta}")
         self.num_classes, self.bottleneck, self.beta = num_classes, bottleneck, float(beta)
         y_in = num_classes if num_classes is not None else y_dim
-        self.encoder = _mlp([x_dim + y_in, hidden, hidden, r_dim])
+        self.encoder = mlp([x_dim + y_in, hidden, hidden, r_dim])
         q_dim = x_dim
         if bottleneck:
-            self.query_encoder = _mlp([x_dim, hidden, 2 * z_dim])
+            self.query_encoder = mlp([x_dim, hidden, 2 * z_dim])
             q_dim = z_dim
         self.head = _Head(y_dim, num_classes)
-        self.decoder = _mlp([q_dim + r_dim, hidden, hidden, self.head.size])
+        self.decoder = mlp([q_dim + r_dim, hidden, hidden, self.head.size])
         self.r_dim = r_dim
         self._kl = torch.zeros(())
 
@@ -116,22 +121,23 @@ class ConditionalNeuralProcess(nn.Module):
         out = self.decoder(torch.cat([q, r[:, None].expand(-1, x_query.shape[1], -1)], -1))
         return self.head(out)
 
-    def kl(self):
-        """KL(q(z | x_q) ‖ N(0, I)) per query point from the last training-mode call."""
-        return self._kl if self.bottleneck else torch.zeros(())
+    def penalty(self):
+        """β·KL(q(z | x_q) ‖ N(0, I)) per query point from the last training-mode call
+        (zero without the bottleneck)."""
+        return self.beta * self._kl if self.bottleneck else torch.zeros(())
 
 
 def fit_episodic(learner: nn.Module, family: TaskFamily, *, num_support: int, num_query: int,
                  steps: int = 2000, tasks_per_step: int = 32, lr: float = 1e-3, seed: int = 0) -> list:
     """Train ``learner`` on meta-training tasks (split ``"train"``) by maximum likelihood.
 
-    Loss per step: mean query negative log-likelihood + β·KL, β the learner's ``beta``
-    (its bottleneck, if any). Returns the loss per step. (Not :func:`hierarchical_meta.train.fit`:
+    Loss per step: mean query negative log-likelihood + ``learner.penalty()`` (β·KL for a
+    bottleneck). Class indices in ``y`` where ``family.num_classes`` is set. Returns the
+    loss per step. (Not :func:`hierarchical_meta.train.fit`:
     that one runs SVI on the Bayesian model's ELBO; these are plain networks.)
     """
     if steps < 0 or tasks_per_step < 1:
         raise ValueError(f"need steps >= 0 and tasks_per_step >= 1, got {steps}, {tasks_per_step}")
-    beta = getattr(learner, "beta", 0.0)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     optimizer = torch.optim.Adam(learner.parameters(), lr=lr)
@@ -140,11 +146,11 @@ def fit_episodic(learner: nn.Module, family: TaskFamily, *, num_support: int, nu
     for _ in range(steps):
         batch = family.sample(tasks_per_step, num_support, num_query, split="train", generator=generator)
         dist = learner(batch.x_support, batch.y_support, batch.x_query, batch.support_mask)
-        if isinstance(dist, torch.distributions.Categorical):
+        if family.num_classes is not None:
             logp = dist.log_prob(batch.y_query[..., 0].round().long())  # [T, Q]
         else:
             logp = dist.log_prob(batch.y_query).sum(-1)
-        loss = -(logp * batch.query_mask).sum() / batch.query_mask.sum() + beta * learner.kl()
+        loss = -(logp * batch.query_mask).sum() / batch.query_mask.sum() + learner.penalty()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
-# The whole GPU check of profiling/ in one command, for a session lent a GPU:
-#   PYTHONPATH=. OUT=/path/to/out bash profiling/gpu_run.sh            # cuda, full study
-#   PYTHONPATH=. OUT=runs/gpu-smoke bash profiling/gpu_run.sh --device cpu --quick   # rehearsal on the CPU
-# Writes 7 files under "$OUT" (default runs/gpu), one folder deep at most, as the device
-# tool returns at most 8 files, 2 folders deep:
+# The device check of profiling/: its tests on the device, the side-by-side benchmark and
+# the scaling study, each with a time limit, their outputs in one folder:
+#   PYTHONPATH=. OUT=/path/to/out bash scripts/gpu_run.sh                      # cuda, full study
+#   PYTHONPATH=. OUT=/tmp/gpu-smoke bash scripts/gpu_run.sh --device cpu --quick   # rehearsal on the CPU
+# It runs from the repository root wherever it is called from; a relative OUT is taken
+# from the caller's folder. Writes 7 files under "$OUT" (default runs/gpu):
 #   env.txt        the machine, Python, torch and CUDA versions
-#   tests.txt      the tests that matter on the device (vectorized vs loop, MAML vs finite
-#                  differences, measurement), PROFILING_TEST_DEVICE set to the device
-#   benchmark.txt  one outer step of every method and implementation, side by side
-#   scale_log.txt  the study's progress and printed summary
+#   tests.txt      tests/test_profiling_algorithms.py and tests/test_profiling_study.py
+#                  (vectorized vs loop, MAML vs finite differences, measurement) with
+#                  PROFILING_TEST_DEVICE set to the device; 90 s at most
+#   benchmark.txt  python -m profiling.benchmark: one outer step of every method and
+#                  implementation, side by side; 90 s at most
+#   scale_log.txt  python -m profiling.scale: the study's progress and printed summary;
+#                  330 s at most (a study cut off keeps the rows measured so far, and its
+#                  plots are then drawn from them, 30 s at most)
 #   scale/scale.csv, scale/summary.txt, scale/plots.tar (the six plots and combined.png)
-# Imports torch, numpy, matplotlib and tqdm only (and pytest for the tests): the tests run
-# with --noconftest, since tests/conftest.py imports Pyro, which the GPU machine lacks.
-# Time limits add up to 9 minutes at most (tests 90 s, benchmark 90 s, study 330 s, plots
-# 30 s), inside the device tool's 10-minute command limit; call it with timeout_s=600.
-# A study cut off by its limit keeps the rows measured so far, and the plots are drawn
-# from them.
+# Needs torch, numpy, matplotlib, tqdm and pytest, not Pyro: the tests run with
+# --noconftest, since tests/conftest.py imports Pyro.
 set -uo pipefail
 DEVICE=cuda
 QUICK=""
@@ -23,12 +24,14 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE="$2"; shift 2 ;;
     --quick) QUICK="--quick"; shift ;;
-    *) echo "usage: bash profiling/gpu_run.sh [--device cuda|cpu] [--quick]" >&2; exit 2 ;;
+    *) echo "usage: bash scripts/gpu_run.sh [--device cuda|cpu] [--quick]" >&2; exit 2 ;;
   esac
 done
 PY="${PYTHON:-python3}"
 OUT="${OUT:-runs/gpu}"
 mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+cd "$(dirname "$0")/.."
 export PYTHONPATH="${PYTHONPATH:-.}" PYTHONUNBUFFERED=1
 {
   date -u
