@@ -24,12 +24,16 @@ import torch
 
 from .predictive import CategoricalMixturePredictive, MixturePredictive
 
-__all__ = ["posterior_predictive"]
+__all__ = ["NUM_SAMPLES", "posterior_predictive"]
+
+#: Importance samples per task: the default of every predictive of the model (docs/model.md
+#: measures the gap to exact Bayes against it).
+NUM_SAMPLES = 2048
 
 
 @torch.no_grad()
 def posterior_predictive(model, guide, x_support, y_support, metadata, support_mask, x_query,
-                         num_samples: int = 2048, defensive: float = 0.3):
+                         num_samples: int = NUM_SAMPLES, defensive: float = 0.3):
     """Importance-weighted posterior predictive.
 
     Shapes: x_support [T, K, Dx], y_support [T, K, Dy], metadata [T, Dm] (NaN = missing),
