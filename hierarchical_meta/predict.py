@@ -2,7 +2,7 @@
 
 q(φ2 | X, Y) does not see m, so predicting from the guide alone would throw the
 metadata away. Instead the guide is a proposal for self-normalized importance sampling
-of p(φ1, φ2 | X_s, Y_s, m) (DESIGN.md §2), made defensive by mixing in the prior::
+of p(φ1, φ2 | X_s, Y_s, m) (docs/model.md), made defensive by mixing in the prior::
 
     r(φ1, φ2) = (1 - α) q(φ2 | X_s, Y_s) q(φ1 | φ2, m) + α p(φ1) p(φ2 | φ1, m)
     w_s ∝ p(φ1_s) p(φ2_s | φ1_s, m) p(Y_s | φ2_s, X_s) / r(φ1_s, φ2_s)
