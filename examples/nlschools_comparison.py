@@ -40,8 +40,8 @@ import time
 import torch
 
 from hierarchical_meta.baselines import MixedModel
+from hierarchical_meta.evaluate import EvalConfig, evaluate
 from hierarchical_meta.meta_model import HierarchicalMetaModel, ModelConfig
-from hierarchical_meta.predictive import point_metrics
 from hierarchical_meta.tasks.nlschools import NLSchoolsTasks
 from hierarchical_meta.train import TrainConfig, fit
 
@@ -73,37 +73,15 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def evaluation_batches(family, shots, draws, split_seed):
-    """{K: [TaskBatch per draw]} on the test classes; the same for every model."""
-    return {k: [family.all_tasks(k, split="test",
-                                 generator=torch.Generator().manual_seed(1000 * split_seed + d))
-                for d in range(draws)] for k in shots}
-
-
-def pooled_metrics(predict, batches):
-    """Point metrics pooled over batches, weighted by their query pupils.
-
-    Not :func:`hierarchical_meta.evaluate.evaluate`: that scores our model alone on one draw;
-    here four predictors (two of them mixed models) share several support draws.
-    """
-    totals, points = dict.fromkeys(METRICS, 0.0), 0
-    for draw, batch in enumerate(batches):
-        torch.manual_seed(draw)  # our model's importance samples: reruns give the same numbers
-        n = int(batch.query_mask.sum())
-        metrics = point_metrics(predict(batch), batch.y_query, batch.query_mask)
-        for key in METRICS:
-            totals[key] += metrics[key] * n
-        points += n
-    return {**{key: value / points for key, value in totals.items()}, "query_pupils": points / len(batches)}
-
-
 def without_metadata(batch):
     return batch.with_metadata(batch.metadata[:, :0])  # Dm = 0: no metadata fixed effects
 
 
 def run_split(args, split_seed, log):
     family = NLSchoolsTasks(split_seed=split_seed)
-    batches = evaluation_batches(family, args.shots, args.support_draws, split_seed)
+    # every model sees the same support draws: draw d partitions the test classes with seed 1000 split + d
+    protocol = EvalConfig(shots=args.shots, seed=1000 * split_seed, draws=args.support_draws,
+                          shuffled_metadata=False)
     train = family.all_tasks(0, split="train")
     rows, fits = [], {"split": split_seed, "classes": {s: len(family.classes(s)) for s in ("train", "val", "test")},
                       "sd_lang_train": float(family.scalers["y"].std[0])}
@@ -117,8 +95,7 @@ def run_split(args, split_seed, log):
     for name, use_metadata in (("ours", True), ("ours_no_metadata", False)):
         config = ModelConfig(x_dim=family.x_dim, y_dim=family.y_dim, metadata_dim=family.metadata_dim,
                              latent_dim=args.latent_dim, hidden=args.hidden, layers=args.layers,
-                             prior=args.prior, decoder=args.decoder, use_metadata=use_metadata,
-                             task_family="nlschools")
+                             prior=args.prior, decoder=args.decoder, use_metadata=use_metadata)
         torch.manual_seed(split_seed)  # the initial weights (fit() seeds the training itself)
         model = HierarchicalMetaModel(config)
         train_config = TrainConfig(steps=args.steps, batch_tasks=args.batch_tasks, lr=args.lr,
@@ -133,12 +110,14 @@ def run_split(args, split_seed, log):
             f"val ELBO/point {history['eval'][-1]['elbo_per_point']:.3f}")
         predictors[name] = lambda b, model=model: model.predict(b, num_samples=args.num_samples)[0]
 
-    with torch.no_grad():
-        for name in MODELS:
-            for k in args.shots:
-                metrics = pooled_metrics(predictors[name], batches[k])
-                rows.append({"split": split_seed, "model": name, "K": k,
-                             "test_classes": batches[k][0].num_tasks, **metrics})
+    for name in MODELS:
+        torch.manual_seed(split_seed)  # our model's importance samples: reruns give the same numbers
+        result = evaluate(predictors[name], family, protocol)
+        for k in args.shots:
+            entry = result["shots"][str(k)]
+            rows.append({"split": split_seed, "model": name, "K": k, "test_classes": entry["num_tasks"],
+                         **{key: entry[key] for key in METRICS},
+                         "query_pupils": entry["num_query_points"] / args.support_draws})
     return rows, fits
 
 

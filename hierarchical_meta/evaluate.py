@@ -1,37 +1,87 @@
-"""The evaluation protocol of DESIGN.md §2 on held-out tasks.
+"""The evaluation protocol on held-out tasks (docs/model.md), for any predictor.
+
+A *predictor* maps a :class:`~hierarchical_meta.tasks.TaskBatch` to a predictive
+distribution of its query points: an object with ``log_prob`` and ``predictive_mean``,
+``cdf`` (regression) or ``predicted_class`` (classification), such as the model's
+``MixturePredictive``, a linear mixed model's or a neural baseline's. The model, its
+ablations and every baseline are scored by the same code.
 
 For each number of support points K, the same held-out tasks keep their first K support
-points, and every predictor is scored on a disjoint query set, per query point:
+points, and the predictor is scored on a disjoint query set, per query point:
 ``loglik`` (log of the predictive density), ``mse`` (of the predictive mean) and
-``coverage90`` (fraction of query points inside the central 90% predictive interval).
-Beside the model: the exact-Bayes reference (``oracle_*``, where the family has one),
-the noise floor (the true function with the known noise), the same model with the
-metadata shuffled across tasks, and the importance sampler's effective sample size.
-A fixed data set (a family with ``all_tasks``, such as nlschools) is scored on every
-test task with more than K points, its other points being the query set.
+``coverage90`` (fraction of query points inside the central 90% predictive interval);
+``accuracy`` for classification (:func:`~hierarchical_meta.predictive.point_metrics`).
+Beside it, where the family has them: the exact-Bayes reference (``oracle_*``,
+``family.exact_predictive``) and the noise floor (``family.noise_floor_log_prob``: the true
+function with the known noise); and the same predictor with the metadata shuffled across
+tasks. A fixed data set (``family.fixed_dataset``) is scored on every test task with more
+than K points, its other points being the query set.
+
+Draw d of ``EvalConfig.draws`` uses the seed ``seed + d``: fresh held-out tasks of a sampled
+family, a fresh support/query partition of every task of a fixed data set. Metrics are
+pooled over draws and chunks of tasks, weighted by their query points. A stochastic
+predictor draws from torch's global RNG: seed it before :func:`evaluate` to reproduce.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+import dataclasses
+import math
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
+from tqdm.auto import tqdm
 
-from .meta_model import HierarchicalMetaModel
-from .oracle import exact_predictive, has_oracle, noise_floor_log_prob
 from .predictive import point_metrics
 from .tasks import TaskBatch, TaskFamily
 
-__all__ = ["SHOTS", "evaluate", "heldout_tasks", "shuffle_metadata"]
+__all__ = ["SHOTS", "EvalConfig", "Predictor", "evaluate", "heldout_tasks", "shuffle_metadata"]
 
 SHOTS = (0, 1, 2, 5, 10)
 
+#: TaskBatch -> predictive distribution of its query points (None: no prediction, skipped).
+Predictor = Callable[[TaskBatch], Any]
+#: (predictive, y_query [T, Q, Dy], query_mask [T, Q]) -> {metric: mean over the unmasked points}.
+Metrics = Callable[[Any, torch.Tensor, torch.Tensor], Dict[str, float]]
 
-def heldout_tasks(family: TaskFamily, num_tasks: int, max_shots: int, num_query: int,
-                  seed: int = 1234) -> TaskBatch:
-    """Test-split tasks with ``max_shots`` support and ``num_query`` query points, seeded."""
-    return family.sample(num_tasks, max_shots, num_query, split="test",
-                         generator=torch.Generator().manual_seed(seed))
+
+@dataclasses.dataclass
+class EvalConfig:
+    """The evaluation protocol's settings, with their defaults (the CLI's defaults are these).
+
+    ``num_tasks`` and ``num_query`` size the held-out tasks of a sampled family (a fixed data
+    set brings its own); ``seed`` seeds them; ``chunk`` tasks are predicted at a time (memory);
+    ``shuffled_metadata`` also scores the predictor with every task given another's metadata.
+    """
+
+    shots: Tuple[int, ...] = SHOTS
+    num_tasks: int = 200
+    num_query: int = 50
+    seed: int = 1234
+    draws: int = 1
+    chunk: int = 25
+    shuffled_metadata: bool = True
+
+    def __post_init__(self):
+        self.shots = tuple(self.shots)
+        if not self.shots or any(k < 0 for k in self.shots):
+            raise ValueError(f"shots must be one or more numbers >= 0, got {list(self.shots)}")
+        for name in ("num_tasks", "num_query", "draws", "chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+
+
+def heldout_tasks(family: TaskFamily, config: EvalConfig, num_support: int, draw: int = 0) -> TaskBatch:
+    """The test tasks of draw ``draw`` with ``num_support`` support points (seed ``config.seed + draw``).
+
+    A sampled family's tasks are the same for every K (nested supports of ``max(config.shots)``
+    slots, the same ``config.num_query`` query points).
+    """
+    generator = torch.Generator().manual_seed(config.seed + draw)
+    if family.fixed_dataset:
+        return family.all_tasks(num_support, split="test", generator=generator)
+    batch = family.sample(config.num_tasks, max(config.shots), config.num_query, split="test", generator=generator)
+    return batch.with_support_size(num_support)
 
 
 def shuffle_metadata(batch: TaskBatch) -> TaskBatch:
@@ -39,64 +89,64 @@ def shuffle_metadata(batch: TaskBatch) -> TaskBatch:
     return batch.with_metadata(batch.metadata.roll(1, 0))
 
 
-def _chunks(batch: TaskBatch, size: int):
-    for start in range(0, batch.num_tasks, size):
-        sl = slice(start, start + size)
-        yield TaskBatch(batch.x_support[sl], batch.y_support[sl], batch.x_query[sl], batch.y_query[sl],
-                        batch.metadata[sl], batch.support_mask[sl], batch.query_mask[sl],
-                        {k: v[sl] for k, v in batch.params.items()})
+def _pooled(predictor: Predictor, batches: List[TaskBatch], chunk: int, metrics: Metrics,
+            bar) -> Optional[Dict[str, float]]:
+    """``metrics`` of ``predictor`` averaged over chunks of ``batches``, weighted by query points.
 
-
-def _score(predict, batch: TaskBatch, chunk: int) -> Dict[str, float]:
-    """Average point metrics over chunks of tasks, weighted by their query points."""
+    None as soon as the predictor returns None (a family without a reference).
+    """
     totals, points = {}, 0
-    for part in _chunks(batch, chunk):
-        n = int(part.query_mask.sum())
-        if n == 0:
-            continue
-        for key, value in predict(part).items():
-            totals[key] = totals.get(key, 0.0) + value * n
-        points += n
+    for batch in batches:
+        for start in range(0, batch.num_tasks, chunk):
+            part = batch.subset(slice(start, start + chunk))
+            n = int(part.query_mask.sum())
+            if n > 0:
+                predictive = predictor(part)
+                if predictive is None:
+                    return None
+                for key, value in metrics(predictive, part.y_query, part.query_mask).items():
+                    totals[key] = totals.get(key, 0.0) + value * n
+                points += n
+            if bar is not None:
+                bar.update(1)
     return {key: value / points for key, value in totals.items()}
 
 
 @torch.no_grad()
-def evaluate(meta_model: HierarchicalMetaModel, family: TaskFamily, shots: Sequence[int] = SHOTS,
-             num_tasks: int = 200, num_query: int = 50, num_samples: int = 2048, seed: int = 1234,
-             chunk: int = 25, batch: Optional[TaskBatch] = None) -> dict:
-    """Metrics per K on held-out tasks (see module docstring); a JSON-ready dict."""
-    if any(k < 0 for k in shots):
-        raise ValueError(f"shots must be >= 0, got {list(shots)}")
-    if batch is None and not hasattr(family, "all_tasks"):
-        batch = heldout_tasks(family, num_tasks, max(shots), num_query, seed)
+def evaluate(predictor: Predictor, family: TaskFamily, config: Optional[EvalConfig] = None,
+             metrics: Metrics = point_metrics, progress: bool = False) -> dict:
+    """Metrics per K on held-out tasks (see the module docstring); a JSON-ready dict.
 
-    def tasks_with(k):
-        """The held-out tasks with K support points: nested supports across K."""
-        if batch is None:  # a fixed data set: every test task with more than K points
-            return family.all_tasks(k, split="test", generator=torch.Generator().manual_seed(seed))
-        return batch.with_support_size(k)
-
-    def model_metrics(part):
-        predictive, _ = meta_model.predict(part, num_samples=num_samples)
-        metrics = point_metrics(predictive, part.y_query, part.query_mask)
-        metrics["ess"] = float(predictive.effective_sample_size().mean())
-        return metrics
-
-    def oracle_metrics(part):
-        metrics = point_metrics(exact_predictive(family, part), part.y_query, part.query_mask)
-        return {f"oracle_{key}": value for key, value in metrics.items()}
-
-    result = {"shots": {}, "shuffled_metadata": {"shots": {}}, "num_samples": num_samples}
-    for k in shots:
-        tasks = tasks_with(k)
-        meta_model.check_batch(tasks)
-        entry = _score(model_metrics, tasks, chunk)
-        if has_oracle(family):
-            entry.update(_score(oracle_metrics, tasks, chunk))
-        entry["num_tasks"] = tasks.num_tasks
-        result["shots"][str(k)] = entry
-        result["shuffled_metadata"]["shots"][str(k)] = _score(model_metrics, shuffle_metadata(tasks), chunk)
-    if has_oracle(family) and batch is not None:
-        floor = noise_floor_log_prob(family, batch)
-        result["noise_floor_loglik"] = float((floor * batch.query_mask).sum() / batch.query_mask.sum())
+    ``{"shots": {"K": {metric: value, "oracle_<metric>": ..., "num_tasks": tasks per draw,
+    "num_query_points": over all draws}}, "shuffled_metadata": {"shots": {"K": {...}}},
+    "noise_floor_loglik": ...}``; the reference, the shuffled scores and the noise floor where
+    the family and ``config`` have them. ``metrics`` scores one chunk's predictive
+    (default :func:`~hierarchical_meta.predictive.point_metrics`). ``config`` defaults to
+    ``EvalConfig()``; ``progress`` shows a bar over the chunks of tasks.
+    """
+    config = config if config is not None else EvalConfig()
+    draws = range(config.draws)
+    tasks = {k: [heldout_tasks(family, config, k, d) for d in draws] for k in config.shots}
+    passes = 2 if config.shuffled_metadata else 1
+    total = passes * sum(math.ceil(b.num_tasks / config.chunk) for bs in tasks.values() for b in bs)
+    result = {"shots": {}}
+    if config.shuffled_metadata:
+        result["shuffled_metadata"] = {"shots": {}}
+    with tqdm(total=total, disable=not progress, desc="evaluate", unit="chunk") as bar:
+        for k in config.shots:
+            bar.set_postfix_str(f"K={k}")
+            entry = _pooled(predictor, tasks[k], config.chunk, metrics, bar)
+            reference = _pooled(family.exact_predictive, tasks[k], config.chunk, point_metrics, None)
+            if reference is not None:
+                entry.update({f"oracle_{key}": value for key, value in reference.items()})
+            entry["num_tasks"] = tasks[k][0].num_tasks
+            entry["num_query_points"] = sum(int(b.query_mask.sum()) for b in tasks[k])
+            result["shots"][str(k)] = entry
+            if config.shuffled_metadata:
+                shuffled = [shuffle_metadata(b) for b in tasks[k]]
+                result["shuffled_metadata"]["shots"][str(k)] = _pooled(predictor, shuffled, config.chunk, metrics, bar)
+    floors = [(family.noise_floor_log_prob(b), b.query_mask) for b in tasks[max(config.shots)]]
+    if all(log_prob is not None for log_prob, _ in floors):  # the same query points for every K
+        total_log_prob = sum((log_prob * mask).sum() for log_prob, mask in floors)
+        result["noise_floor_loglik"] = float(total_log_prob / sum(mask.sum() for _, mask in floors))
     return result

@@ -21,7 +21,7 @@ from torch import nn
 
 from .guide import AmortizedGuide
 from .model import DECODERS, PRIORS, GenerativeModel, check_likelihood
-from .predict import posterior_predictive
+from .predict import NUM_SAMPLES, posterior_predictive
 from .tasks import TaskBatch
 
 __all__ = ["ModelConfig", "HierarchicalMetaModel", "load_checkpoint"]
@@ -49,7 +49,6 @@ class ModelConfig:
     guide_sees_metadata: bool = True
     use_metadata: bool = True
     noise_std: Optional[float] = None
-    task_family: str = "sinusoid"
     likelihood: str = "normal"
     num_classes: Optional[int] = None
 
@@ -103,7 +102,7 @@ class HierarchicalMetaModel(nn.Module):
         return torch.full_like(metadata, float("nan"))
 
     # -- prediction -----------------------------------------------------------------------
-    def predict(self, batch: TaskBatch, num_samples: int = 2048, defensive: float = 0.3):
+    def predict(self, batch: TaskBatch, num_samples: int = NUM_SAMPLES, defensive: float = 0.3):
         """Posterior predictive at ``batch.x_query`` given the support set and metadata.
 
         Returns ``(predictive, log_evidence)``: a ``MixturePredictive``, or a
@@ -138,7 +137,12 @@ def load_checkpoint(path: str, map_location="cpu"):
                          "DIR/model.pt that `python -m hierarchical_meta fit --out DIR` wrote") from None
     if not isinstance(state, dict) or "config" not in state or "state_dict" not in state:
         raise ValueError(f"{path!r} is not a hierarchical_meta checkpoint (no config/state_dict)")
-    model = HierarchicalMetaModel(ModelConfig(**state["config"]))
+    try:
+        config = ModelConfig(**state["config"])
+    except TypeError as error:  # a field this version does not have (or lacks)
+        raise ValueError(f"checkpoint {path!r} was written by another version of hierarchical_meta "
+                         f"({error}); retrain it with this version") from None
+    model = HierarchicalMetaModel(config)
     try:
         model.load_state_dict(state["state_dict"])
     except RuntimeError as error:

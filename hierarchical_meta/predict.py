@@ -2,7 +2,7 @@
 
 q(φ2 | X, Y) does not see m, so predicting from the guide alone would throw the
 metadata away. Instead the guide is a proposal for self-normalized importance sampling
-of p(φ1, φ2 | X_s, Y_s, m) (DESIGN.md §2), made defensive by mixing in the prior::
+of p(φ1, φ2 | X_s, Y_s, m) (docs/model.md), made defensive by mixing in the prior::
 
     r(φ1, φ2) = (1 - α) q(φ2 | X_s, Y_s) q(φ1 | φ2, m) + α p(φ1) p(φ2 | φ1, m)
     w_s ∝ p(φ1_s) p(φ2_s | φ1_s, m) p(Y_s | φ2_s, X_s) / r(φ1_s, φ2_s)
@@ -24,12 +24,16 @@ import torch
 
 from .predictive import CategoricalMixturePredictive, MixturePredictive
 
-__all__ = ["posterior_predictive"]
+__all__ = ["NUM_SAMPLES", "posterior_predictive"]
+
+#: Importance samples per task: the default of every predictive of the model (docs/model.md
+#: measures the gap to exact Bayes against it).
+NUM_SAMPLES = 2048
 
 
 @torch.no_grad()
 def posterior_predictive(model, guide, x_support, y_support, metadata, support_mask, x_query,
-                         num_samples: int = 2048, defensive: float = 0.3):
+                         num_samples: int = NUM_SAMPLES, defensive: float = 0.3):
     """Importance-weighted posterior predictive.
 
     Shapes: x_support [T, K, Dx], y_support [T, K, Dy], metadata [T, Dm] (NaN = missing),

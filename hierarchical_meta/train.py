@@ -36,11 +36,19 @@ __all__ = ["TrainConfig", "fit", "corrupt_metadata", "ragged_mask"]
 
 @dataclasses.dataclass
 class TrainConfig:
+    """Every setting of :func:`fit`, with its default (the CLI's defaults are these).
+
+    Adam (Pyro's ``ClippedAdam``) starts at ``lr`` and decays geometrically to
+    ``lr / lr_decay`` over ``steps``; each gradient is clipped to norm ``clip_norm``.
+    """
+
     steps: int = 8000
     batch_tasks: int = 32
     max_points: int = 20
     min_points: int = 0
     lr: float = 3e-3
+    lr_decay: float = 10.0
+    clip_norm: float = 10.0
     num_particles: int = 2
     anneal_steps: int = 1000
     initial_kl_weight: float = 0.1
@@ -60,6 +68,10 @@ class TrainConfig:
             raise ValueError(f"min_points must be in [0, max_points={self.max_points}], got {self.min_points}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.lr_decay < 1:
+            raise ValueError(f"lr_decay must be >= 1 (1 keeps lr constant), got {self.lr_decay}")
+        if self.clip_norm <= 0:
+            raise ValueError(f"clip_norm must be > 0, got {self.clip_norm}")
         for name in ("metadata_dropout", "metadata_swap", "initial_kl_weight"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -135,8 +147,8 @@ def fit(meta_model: HierarchicalMetaModel, family: TaskFamily, config: TrainConf
         return history
 
     pyro.clear_param_store()
-    optimizer = pyro.optim.ClippedAdam({"lr": config.lr, "clip_norm": 10.0,
-                                        "lrd": 0.1 ** (1.0 / max(config.steps, 1))})
+    optimizer = pyro.optim.ClippedAdam({"lr": config.lr, "clip_norm": config.clip_norm,
+                                        "lrd": (1.0 / config.lr_decay) ** (1.0 / config.steps)})
     if optim_state is not None:
         optimizer.set_state(optim_state)
     svi = SVI(meta_model.model, meta_model.guide, optimizer,

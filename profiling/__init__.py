@@ -1,6 +1,6 @@
 """MAML versus evolution strategies: runtime and peak memory as inner steps, depth and width grow.
 
-The public API (DESIGN §4, issue 3):
+The public API (the study: docs/profiling.md):
 
 - :func:`build_mlp` ``(layers, hidden)``: the sinusoid MLP 1 → hidden × layers → 1 (ReLU);
 - :func:`sample_sinusoid_tasks`: a batch of tasks as tensors [tasks, points, 1];

@@ -1,7 +1,7 @@
 """One outer step of every method in every implementation, side by side in one process.
 
-``python -m profiling.benchmark [--device cpu] [--repeats 20]`` on the default
-configuration of DESIGN §4 (2 × 128 MLP, L = 5, 32 tasks, 10 support and 100 query
+``python -m profiling.benchmark [--device cpu] [--repeats 20]`` on the study's default
+configuration (docs/profiling.md; 2 × 128 MLP, L = 5, 32 tasks, 10 support and 100 query
 points, ES with 16 antithetic pairs, float32) prints the median milliseconds and the
 loop / vectorized ratios, with the machine load and torch thread count beside them.
 Implementations are interleaved round-robin, so a change of machine load hits all of
@@ -22,10 +22,12 @@ from .mlp import build_mlp
 from .study import DEFAULTS, NUM_TASKS, PAIRS
 from .tasks import sample_sinusoid_tasks
 
-__all__ = ["run_benchmark", "main"]
+__all__ = ["run_benchmark", "main", "DEFAULT_REPEATS"]
+
+DEFAULT_REPEATS = 20  # timed steps per method and implementation
 
 
-def run_benchmark(device="cpu", repeats: int = 20, layers: int = DEFAULTS["layers"], hidden: int = DEFAULTS["hidden"],
+def run_benchmark(device="cpu", repeats: int = DEFAULT_REPEATS, layers: int = DEFAULTS["layers"], hidden: int = DEFAULTS["hidden"],
                   inner_steps: int = DEFAULTS["inner_steps"], num_tasks: int = NUM_TASKS, pairs: int = PAIRS,
                   seed: int = 0, methods=None) -> dict[tuple[str, str], list[float]]:
     """Times (ms) of one meta-gradient per (method, impl), measured round-robin."""
@@ -56,7 +58,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m profiling.benchmark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=None, help="'cpu' or 'cuda' (default: cuda if available, else cpu)")
-    parser.add_argument("--repeats", type=int, default=20, help="timed steps per method and implementation (default 20)")
+    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
+                        help=f"timed steps per method and implementation (default {DEFAULT_REPEATS})")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads before timing (default: torch's)")
     args = parser.parse_args(argv)
     try:
@@ -75,7 +78,8 @@ def main(argv=None) -> int:
     load_after = os.getloadavg()
     print(f"device: {env['device_name']}  torch {env['torch']}  cuda {env['cuda']}  threads {torch.get_num_threads()}")
     print(f"load average (1, 5, 15 min) before {load_before}  after {load_after}")
-    print("default configuration: 2 x 128 MLP, L = 5, 32 tasks, 10 support / 100 query, ES 16 pairs, float32")
+    print(f"default configuration: {DEFAULTS['layers']} x {DEFAULTS['hidden']} MLP, L = {DEFAULTS['inner_steps']}, "
+          f"{NUM_TASKS} tasks, 10 support / 100 query, ES {PAIRS} pairs, float32")
     print(f"{'method':8s} {'impl':8s} {'median ms':>10s} {'q25':>8s} {'q75':>8s}  loop / this")
     for method in METHODS:
         loop_median = statistics.median(times[method, "loop"])

@@ -12,12 +12,9 @@ from __future__ import annotations
 import math
 import os
 
-import matplotlib
+import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .study import SWEEP_PARAMETER  # noqa: E402
+from .study import SWEEP_PARAMETER
 
 __all__ = ["draw_all", "draw_panel"]
 

@@ -1,4 +1,4 @@
-"""``python -m profiling.scale``: the MAML-versus-ES scaling study (DESIGN §4, issue 3).
+"""``python -m profiling.scale``: the MAML-versus-ES scaling study (docs/profiling.md).
 
 Runs three sweeps (inner steps, hidden layers, hidden units; the others at their
 defaults) for every method, one worker process per (method, sweep), each configuration
@@ -17,6 +17,7 @@ is recorded (``status=oom``) and the sweep goes on; a worker that dies is record
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -24,16 +25,20 @@ import subprocess
 import sys
 import tempfile
 
+import matplotlib
 import torch
 from tqdm import tqdm
 
-from .algorithms import DEFAULT_IMPL, IMPLEMENTATIONS, METHODS
+from .algorithms import IMPLEMENTATIONS, METHODS
 from .growth import summary_text
 from .measure import resolve_device
 from .plots import draw_all
-from .study import SWEEP_PARAMETER, Config, append_row, configurations, failed_row, measure_config, read_rows, row_key
+from .study import (REPEATS, SECONDS_PER_CONFIG, SWEEP_PARAMETER, SWEEPS, Config, StudyConfig, append_row,
+                    failed_row, measure_config, read_rows, row_key)
 
-__all__ = ["main", "run_study", "parse_args"]
+__all__ = ["main", "run_study", "write_report", "parse_args"]
+
+DEFAULT_OUT = os.path.join("runs", "scale")
 
 
 def _positive_int_list(text: str) -> list[int]:
@@ -56,57 +61,65 @@ def _choices(allowed):
     return parse
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def _values(run: str) -> str:
+    return "; ".join(f"{sweep} {','.join(map(str, values))}" for sweep, values in SWEEPS[run].items())
+
+
+def parse_args(argv=None) -> tuple[StudyConfig, argparse.Namespace]:
+    """The study's config and the CLI's own options (``out``, ``plots_only``) from ``argv``."""
+    d = StudyConfig()
     parser = argparse.ArgumentParser(
         prog="python -m profiling.scale", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--device", default=None,
+    parser.add_argument("--device", default=d.device,
                         help="'cpu' or 'cuda' (default: cuda if available, else cpu; asking for cuda without one is an error)")
-    parser.add_argument("--sweeps", type=_choices(list(SWEEP_PARAMETER)), default=list(SWEEP_PARAMETER),
-                        help="comma-separated subset of steps,layers,units (default: all three)")
-    parser.add_argument("--methods", type=_choices(list(METHODS)), default=list(METHODS),
-                        help="comma-separated subset of maml,fomaml,es (default: all)")
-    parser.add_argument("--impl", choices=IMPLEMENTATIONS, default=DEFAULT_IMPL,
-                        help=f"implementation to measure: '{DEFAULT_IMPL}' (default; batched matrix products over tasks "
+    parser.add_argument("--sweeps", type=_choices(list(SWEEP_PARAMETER)), default=d.sweeps,
+                        help=f"comma-separated subset of {','.join(SWEEP_PARAMETER)} (default: all)")
+    parser.add_argument("--methods", type=_choices(list(METHODS)), default=d.methods,
+                        help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
+    parser.add_argument("--impl", choices=IMPLEMENTATIONS, default=d.impl,
+                        help=f"implementation to measure: '{d.impl}' (default; batched matrix products over tasks "
                              "and the ES population), 'vmap' (torch.func) or 'loop' (per-task reference)")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed outer steps per configuration, after warm-up (default 15; 3 with --quick); "
-                             "capped so one configuration takes about --seconds-per-config")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed outer steps before timing (default 2)")
-    parser.add_argument("--seconds-per-config", type=float, default=None,
-                        help="time budget for the repeats of one configuration (default 20 s; 1 s with --quick)")
+    parser.add_argument("--repeats", type=int, default=d.repeats,
+                        help=f"timed outer steps per configuration, after warm-up (default {REPEATS['full']}; "
+                             f"{REPEATS['quick']} with --quick); capped so one configuration takes about "
+                             "--seconds-per-config")
+    parser.add_argument("--warmup", type=int, default=d.warmup, help=f"untimed outer steps before timing (default {d.warmup})")
+    parser.add_argument("--seconds-per-config", type=float, default=d.seconds_per_config,
+                        help=f"time budget for the repeats of one configuration (default {SECONDS_PER_CONFIG['full']:g} s; "
+                             f"{SECONDS_PER_CONFIG['quick']:g} s with --quick)")
     parser.add_argument("--quick", action="store_true",
-                        help="small sweeps (steps 1,2,4; layers 1,2; units 32,64,128) and few repeats: a smoke run")
-    parser.add_argument("--steps", type=_positive_int_list, default=None, help="override the inner-step values, e.g. 1,2,4,8,16,32,64")
-    parser.add_argument("--layers", type=_positive_int_list, default=None, help="override the hidden-layer values")
-    parser.add_argument("--units", type=_positive_int_list, default=None, help="override the hidden-unit values")
-    parser.add_argument("--base-steps", type=int, default=5, help="inner steps while another parameter is swept (default 5)")
-    parser.add_argument("--base-layers", type=int, default=2, help="hidden layers while another parameter is swept (default 2)")
-    parser.add_argument("--base-units", type=int, default=128, help="hidden units while another parameter is swept (default 128)")
-    parser.add_argument("--isolation", choices=("process", "none"), default="process",
-                        help="'process' (default): a fresh worker process per method and sweep, so no configuration "
-                             "shares an allocator or CUDA context with another sweep; 'none': all in this process")
-    parser.add_argument("--threads", type=int, default=None,
+                        help=f"small sweeps ({_values('quick')}) and few repeats: a smoke run")
+    parser.add_argument("--steps", type=_positive_int_list, default=d.steps,
+                        help=f"override the inner-step values (default {','.join(map(str, SWEEPS['full']['steps']))})")
+    parser.add_argument("--layers", type=_positive_int_list, default=d.layers,
+                        help=f"override the hidden-layer values (default {','.join(map(str, SWEEPS['full']['layers']))})")
+    parser.add_argument("--units", type=_positive_int_list, default=d.units,
+                        help=f"override the hidden-unit values (default {','.join(map(str, SWEEPS['full']['units']))})")
+    parser.add_argument("--base-steps", type=int, default=d.base_steps,
+                        help=f"inner steps while another parameter is swept (default {d.base_steps})")
+    parser.add_argument("--base-layers", type=int, default=d.base_layers,
+                        help=f"hidden layers while another parameter is swept (default {d.base_layers})")
+    parser.add_argument("--base-units", type=int, default=d.base_units,
+                        help=f"hidden units while another parameter is swept (default {d.base_units})")
+    parser.add_argument("--isolation", choices=("process", "none"), default=d.isolation,
+                        help="'process': a fresh worker process per method and sweep, so no configuration shares an "
+                             f"allocator or CUDA context with another sweep; 'none': all in this process "
+                             f"(default {d.isolation})")
+    parser.add_argument("--threads", type=int, default=d.threads,
                         help="torch threads in each worker (default: 1 on the CPU, where a second thread on a shared "
                              "2-core machine mostly adds contention; torch's default on CUDA)")
-    parser.add_argument("--out", default=os.path.join("runs", "scale"),
-                        help="output folder for scale.csv, the plots and summary.txt (default runs/scale); "
+    parser.add_argument("--out", default=DEFAULT_OUT,
+                        help=f"output folder for scale.csv, the plots and summary.txt (default {DEFAULT_OUT}); "
                              "an existing scale.csv there is resumed")
     parser.add_argument("--plots-only", action="store_true", help="redraw plots and summary from the existing CSV")
     args = parser.parse_args(argv)
-    for name in ("repeats", "threads", "base_steps", "base_layers", "base_units"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')}={value}: it must be a positive integer")
-    if args.warmup < 0:
-        parser.error(f"--warmup={args.warmup}: it must be 0 or more")
-    if args.seconds_per_config is not None and args.seconds_per_config <= 0:
-        parser.error(f"--seconds-per-config={args.seconds_per_config}: it must be positive")
+    fields = {f.name for f in dataclasses.fields(StudyConfig)}
     try:
-        args.device = resolve_device(args.device)
+        config = StudyConfig(**{k: v for k, v in vars(args).items() if k in fields})
     except ValueError as error:
         parser.error(str(error))
-    return args
+    return config, args
 
 
 def _command(argv) -> str:
@@ -167,49 +180,54 @@ def _run_in_process(configs: list[Config], csv_path: str, device: torch.device, 
         torch.set_num_threads(threads)
 
 
-def run_study(args: argparse.Namespace, command: str) -> str:
-    """Run (or resume) the sweeps of ``args``; write CSV, plots and summary; return the summary."""
-    os.makedirs(args.out, exist_ok=True)
-    csv_path = os.path.join(args.out, "scale.csv")
-    device = args.device
-    values = {k: getattr(args, k) for k in SWEEP_PARAMETER if getattr(args, k) is not None}
-    base = {"inner_steps": args.base_steps, "layers": args.base_layers, "hidden": args.base_units}
-    todo = configurations(args.methods, args.sweeps, args.impl, quick=args.quick, values=values, base=base)
+def run_study(config: StudyConfig, out_dir: str, command: str) -> str:
+    """Measure (or resume) the configurations of ``config`` into ``out_dir/scale.csv``, then :func:`write_report`.
+
+    ``command`` is printed on every figure and in the summary, which is returned.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    csv_path = os.path.join(out_dir, "scale.csv")
+    device = resolve_device(config.device)
     existing = read_rows(csv_path)
     if existing and existing[0]["device"] != device.type:
-        raise ValueError(f"{csv_path} holds a {existing[0]['device']} study but --device is {device.type}: "
-                         "use another --out folder")
+        raise ValueError(f"{csv_path} holds a {existing[0]['device']} study but the device is {device.type}: "
+                         "use another output folder")
+    todo = config.configurations()
     done = {row_key(r) for r in existing}
     todo_left = [c for c in todo if c.key() not in done]
-    spec = {
-        "device": str(device),
-        "repeats": args.repeats or (3 if args.quick else 15),
-        "warmup": args.warmup,
-        "seconds_per_config": args.seconds_per_config or (1.0 if args.quick else 20.0),
-        "threads": args.threads or (1 if device.type == "cpu" else None),
-    }
-    if not args.plots_only:
-        with tqdm(total=len(todo), initial=len(todo) - len(todo_left), desc="configurations", unit="cfg",
-                  dynamic_ncols=True) as bar:
-            for sweep in args.sweeps:
-                for method in args.methods:
-                    group = [c for c in todo_left if c.sweep == sweep and c.method == method]
-                    if group and args.isolation == "process":
-                        _run_worker(group, csv_path, device, spec, bar)
-                    elif group:
-                        _run_in_process(group, csv_path, device, spec, bar)
-    wanted = {c.key() for c in todo}
-    rows = [r for r in read_rows(csv_path) if row_key(r) in wanted]
-    draw_all(rows, args.out, command)
+    spec = {"device": str(device), **config.timing}
+    with tqdm(total=len(todo), initial=len(todo) - len(todo_left), desc="configurations", unit="cfg",
+              dynamic_ncols=True) as bar:
+        for sweep in config.sweeps:
+            for method in config.methods:
+                group = [c for c in todo_left if c.sweep == sweep and c.method == method]
+                if group and config.isolation == "process":
+                    _run_worker(group, csv_path, device, spec, bar)
+                elif group:
+                    _run_in_process(group, csv_path, device, spec, bar)
+    return write_report(config, out_dir, command)
+
+
+def write_report(config: StudyConfig, out_dir: str, command: str) -> str:
+    """Draw the plots and write ``summary.txt`` from the rows of ``config`` in ``out_dir/scale.csv``; returns the summary."""
+    wanted = {c.key() for c in config.configurations()}
+    rows = [r for r in read_rows(os.path.join(out_dir, "scale.csv")) if row_key(r) in wanted]
+    draw_all(rows, out_dir, command)
     text = summary_text(rows, command)
-    with open(os.path.join(args.out, "summary.txt"), "w") as f:
+    with open(os.path.join(out_dir, "summary.txt"), "w") as f:
         f.write(text)
     return text
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    text = run_study(args, _command(argv))
+    config, args = parse_args(argv)
+    matplotlib.use("Agg")  # files only, no windows
+    command = _command(argv)
+    try:
+        text = write_report(config, args.out, command) if args.plots_only else run_study(config, args.out, command)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(text)
     print(f"wrote {args.out}/scale.csv, the plots and summary.txt")
     return 0

@@ -1,13 +1,14 @@
 """The study's configurations, the measurement of one configuration, and its CSV.
 
-Three sweeps, each varying one thing with the others at the defaults of DESIGN §4
-(L = 5 inner steps, 2 hidden layers of 128 units, 32 tasks, 10 support / 100 query
+Three sweeps, each varying one thing with the others at their defaults (docs/profiling.md;
+L = 5 inner steps, 2 hidden layers of 128 units, 32 tasks, 10 support / 100 query
 points, α = 1e-2, ES with 16 antithetic pairs and σ = 1e-3):
 
 - ``steps``: inner steps L; ``layers``: hidden layers; ``units``: hidden units per layer.
 
 One CSV row per (method, implementation, sweep, value), written as soon as it is
 measured, so a killed study resumes where it stopped (see :mod:`profiling.scale`).
+:class:`StudyConfig` holds the settings of one run, and with them every default of the study.
 """
 
 from __future__ import annotations
@@ -17,13 +18,17 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 import torch
 
-from .algorithms import check_impl, check_method, es, meta_gradient
-from .measure import environment, measure
+from .algorithms import DEFAULT_IMPL, METHODS, check_impl, check_method, es, meta_gradient
+from .measure import environment, measure, resolve_device
 from .mlp import build_mlp
 from .tasks import sample_sinusoid_tasks
+
+__all__ = ["StudyConfig", "Config", "configurations", "measure_config", "failed_row", "read_rows", "append_row",
+           "row_key", "DEFAULTS", "SWEEP_PARAMETER", "SWEEPS", "REPEATS", "SECONDS_PER_CONFIG", "WARMUP"]
 
 DEFAULTS = {"inner_steps": 5, "layers": 2, "hidden": 128}
 NUM_TASKS, INNER_LR = 32, 1e-2
@@ -41,6 +46,13 @@ SWEEPS = {
         "units": [32, 64, 128],
     },
 }
+
+#: Timed outer steps per configuration after the warm-up, and the time budget (s) that caps
+#: them, for the full study and for a ``quick`` smoke run.
+REPEATS = {"full": 15, "quick": 3}
+SECONDS_PER_CONFIG = {"full": 20.0, "quick": 1.0}
+WARMUP = 2
+ISOLATIONS = ("process", "none")
 
 COLUMNS = [
     "method", "impl", "sweep", "inner_steps", "layers", "hidden", "num_params", "status",
@@ -61,6 +73,70 @@ class Config:
 
     def key(self) -> tuple:
         return (self.method, self.impl, self.sweep, self.inner_steps, self.layers, self.hidden)
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """One run of the study, with the defaults of ``python -m profiling.scale`` (whose flags these are).
+
+    ``steps``, ``layers``, ``units``: the values of that sweep (None: :data:`SWEEPS`, the
+    ``quick`` table for a quick run); ``base_*``: what the other parameters keep while one is
+    swept. ``repeats`` and ``seconds_per_config`` (None: :data:`REPEATS` and
+    :data:`SECONDS_PER_CONFIG` of the run) size the timing; ``isolation="process"`` measures each
+    (method, sweep) in a fresh worker process; ``threads`` (None: 1 on the CPU, torch's default
+    on CUDA) sets torch's threads in each; ``device`` None is CUDA if present, else the CPU.
+    """
+
+    methods: tuple = tuple(METHODS)
+    sweeps: tuple = tuple(SWEEP_PARAMETER)
+    impl: str = DEFAULT_IMPL
+    quick: bool = False
+    steps: Optional[tuple] = None
+    layers: Optional[tuple] = None
+    units: Optional[tuple] = None
+    base_steps: int = DEFAULTS["inner_steps"]
+    base_layers: int = DEFAULTS["layers"]
+    base_units: int = DEFAULTS["hidden"]
+    repeats: Optional[int] = None
+    warmup: int = WARMUP
+    seconds_per_config: Optional[float] = None
+    isolation: str = "process"
+    threads: Optional[int] = None
+    device: Optional[str] = None
+
+    def __post_init__(self):
+        for name in ("methods", "sweeps", "steps", "layers", "units"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        for name in ("repeats", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name}={value}: it must be a positive integer (or None for the default)")
+        if self.warmup < 0:
+            raise ValueError(f"warmup={self.warmup}: it must be 0 or more")
+        if self.seconds_per_config is not None and self.seconds_per_config <= 0:
+            raise ValueError(f"seconds_per_config={self.seconds_per_config}: it must be positive")
+        if self.isolation not in ISOLATIONS:
+            raise ValueError(f"isolation={self.isolation!r}: choose from {ISOLATIONS}")
+        resolve_device(self.device)
+        self.configurations()  # checks methods, sweeps, their values and the base
+
+    @property
+    def run(self) -> str:
+        return "quick" if self.quick else "full"
+
+    @property
+    def timing(self) -> dict:
+        """The measurement settings of every configuration: repeats, warmup, seconds_per_config, threads."""
+        return {"repeats": self.repeats or REPEATS[self.run], "warmup": self.warmup,
+                "seconds_per_config": self.seconds_per_config or SECONDS_PER_CONFIG[self.run],
+                "threads": self.threads or (1 if resolve_device(self.device).type == "cpu" else None)}
+
+    def configurations(self) -> list:
+        """Every :class:`Config` of this run, in the order the study measures them."""
+        values = {k: list(getattr(self, k)) for k in SWEEP_PARAMETER if getattr(self, k) is not None}
+        base = {"inner_steps": self.base_steps, "layers": self.base_layers, "hidden": self.base_units}
+        return configurations(self.methods, self.sweeps, self.impl, quick=self.quick, values=values, base=base)
 
 
 def check_sweeps(sweeps) -> None:
@@ -103,8 +179,8 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-def measure_config(config: Config, device: torch.device, repeats: int, warmup: int = 2,
-                   seconds_per_config: float = 30.0, seed: int = 0) -> dict:
+def measure_config(config: Config, device: torch.device, repeats: int = REPEATS["full"], warmup: int = WARMUP,
+                   seconds_per_config: float = SECONDS_PER_CONFIG["full"], seed: int = 0) -> dict:
     """One CSV row: time and memory of one outer step of ``config`` on ``device``.
 
     Repeats are capped so that timing takes about ``seconds_per_config`` (at least 3), as

@@ -2,15 +2,15 @@
 
 - ``fit`` with tiny flags writes model.pt, metrics.json (documented keys), metrics.csv and
   the plots; rerunning with more steps resumes (the step count continues); ``--metadata none``;
+- ``demo`` writes both fits (with and without metadata), the diagram and the targets;
 - ``predict`` on a CSV task file (one task with support, one zero-shot) writes the documented
   columns;
 - bad input stops early with a message naming the problem: ``main`` returns 2 and prints
   ``error: ...`` for a ValueError; argparse exits with SystemExit(2) for bad flag values.
 
 Sizes are tiny (hidden 8, D = 2, 8 tasks per step, 8 held-out tasks, 32 importance samples);
-the exact-Bayes reference uses a coarse 20 x 24 grid (in metrics.json and in the bands of
-predictions.png), and predictions.png is drawn only by the first fit: both are about
-plumbing here, the oracle's accuracy is tested in test_predict.py.
+predictions.png is drawn only by the first fit (the slowest plot); the library functions
+behind the CLI are tested in test_pipeline.py.
 """
 
 import csv
@@ -22,29 +22,13 @@ import shutil
 import pytest
 import torch
 
-import importlib
-
-from hierarchical_meta import oracle, plots
+from hierarchical_meta import plots
 from hierarchical_meta.__main__ import main
 from hierarchical_meta.meta_model import HierarchicalMetaModel, ModelConfig, load_checkpoint
-
-evaluate_module = importlib.import_module("hierarchical_meta.evaluate")  # the package re-exports a function of that name
 
 TINY = ["--eval-tasks", "8", "--num-samples", "32", "--batch-tasks", "8", "--no-progress",
         "--hidden", "8", "--latent-dim", "2", "--max-points", "10", "--seed", "0"]
 SHOT_KEYS = {"loglik", "mse", "coverage90", "oracle_loglik"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def cheap_plot_oracle():
-    def coarse(family, batch):
-        if isinstance(family, oracle.SinusoidTasks):
-            return oracle.sinusoid_predictive(family, batch, grid_amplitude=20, grid_phase=24)
-        return oracle.exact_predictive(family, batch)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(plots, "exact_predictive", coarse)
-        mp.setattr(evaluate_module, "exact_predictive", coarse)
-        yield
 
 
 @pytest.fixture
@@ -123,6 +107,19 @@ def test_fit_into_a_folder_of_another_configuration_stops(fitted, tmp_path, caps
     assert main(["fit", "--out", str(out), "--steps", "3"] + TINY) == 2
     err = capsys.readouterr().err
     assert "another model configuration" in err and "--out" in err
+
+
+def test_demo_writes_both_fits_and_the_targets(tmp_path, no_prediction_plot):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--steps", "4"] + TINY) == 0
+    for name in ("plate_diagram.svg", "loglik_vs_k.png", "with_metadata/metrics.json", "no_metadata/model.pt"):
+        assert (out / name).stat().st_size > 0, name
+    with open(out / "summary.json") as f:
+        summary = json.load(f)
+    assert summary["runs"]["with metadata"]["model"]["use_metadata"] is True
+    assert summary["runs"]["metadata withheld"]["model"]["use_metadata"] is False
+    assert len(summary["targets"]) == 2 * 5 + 2
+    assert all(set(t) == {"value", "met"} and isinstance(t["met"], bool) for t in summary["targets"].values())
 
 
 @pytest.mark.parametrize("steps", ["0", "-3"])

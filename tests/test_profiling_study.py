@@ -9,7 +9,8 @@ import torch
 import profiling
 from profiling import benchmark, scale
 from profiling.measure import measure, peak_memory_bytes, resolve_device, saved_tensor_peak_bytes
-from profiling.study import Config, append_row, configurations, measure_config, read_rows
+from profiling.study import (REPEATS, SECONDS_PER_CONFIG, Config, StudyConfig, append_row, configurations,
+                             measure_config, read_rows)
 
 CPU = torch.device("cpu")
 
@@ -81,7 +82,9 @@ def test_configurations_and_bad_sweeps():
     (["--methods", "reptile"], "reptile"),
     (["--steps", "0,2"], "positive"),
     (["--units", "-32"], "positive"),
-    (["--repeats", "0"], "--repeats=0"),
+    (["--repeats", "0"], "repeats=0"),
+    (["--warmup", "-1"], "warmup=-1"),
+    (["--base-units", "0"], "hidden=0"),
 ])
 def test_cli_rejects_bad_input_before_work(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit):
@@ -123,8 +126,35 @@ def test_study_runs_resumes_and_draws(tmp_path):
     with open(os.path.join(out, "summary.txt")) as f:
         summary = f.read()
     assert "RAN ON THE CPU" in summary and "MB per inner step" in summary
-    assert scale.main(argv) == 0  # nothing left to do: the CSV is unchanged
+    # nothing left to do: the CSV is unchanged; the same run from Python
+    config = StudyConfig(methods=("maml", "es"), sweeps=("steps",), steps=(1, 2), base_units=16, repeats=2,
+                         warmup=0, seconds_per_config=0.05, isolation="none", device="cpu")
+    assert "RAN ON THE CPU" in scale.run_study(config, out, "a command")
     assert len(read_rows(os.path.join(out, "scale.csv"))) == 4
+
+
+def test_study_config_is_the_one_home_of_the_defaults(capsys):
+    full, quick = StudyConfig(device="cpu").timing, StudyConfig(device="cpu", quick=True).timing
+    assert (full["repeats"], full["seconds_per_config"], full["threads"]) == (REPEATS["full"],
+                                                                              SECONDS_PER_CONFIG["full"], 1)
+    assert (quick["repeats"], quick["seconds_per_config"]) == (REPEATS["quick"], SECONDS_PER_CONFIG["quick"])
+    assert StudyConfig(device="cpu", repeats=7).timing["repeats"] == 7
+    with pytest.raises(SystemExit):
+        scale.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"(default {REPEATS['full']}; {REPEATS['quick']} with --quick)" in out
+    assert f"(default {SECONDS_PER_CONFIG['full']:g} s; {SECONDS_PER_CONFIG['quick']:g} s with --quick)" in out
+    assert f"(default {StudyConfig().base_units})" in out
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("repeats", 0, "repeats=0"), ("seconds_per_config", 0.0, "seconds_per_config=0.0"),
+    ("isolation", "thread", "isolation='thread'"), ("methods", ("reptile",), "reptile"),
+    ("steps", (0,), "values must be positive"),
+])
+def test_study_config_rejects_bad_values(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        StudyConfig(device="cpu", **{field: value})
 
 
 def test_study_in_worker_processes(tmp_path):

@@ -1,0 +1,190 @@
+"""The applications end to end, callable from Python: fit and evaluate, and the demo.
+
+:func:`run_fit` trains (or resumes) a model on a task family, evaluates it
+(:mod:`hierarchical_meta.evaluate`) and writes into its output folder ``model.pt``,
+``metrics.json``, ``metrics.csv``, ``training_curve.png``, ``predictions.png`` (1-D x and y)
+and ``loglik_vs_k.png``. :func:`run_demo` draws the plate diagram, fits sinusoid tasks with
+and without the metadata and checks the demo's quality targets (:func:`check_targets`).
+``python -m hierarchical_meta`` parses its flags into the config dataclasses and calls these.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import time
+from typing import Callable, Optional
+
+import torch
+
+from .evaluate import EvalConfig, evaluate, heldout_tasks
+from .meta_model import HierarchicalMetaModel, ModelConfig
+from .predict import NUM_SAMPLES
+from .predictive import point_metrics
+from .tasks import SinusoidTasks, TaskFamily
+from .train import TrainConfig, fit
+
+__all__ = ["run_fit", "run_demo", "evaluate_model", "importance_metrics", "check_targets",
+           "write_metrics_csv", "format_table", "format_targets",
+           "TARGET_ORACLE_GAP", "TARGET_COVERAGE", "TARGET_METADATA_GAIN", "TARGET_SHUFFLED_LOSS"]
+
+#: The demo's quality targets (docs/model.md), per query point: at every K the model's loglik
+#: is within TARGET_ORACLE_GAP nats of exact Bayes and its coverage90 inside TARGET_COVERAGE;
+#: at K = 0 the metadata is worth more than TARGET_METADATA_GAIN nats; at K = 10 shuffled
+#: metadata loses at most TARGET_SHUFFLED_LOSS nats against withheld metadata.
+TARGET_ORACLE_GAP = 0.3
+TARGET_COVERAGE = (0.85, 0.95)
+TARGET_METADATA_GAIN = 0.1
+TARGET_SHUFFLED_LOSS = 0.2
+
+Log = Optional[Callable[[str], None]]
+
+
+def importance_metrics(predictive, y: torch.Tensor, mask: torch.Tensor) -> dict:
+    """:func:`~hierarchical_meta.predictive.point_metrics` and ``ess``, the mean effective sample size."""
+    return {**point_metrics(predictive, y, mask), "ess": float(predictive.effective_sample_size().mean())}
+
+
+def evaluate_model(meta_model: HierarchicalMetaModel, family: TaskFamily, config: Optional[EvalConfig] = None,
+                   num_samples: int = NUM_SAMPLES, progress: bool = False) -> dict:
+    """:func:`~hierarchical_meta.evaluate.evaluate` of the model's predictive, with its ESS per K."""
+    def predictor(batch):
+        return meta_model.predict(batch, num_samples=num_samples)[0]
+
+    metrics = evaluate(predictor, family, config, metrics=importance_metrics, progress=progress)
+    metrics["num_samples"] = num_samples
+    return metrics
+
+
+def run_fit(family: TaskFamily, model_config: ModelConfig, train_config: TrainConfig, out_dir: str,
+            eval_config: Optional[EvalConfig] = None, num_samples: int = NUM_SAMPLES,
+            progress: bool = True, log: Log = print) -> dict:
+    """Train (or resume from ``out_dir/model.pt``), evaluate and plot into ``out_dir``; returns the metrics.
+
+    The metrics dict is ``metrics.json``: :func:`evaluate_model`'s entries, the held-out ELBO and
+    KLs at the last step, the three configs and the training seconds. ``log`` receives the
+    status lines and the table (None: silent); ``progress`` shows bars while training and evaluating.
+    """
+    from .plots import plot_metrics_vs_shots, plot_predictions, plot_training_curve
+
+    eval_config = eval_config if eval_config is not None else EvalConfig()
+    log = log or (lambda text: None)
+    os.makedirs(out_dir, exist_ok=True)
+    torch.manual_seed(train_config.seed)  # the initial weights
+    meta_model = HierarchicalMetaModel(model_config)
+    tic = time.perf_counter()
+    history = fit(meta_model, family, train_config, out_dir=out_dir, progress=progress)
+    log(f"trained {train_config.steps} steps in {time.perf_counter() - tic:.0f}s -> {out_dir}/model.pt")
+
+    torch.manual_seed(train_config.seed)  # the importance samples
+    metrics = evaluate_model(meta_model, family, eval_config, num_samples=num_samples, progress=progress)
+    final = history["eval"][-1]  # held-out ELBO and KLs at the last step (train.heldout_elbo)
+    metrics.update({"elbo": final["elbo_per_point"], "kl_phi1": final["kl_phi1_per_task"],
+                    "kl_phi2": final["kl_phi2_per_task"], "model": dataclasses.asdict(model_config),
+                    "train": dataclasses.asdict(train_config), "eval": dataclasses.asdict(eval_config),
+                    "train_seconds": history["seconds"]})
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    write_metrics_csv(metrics, os.path.join(out_dir, "metrics.csv"))
+    plot_training_curve(history, os.path.join(out_dir, "training_curve.png"))
+    if family.x_dim == 1 and family.y_dim == 1:
+        shown = heldout_tasks(family, dataclasses.replace(eval_config, num_tasks=3), max(eval_config.shots))
+        plot_predictions(meta_model, shown, os.path.join(out_dir, "predictions.png"), family=family,
+                         num_samples=num_samples)
+    plot_metrics_vs_shots({"model": metrics}, os.path.join(out_dir, "loglik_vs_k.png"))
+    log(format_table(metrics))
+    return metrics
+
+
+def run_demo(out_dir: str, model_config: ModelConfig, train_config: TrainConfig,
+             eval_config: Optional[EvalConfig] = None, num_samples: int = NUM_SAMPLES,
+             progress: bool = True, log: Log = print) -> dict:
+    """The main job on sinusoid tasks: diagram, fits with and without metadata, targets.
+
+    Writes ``plate_diagram.svg``, ``with_metadata/`` and ``no_metadata/`` (:func:`run_fit`,
+    ``model_config.use_metadata`` set for each), ``loglik_vs_k.png`` and ``summary.json``;
+    returns the summary ``{"runs": {label: metrics}, "targets": check_targets(...)}``.
+    """
+    from .plots import plot_metrics_vs_shots
+    from .render import render_diagram
+
+    log = log or (lambda text: None)
+    os.makedirs(out_dir, exist_ok=True)
+    diagram = os.path.join(out_dir, "plate_diagram.svg")
+    render_diagram(path=diagram, guide=True)
+    log(f"wrote {diagram}")
+    family = SinusoidTasks()
+    runs = {}
+    for label, use_metadata, folder in (("with metadata", True, "with_metadata"),
+                                        ("metadata withheld", False, "no_metadata")):
+        log(f"== fit {label}")
+        config = dataclasses.replace(model_config, x_dim=family.x_dim, y_dim=family.y_dim,
+                                     metadata_dim=family.metadata_dim, use_metadata=use_metadata)
+        runs[label] = run_fit(family, config, train_config, os.path.join(out_dir, folder), eval_config,
+                              num_samples=num_samples, progress=progress, log=log)
+    plot_metrics_vs_shots(runs, os.path.join(out_dir, "loglik_vs_k.png"))
+    summary = {"runs": runs, "targets": check_targets(runs["with metadata"], runs["metadata withheld"])}
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    log(format_targets(summary["targets"]))
+    log(f"demo results under {out_dir}/")
+    return summary
+
+
+def check_targets(with_m: dict, without_m: dict) -> dict:
+    """The demo's quality targets (module constants): ``{name: {"value": measured, "met": bool}}``.
+
+    ``with_m`` and ``without_m`` are metrics dicts of :func:`run_fit` with the metadata used and
+    withheld; K = 0 and K = 10 must be among their shots.
+    """
+    low, high = TARGET_COVERAGE
+    targets = {}
+    for k, e in with_m["shots"].items():
+        gap = e["oracle_loglik"] - e["loglik"]
+        targets[f"K={k}: loglik within {TARGET_ORACLE_GAP} nats of exact Bayes"] = (gap, gap <= TARGET_ORACLE_GAP)
+        targets[f"K={k}: coverage90 in [{low}, {high}]"] = (e["coverage90"], low <= e["coverage90"] <= high)
+    margin = with_m["shots"]["0"]["loglik"] - without_m["shots"]["0"]["loglik"]
+    targets["K=0: metadata beats withheld metadata (nats)"] = (margin, margin > TARGET_METADATA_GAIN)
+    shuffled = with_m["shuffled_metadata"]["shots"]["10"]["loglik"] - without_m["shots"]["10"]["loglik"]
+    targets[f"K=10: shuffled m no worse than withheld by > {TARGET_SHUFFLED_LOSS} nats"] = (
+        shuffled, shuffled >= -TARGET_SHUFFLED_LOSS)
+    return {name: {"value": round(value, 3), "met": met} for name, (value, met) in targets.items()}
+
+
+def format_targets(targets: dict) -> str:
+    """The targets of :func:`check_targets`, one line each."""
+    return "\ntargets (measured value, met?)\n" + "\n".join(
+        f"  {'ok  ' if t['met'] else 'MISS'} {name}: {t['value']}" for name, t in targets.items())
+
+
+def _shuffled(metrics: dict, k: str) -> dict:
+    """The shuffled-metadata scores at K = k; NaN when they were not computed."""
+    nan = {"loglik": float("nan"), "coverage90": float("nan")}
+    return metrics["shuffled_metadata"]["shots"][k] if "shuffled_metadata" in metrics else nan
+
+
+def write_metrics_csv(metrics: dict, path: str) -> None:
+    """One row per K: the model, the shuffled-metadata model and the reference side by side."""
+    keys = sorted({key for entry in metrics["shots"].values() for key in entry})
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["K"] + keys + ["shuffled_loglik", "shuffled_coverage90"])
+        for k, entry in metrics["shots"].items():
+            shuffled = _shuffled(metrics, k)
+            writer.writerow([k] + [f"{entry.get(key, float('nan')):.4f}" for key in keys]
+                            + [f"{shuffled['loglik']:.4f}", f"{shuffled['coverage90']:.4f}"])
+
+
+def format_table(metrics: dict) -> str:
+    """The metrics of :func:`run_fit` per K as a text table."""
+    lines = [f"{'K':>3} {'loglik':>8} {'oracle':>8} {'mse':>7} {'cov90':>6} {'shuffled':>9} {'ESS':>6}"]
+    for k, e in metrics["shots"].items():
+        lines.append(f"{k:>3} {e['loglik']:8.3f} {e.get('oracle_loglik', float('nan')):8.3f} {e['mse']:7.3f} "
+                     f"{e['coverage90']:6.2f} {_shuffled(metrics, k)['loglik']:9.3f} "
+                     f"{e['ess']:6.0f}")
+    if "noise_floor_loglik" in metrics:
+        lines.append(f"noise floor {metrics['noise_floor_loglik']:.3f} nats/point; held-out ELBO "
+                     f"{metrics['elbo']:.3f}; KL φ1 {metrics['kl_phi1']:.2f}, KL φ2 {metrics['kl_phi2']:.2f} nats/task")
+    return "\n".join(lines)
