@@ -180,7 +180,7 @@ def test_predict_scores_query_points_with_y(fitted, tmp_path):
     (TASK_FILE.replace("task,role,x,y", "task,role,x1,y"), "missing column(s) ['x']"),  # 2-D x for a 1-D model
     (TASK_FILE.replace("a,support,0.3,1.2", "a,support,0.3,nan"), "NaN or infinite"),
     (TASK_FILE.replace("a,support,0.3,1.2", "a,support,inf,1.2"), "NaN or infinite"),
-    (TASK_FILE.replace("b,query,-2.0,,1.0,-0.4", "b,query,-2.0,,1.0,-inf"), "NaN or infinite"),
+    (TASK_FILE.replace("b,query,-2.0,,1.0,-0.4", "b,query,-2.0,,1.0,-inf"), "is infinite"),
     (TASK_FILE.replace("a,support,0.3,1.2", "a,support,0.3,"), "is not a number"),
     (TASK_FILE.replace("a,support,0.3", "a,context,0.3"), "role must be 'support' or 'query'"),
     ("task,role,x,y,m1,m2\n", "no rows"),
