@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import matplotlib
 import torch
@@ -126,7 +126,7 @@ def run_render(out: str, guide: bool) -> None:
     print(f"wrote {out}")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     matplotlib.use("Agg")  # files only, no windows
     torch.set_num_threads(1)  # these networks are small: one thread is fastest on 2 cores

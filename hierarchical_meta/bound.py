@@ -20,7 +20,6 @@ guide, or an exact posterior in tests).
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from torch.distributions import kl_divergence
@@ -46,7 +45,7 @@ def _joint_terms(model, guide, x, y, metadata, mask, num_particles):
 
 
 def elbo_terms(model, guide, x: torch.Tensor, y: torch.Tensor, metadata: torch.Tensor,
-               mask: Optional[torch.Tensor] = None, num_particles: int = 1,
+               mask: torch.Tensor | None = None, num_particles: int = 1,
                analytic_phi1_kl: bool = True) -> dict:
     """Monte Carlo estimates of each term of the bound, per task ([T] each).
 

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -42,7 +43,7 @@ SHOTS = (0, 1, 2, 5, 10)
 #: TaskBatch -> predictive distribution of its query points (None: no prediction, skipped).
 Predictor = Callable[[TaskBatch], Any]
 #: (predictive, y_query [T, Q, Dy], query_mask [T, Q]) -> {metric: mean over the unmasked points}.
-Metrics = Callable[[Any, torch.Tensor, torch.Tensor], Dict[str, float]]
+Metrics = Callable[[Any, torch.Tensor, torch.Tensor], dict[str, float]]
 
 
 @dataclasses.dataclass
@@ -54,7 +55,7 @@ class EvalConfig:
     ``shuffled_metadata`` also scores the predictor with every task given another's metadata.
     """
 
-    shots: Tuple[int, ...] = SHOTS
+    shots: tuple[int, ...] = SHOTS
     num_tasks: int = 200
     num_query: int = 50
     seed: int = 1234
@@ -89,8 +90,8 @@ def shuffle_metadata(batch: TaskBatch) -> TaskBatch:
     return batch.with_metadata(batch.metadata.roll(1, 0))
 
 
-def _pooled(predictor: Predictor, batches: List[TaskBatch], chunk: int, metrics: Metrics,
-            bar) -> Optional[Dict[str, float]]:
+def _pooled(predictor: Predictor, batches: list[TaskBatch], chunk: int, metrics: Metrics,
+            bar) -> dict[str, float] | None:
     """``metrics`` of ``predictor`` averaged over chunks of ``batches``, weighted by query points.
 
     None as soon as the predictor returns None (a family without a reference).
@@ -113,7 +114,7 @@ def _pooled(predictor: Predictor, batches: List[TaskBatch], chunk: int, metrics:
 
 
 @torch.no_grad()
-def evaluate(predictor: Predictor, family: TaskFamily, config: Optional[EvalConfig] = None,
+def evaluate(predictor: Predictor, family: TaskFamily, config: EvalConfig | None = None,
              metrics: Metrics = point_metrics, progress: bool = False) -> dict:
     """Metrics per K on held-out tasks (see the module docstring); a JSON-ready dict.
 

@@ -26,8 +26,6 @@ class index and the point encoder reads its one-hot vector: enc([x_n, onehot(y_n
 
 from __future__ import annotations
 
-from typing import Optional
-
 import pyro
 import pyro.distributions as dist
 import torch
@@ -41,7 +39,7 @@ __all__ = ["AmortizedGuide"]
 class AmortizedGuide(nn.Module):
     def __init__(self, x_dim: int = 1, y_dim: int = 1, metadata_dim: int = 2, latent_dim: int = 4,
                  hidden: int = 64, layers: int = 2, sees_metadata: bool = False,
-                 num_classes: Optional[int] = None):
+                 num_classes: int | None = None):
         super().__init__()
         D, M = latent_dim, 2 * metadata_dim
         self.latent_dim, self.sees_metadata, self.num_classes = latent_dim, sees_metadata, num_classes
@@ -64,7 +62,7 @@ class AmortizedGuide(nn.Module):
         return nn.functional.one_hot(labels.long(), self.num_classes).to(y)
 
     def phi2_posterior(self, x: torch.Tensor, y: torch.Tensor, metadata: torch.Tensor,
-                       mask: Optional[torch.Tensor] = None) -> dist.Distribution:
+                       mask: torch.Tensor | None = None) -> dist.Distribution:
         """q(φ2 | X, Y[, m]): x [T, N, Dx], y [T, N, Dy], metadata [T, Dm] -> batch [T, 1], event [D]."""
         D = self.latent_dim
         if self.sees_metadata:
@@ -90,8 +88,8 @@ class AmortizedGuide(nn.Module):
         loc, raw = self.phi1_encoder(cat_broadcast([phi2, metadata_features(metadata)])).split(self.latent_dim, -1)
         return dist.Normal(loc, positive(raw)).to_event(1)
 
-    def forward(self, x: torch.Tensor, metadata: torch.Tensor, y: Optional[torch.Tensor] = None,
-                mask: Optional[torch.Tensor] = None, latent_scale: float = 1.0):
+    def forward(self, x: torch.Tensor, metadata: torch.Tensor, y: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None, latent_scale: float = 1.0):
         """The Pyro guide; same arguments as :class:`~hierarchical_meta.model.GenerativeModel`."""
         pyro.module("guide", self)
         T = x.shape[0]

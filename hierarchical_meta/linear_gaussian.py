@@ -22,18 +22,16 @@ mixed-model baseline's random effects.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
-
 import torch
 
 __all__ = ["posterior", "predictive"]
 
-Variance = Union[float, torch.Tensor]
+Variance = float | torch.Tensor
 
 
 def posterior(prior_cov: torch.Tensor, features: torch.Tensor, targets: torch.Tensor,
-              noise_var: Variance, mask: Optional[torch.Tensor] = None,
-              prior_mean: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+              noise_var: Variance, mask: torch.Tensor | None = None,
+              prior_mean: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The posterior of w given the unmasked measurements (see the module docstring).
 
     Args:
@@ -73,7 +71,7 @@ def posterior(prior_cov: torch.Tensor, features: torch.Tensor, targets: torch.Te
 
 
 def predictive(features: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor,
-               noise_var: Variance) -> Tuple[torch.Tensor, torch.Tensor]:
+               noise_var: Variance) -> tuple[torch.Tensor, torch.Tensor]:
     """Predictive mean and variance of y_q = h_qᵀ w + ε_q for w ~ N(mean, cov).
 
     Args:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
-from typing import Optional
 
 import torch
 from torch import nn
@@ -48,9 +47,9 @@ class ModelConfig:
     decoder: str = "features"
     guide_sees_metadata: bool = True
     use_metadata: bool = True
-    noise_std: Optional[float] = None
+    noise_std: float | None = None
     likelihood: str = "normal"
-    num_classes: Optional[int] = None
+    num_classes: int | None = None
 
     def __post_init__(self):
         for name in ("x_dim", "y_dim", "metadata_dim", "latent_dim", "hidden"):
@@ -71,7 +70,7 @@ class HierarchicalMetaModel(nn.Module):
     Train with :func:`hierarchical_meta.train.fit`; predict with :meth:`predict`.
     """
 
-    def __init__(self, config: Optional[ModelConfig] = None, **kwargs):
+    def __init__(self, config: ModelConfig | None = None, **kwargs):
         super().__init__()
         self.config = config if config is not None else ModelConfig(**kwargs)
         c = self.config

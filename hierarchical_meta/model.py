@@ -37,7 +37,6 @@ NaN count as missing (:func:`~hierarchical_meta.networks.metadata_features`).
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import pyro
 import pyro.distributions as dist
@@ -54,8 +53,8 @@ DECODERS = ("features", "mlp")
 LIKELIHOODS = ("normal", "categorical")
 
 
-def check_likelihood(likelihood: str, num_classes: Optional[int], y_dim: int,
-                     noise_std: Optional[float] = None) -> None:
+def check_likelihood(likelihood: str, num_classes: int | None, y_dim: int,
+                     noise_std: float | None = None) -> None:
     """Raise ``ValueError`` unless the likelihood options fit together (shared by the config)."""
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
@@ -76,8 +75,8 @@ def check_likelihood(likelihood: str, num_classes: Optional[int], y_dim: int,
 class GenerativeModel(nn.Module):
     def __init__(self, x_dim: int = 1, y_dim: int = 1, metadata_dim: int = 2, latent_dim: int = 4,
                  hidden: int = 64, layers: int = 2, prior: str = "mlp", decoder: str = "features",
-                 noise_std: Optional[float] = None, likelihood: str = "normal",
-                 num_classes: Optional[int] = None):
+                 noise_std: float | None = None, likelihood: str = "normal",
+                 num_classes: int | None = None):
         super().__init__()
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
@@ -156,8 +155,8 @@ class GenerativeModel(nn.Module):
         return dist.Normal(f, self.noise_std().expand(f.shape)).to_event(1)
 
     # -- the Pyro model -------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, metadata: torch.Tensor, y: Optional[torch.Tensor] = None,
-                mask: Optional[torch.Tensor] = None, latent_scale: float = 1.0):
+    def forward(self, x: torch.Tensor, metadata: torch.Tensor, y: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None, latent_scale: float = 1.0):
         """x [T, N, Dx], metadata [T, Dm], y [T, N, Dy] (categorical: class indices, Dy = 1)
         or None, mask [T, N] bool.
 

@@ -6,7 +6,7 @@ so Pyro's vectorized particles (an extra leading dim) pass straight through.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -15,7 +15,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -39,7 +39,7 @@ TARGET_COVERAGE = (0.85, 0.95)
 TARGET_METADATA_GAIN = 0.1
 TARGET_SHUFFLED_LOSS = 0.2
 
-Log = Optional[Callable[[str], None]]
+Log = Callable[[str], None] | None
 
 
 def importance_metrics(predictive, y: torch.Tensor, mask: torch.Tensor) -> dict:
@@ -47,7 +47,7 @@ def importance_metrics(predictive, y: torch.Tensor, mask: torch.Tensor) -> dict:
     return {**point_metrics(predictive, y, mask), "ess": float(predictive.effective_sample_size().mean())}
 
 
-def evaluate_model(meta_model: HierarchicalMetaModel, family: TaskFamily, config: Optional[EvalConfig] = None,
+def evaluate_model(meta_model: HierarchicalMetaModel, family: TaskFamily, config: EvalConfig | None = None,
                    num_samples: int = NUM_SAMPLES, progress: bool = False) -> dict:
     """:func:`~hierarchical_meta.evaluate.evaluate` of the model's predictive, with its ESS per K."""
     def predictor(batch):
@@ -59,7 +59,7 @@ def evaluate_model(meta_model: HierarchicalMetaModel, family: TaskFamily, config
 
 
 def run_fit(family: TaskFamily, model_config: ModelConfig, train_config: TrainConfig, out_dir: str,
-            eval_config: Optional[EvalConfig] = None, num_samples: int = NUM_SAMPLES,
+            eval_config: EvalConfig | None = None, num_samples: int = NUM_SAMPLES,
             progress: bool = True, log: Log = print) -> dict:
     """Train (or resume from ``out_dir/model.pt``), evaluate and plot into ``out_dir``; returns the metrics.
 
@@ -99,7 +99,7 @@ def run_fit(family: TaskFamily, model_config: ModelConfig, train_config: TrainCo
 
 
 def run_demo(out_dir: str, model_config: ModelConfig, train_config: TrainConfig,
-             eval_config: Optional[EvalConfig] = None, num_samples: int = NUM_SAMPLES,
+             eval_config: EvalConfig | None = None, num_samples: int = NUM_SAMPLES,
              progress: bool = True, log: Log = print) -> dict:
     """The main job on sinusoid tasks: diagram, fits with and without metadata, targets.
 

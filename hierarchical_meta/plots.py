@@ -6,7 +6,7 @@ the caller (the command line chooses a non-interactive one).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import torch
@@ -22,7 +22,8 @@ def plot_training_curve(history: dict, path: str) -> None:
     loss = torch.tensor(history["loss"])
     window = max(1, len(loss) // 100)
     smooth = loss.unfold(0, window, window).mean(1) if len(loss) >= window else loss
-    ax.plot(torch.arange(len(smooth)) * window + window, -smooth, lw=1, label="train ELBO / point (β-weighted; ragged tasks, corrupted m)")
+    ax.plot(torch.arange(len(smooth)) * window + window, -smooth, lw=1,
+            label="train ELBO / point (β-weighted; ragged tasks, corrupted m)")
     if history["eval"]:
         ax.plot(history["eval_step"], [e["elbo_per_point"] for e in history["eval"]], "o-", ms=3,
                 label="held-out ELBO / point")
@@ -31,10 +32,14 @@ def plot_training_curve(history: dict, path: str) -> None:
     lows = sorted((-smooth).tolist())
     if lows:
         ax.set_ylim(lows[len(lows) // 20] - 0.5, max(lows) + 0.3)
-    ax.set_xlabel("SVI step"); ax.set_ylabel("nats per point"); ax.legend(fontsize=8)
-    ax_kl.set_xlabel("SVI step"); ax_kl.set_ylabel("nats per task"); ax_kl.legend(fontsize=8)
+    ax.set(xlabel="SVI step", ylabel="nats per point")
+    ax.legend(fontsize=8)
+    ax_kl.set(xlabel="SVI step", ylabel="nats per task")
+    ax_kl.legend(fontsize=8)
     ax_kl.set_title("each latent's KL (held-out)", fontsize=9)
-    fig.tight_layout(); fig.savefig(path, dpi=120); plt.close(fig)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _bands(predictive):
@@ -44,9 +49,9 @@ def _bands(predictive):
 
 
 @torch.no_grad()
-def plot_predictions(meta_model, batch: TaskBatch, path: str, family: Optional[TaskFamily] = None,
+def plot_predictions(meta_model, batch: TaskBatch, path: str, family: TaskFamily | None = None,
                      shots: Sequence[int] = (0, 1, 5, 10), num_tasks: int = 3,
-                     num_samples: int = 2048, x_range: Optional[tuple] = None) -> None:
+                     num_samples: int = 2048, x_range: tuple | None = None) -> None:
     """Posterior predictive mean and central 90% band on a grid of x, per task and K.
 
     Only for one-dimensional x and y. The exact-Bayes band is dashed where the family has one.
@@ -78,7 +83,9 @@ def plot_predictions(meta_model, batch: TaskBatch, path: str, family: Optional[T
             if row == 0:
                 ax.set_title(f"K = {k}")
     axes[0][0].legend(fontsize=7, loc="upper left")
-    fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot_metrics_vs_shots(results: dict, path: str, metric: str = "loglik") -> None:
@@ -97,5 +104,8 @@ def plot_metrics_vs_shots(results: dict, path: str, metric: str = "loglik") -> N
             oracle_drawn = True
         if metric == "loglik" and "noise_floor_loglik" in metrics and i == 0:
             ax.axhline(metrics["noise_floor_loglik"], color="0.5", lw=0.8, label="noise floor")
-    ax.set_xlabel("support points K"); ax.set_ylabel({"loglik": "held-out loglik / point (nats)"}.get(metric, metric))
-    ax.legend(fontsize=8); fig.tight_layout(); fig.savefig(path, dpi=120); plt.close(fig)
+    ax.set(xlabel="support points K", ylabel={"loglik": "held-out loglik / point (nats)"}.get(metric, metric))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

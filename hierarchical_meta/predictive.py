@@ -21,7 +21,6 @@ with ``logits`` f [T, S, Q, C] and y a class index stored as a float, [T, Q, 1].
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import torch
 
@@ -110,7 +109,7 @@ class CategoricalMixturePredictive(_Weighted):
         return self.log_probs.argmax(-1)
 
 
-def point_metrics(predictive, y: torch.Tensor, mask: Optional[torch.Tensor] = None,
+def point_metrics(predictive, y: torch.Tensor, mask: torch.Tensor | None = None,
                   level: float = 0.9) -> dict:
     """Per-query-point metrics averaged over the unmasked points of all tasks.
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Callable, Dict, List, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -53,7 +53,7 @@ INSTALL_DOT = ("install Graphviz, which provides it: `sudo apt-get install graph
 
 
 # -- inputs --------------------------------------------------------------------------------
-def dummy_inputs(config, tasks: int = 2, points: int = 3) -> Tuple[torch.Tensor, ...]:
+def dummy_inputs(config, tasks: int = 2, points: int = 3) -> tuple[torch.Tensor, ...]:
     """Small random ``(x, metadata, y, mask)`` with the dimensions of ``config``.
 
     x [tasks, points, Dx], metadata [tasks, Dm], y [tasks, points, Dy], mask [tasks, points].
@@ -81,7 +81,7 @@ def _default_meta_model(meta_model):
 
 
 # -- relations derived from the code ----------------------------------------------------
-def param_dependencies(fn: Callable, module: nn.Module, args: Sequence, prefix: str) -> Dict[str, List[str]]:
+def param_dependencies(fn: Callable, module: nn.Module, args: Sequence, prefix: str) -> dict[str, list[str]]:
     """For each sample site of ``fn(*args)``: the parameters of ``module`` its log-density reads.
 
     The values of all sites are detached first (``poutine.condition``), so a site lists
@@ -102,7 +102,7 @@ def param_dependencies(fn: Callable, module: nn.Module, args: Sequence, prefix: 
         used = []
         if log_prob.requires_grad:
             grads = torch.autograd.grad(log_prob, [p for _, p in named], allow_unused=True)
-            used = [f"{prefix}$$${n}" for (n, _), g in zip(named, grads) if g is not None]
+            used = [f"{prefix}$$${n}" for (n, _), g in zip(named, grads, strict=False) if g is not None]
         found[name] = used
     return found
 
@@ -222,7 +222,7 @@ def plate_diagram(meta_model=None, guide: bool = False, tasks: int = 2, points: 
     return graph
 
 
-def _legend(entries: Sequence[Tuple[str, str, str]]) -> str:
+def _legend(entries: Sequence[tuple[str, str, str]]) -> str:
     """An HTML-like caption: per edge style, a short line drawn in that style and its meaning."""
     rows = "".join(
         f'<tr><td width="36" sides="b" border="1" style="{style}" color="{color}"> </td>'
@@ -238,7 +238,7 @@ def _require_dot() -> None:
 
 
 def render_diagram(path: str, meta_model=None, guide: bool = False, tasks: int = 2,
-                   points: int = 3) -> Tuple[str, str]:
+                   points: int = 3) -> tuple[str, str]:
     """Write the plate diagram to ``path`` (.svg, .png or .pdf) and its DOT source beside it.
 
     The DOT source, exactly what was rendered, goes to the same stem with suffix ``.dot``

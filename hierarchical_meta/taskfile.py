@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import math
 import re
-from typing import List, Tuple
 
 import torch
 
@@ -33,7 +32,7 @@ from .tasks import TaskBatch
 __all__ = ["column_names", "read_task_file", "write_predictions"]
 
 
-def column_names(prefix: str, dim: int) -> List[str]:
+def column_names(prefix: str, dim: int) -> list[str]:
     return [prefix] if dim == 1 else [f"{prefix}{i + 1}" for i in range(dim)]
 
 
@@ -63,12 +62,12 @@ def _number(text: str, where: str) -> float:
         raise ValueError(f"{where}: {text!r} is not a number") from None
 
 
-def _same(a: List[float], b: List[float]) -> bool:
+def _same(a: list[float], b: list[float]) -> bool:
     """Equal metadata rows, NaN (missing) matching NaN."""
-    return all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(a, b))
+    return all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(a, b, strict=False))
 
 
-def read_task_file(path: str, x_dim: int, y_dim: int, metadata_dim: int) -> Tuple[TaskBatch, List[str], bool]:
+def read_task_file(path: str, x_dim: int, y_dim: int, metadata_dim: int) -> tuple[TaskBatch, list[str], bool]:
     """Parse ``path`` into a padded :class:`TaskBatch`; returns ``(batch, task_labels, has_query_y)``."""
     xs, ys = column_names("x", x_dim), column_names("y", y_dim)
     ms = column_names("m", metadata_dim) if metadata_dim > 1 else ["m"]
@@ -86,7 +85,8 @@ def read_task_file(path: str, x_dim: int, y_dim: int, metadata_dim: int) -> Tupl
             dims = {"x": x_dim, "y": y_dim, "m": metadata_dim}
             if match and int(match.group(2)) > dims[match.group(1)]:
                 raise ValueError(f"{path}: column {name!r} does not fit the model, which takes "
-                                 f"{dims[match.group(1)]} {match.group(1)} column(s) {column_names(match.group(1), dims[match.group(1)])}")
+                                 f"{dims[match.group(1)]} {match.group(1)} column(s) "
+                                 f"{column_names(match.group(1), dims[match.group(1)])}")
         tasks = {}
         for line, row in enumerate(reader, start=2):
             where = f"{path}, line {line}"
@@ -133,7 +133,7 @@ def read_task_file(path: str, x_dim: int, y_dim: int, metadata_dim: int) -> Tupl
             labels, all(has_y))
 
 
-def write_predictions(path: str, batch: TaskBatch, labels: List[str], predictive, score: bool) -> None:
+def write_predictions(path: str, batch: TaskBatch, labels: list[str], predictive, score: bool) -> None:
     """One row per query point: task, inputs, mean, q05, q95 (and loglik when ``score``)."""
     x_dim, y_dim = batch.x_query.shape[-1], batch.y_query.shape[-1]
     mean, low, high = predictive.predictive_mean(), predictive.quantile(0.05), predictive.quantile(0.95)

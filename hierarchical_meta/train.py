@@ -20,7 +20,7 @@ import dataclasses
 import math
 import os
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import pyro
 import torch
@@ -117,8 +117,8 @@ def heldout_elbo(meta_model: HierarchicalMetaModel, batch: TaskBatch, num_partic
 
 
 def fit(meta_model: HierarchicalMetaModel, family: TaskFamily, config: TrainConfig,
-        out_dir: Optional[str] = None, progress: bool = True,
-        callback: Optional[Callable[[int, dict], None]] = None) -> dict:
+        out_dir: str | None = None, progress: bool = True,
+        callback: Callable[[int, dict], None] | None = None) -> dict:
     """Train ``meta_model`` on tasks from ``family``; returns the history dict.
 
     With ``out_dir``, resumes from ``out_dir/model.pt`` if present (same model config

@@ -27,7 +27,8 @@ __all__ = ["run_benchmark", "main", "DEFAULT_REPEATS"]
 DEFAULT_REPEATS = 20  # timed steps per method and implementation
 
 
-def run_benchmark(device="cpu", repeats: int = DEFAULT_REPEATS, layers: int = DEFAULTS["layers"], hidden: int = DEFAULTS["hidden"],
+def run_benchmark(device="cpu", repeats: int = DEFAULT_REPEATS, layers: int = DEFAULTS["layers"],
+                  hidden: int = DEFAULTS["hidden"],
                   inner_steps: int = DEFAULTS["inner_steps"], num_tasks: int = NUM_TASKS, pairs: int = PAIRS,
                   seed: int = 0, methods=None) -> dict[tuple[str, str], list[float]]:
     """Times (ms) of one meta-gradient per (method, impl), measured round-robin."""
@@ -60,7 +61,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default=None, help="'cpu' or 'cuda' (default: cuda if available, else cpu)")
     parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
                         help=f"timed steps per method and implementation (default {DEFAULT_REPEATS})")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads before timing (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads before timing (default: torch's)")
     args = parser.parse_args(argv)
     try:
         device = resolve_device(args.device)

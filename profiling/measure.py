@@ -26,8 +26,8 @@ import os
 import statistics
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile

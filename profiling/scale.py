@@ -33,8 +33,19 @@ from .algorithms import IMPLEMENTATIONS, METHODS
 from .growth import summary_text
 from .measure import resolve_device
 from .plots import draw_all
-from .study import (REPEATS, SECONDS_PER_CONFIG, SWEEP_PARAMETER, SWEEPS, Config, StudyConfig, append_row,
-                    failed_row, measure_config, read_rows, row_key)
+from .study import (
+    REPEATS,
+    SECONDS_PER_CONFIG,
+    SWEEP_PARAMETER,
+    SWEEPS,
+    Config,
+    StudyConfig,
+    append_row,
+    failed_row,
+    measure_config,
+    read_rows,
+    row_key,
+)
 
 __all__ = ["main", "run_study", "write_report", "parse_args"]
 
@@ -72,7 +83,8 @@ def parse_args(argv=None) -> tuple[StudyConfig, argparse.Namespace]:
         prog="python -m profiling.scale", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default=d.device,
-                        help="'cpu' or 'cuda' (default: cuda if available, else cpu; asking for cuda without one is an error)")
+                        help="'cpu' or 'cuda' (default: cuda if available, else cpu; "
+                             "asking for cuda without one is an error)")
     parser.add_argument("--sweeps", type=_choices(list(SWEEP_PARAMETER)), default=d.sweeps,
                         help=f"comma-separated subset of {','.join(SWEEP_PARAMETER)} (default: all)")
     parser.add_argument("--methods", type=_choices(list(METHODS)), default=d.methods,
@@ -84,16 +96,19 @@ def parse_args(argv=None) -> tuple[StudyConfig, argparse.Namespace]:
                         help=f"timed outer steps per configuration, after warm-up (default {REPEATS['full']}; "
                              f"{REPEATS['quick']} with --quick); capped so one configuration takes about "
                              "--seconds-per-config")
-    parser.add_argument("--warmup", type=int, default=d.warmup, help=f"untimed outer steps before timing (default {d.warmup})")
+    parser.add_argument("--warmup", type=int, default=d.warmup,
+                        help=f"untimed outer steps before timing (default {d.warmup})")
     parser.add_argument("--seconds-per-config", type=float, default=d.seconds_per_config,
-                        help=f"time budget for the repeats of one configuration (default {SECONDS_PER_CONFIG['full']:g} s; "
+                        help="time budget for the repeats of one configuration "
+                             f"(default {SECONDS_PER_CONFIG['full']:g} s; "
                              f"{SECONDS_PER_CONFIG['quick']:g} s with --quick)")
     parser.add_argument("--quick", action="store_true",
                         help=f"small sweeps ({_values('quick')}) and few repeats: a smoke run")
     parser.add_argument("--steps", type=_positive_int_list, default=d.steps,
                         help=f"override the inner-step values (default {','.join(map(str, SWEEPS['full']['steps']))})")
     parser.add_argument("--layers", type=_positive_int_list, default=d.layers,
-                        help=f"override the hidden-layer values (default {','.join(map(str, SWEEPS['full']['layers']))})")
+                        help="override the hidden-layer values "
+                             f"(default {','.join(map(str, SWEEPS['full']['layers']))})")
     parser.add_argument("--units", type=_positive_int_list, default=d.units,
                         help=f"override the hidden-unit values (default {','.join(map(str, SWEEPS['full']['units']))})")
     parser.add_argument("--base-steps", type=int, default=d.base_steps,
@@ -209,7 +224,7 @@ def run_study(config: StudyConfig, out_dir: str, command: str) -> str:
 
 
 def write_report(config: StudyConfig, out_dir: str, command: str) -> str:
-    """Draw the plots and write ``summary.txt`` from the rows of ``config`` in ``out_dir/scale.csv``; returns the summary."""
+    """Draw the plots and write ``summary.txt`` from ``config``'s rows of ``out_dir/scale.csv``; returns the summary."""
     wanted = {c.key() for c in config.configurations()}
     rows = [r for r in read_rows(os.path.join(out_dir, "scale.csv")) if row_key(r) in wanted]
     draw_all(rows, out_dir, command)

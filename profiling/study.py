@@ -18,7 +18,6 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 import torch
 
@@ -91,18 +90,18 @@ class StudyConfig:
     sweeps: tuple = tuple(SWEEP_PARAMETER)
     impl: str = DEFAULT_IMPL
     quick: bool = False
-    steps: Optional[tuple] = None
-    layers: Optional[tuple] = None
-    units: Optional[tuple] = None
+    steps: tuple | None = None
+    layers: tuple | None = None
+    units: tuple | None = None
     base_steps: int = DEFAULTS["inner_steps"]
     base_layers: int = DEFAULTS["layers"]
     base_units: int = DEFAULTS["hidden"]
-    repeats: Optional[int] = None
+    repeats: int | None = None
     warmup: int = WARMUP
-    seconds_per_config: Optional[float] = None
+    seconds_per_config: float | None = None
     isolation: str = "process"
-    threads: Optional[int] = None
-    device: Optional[str] = None
+    threads: int | None = None
+    device: str | None = None
 
     def __post_init__(self):
         for name in ("methods", "sweeps", "steps", "layers", "units"):

@@ -67,11 +67,11 @@ class SinusoidBatch:
     def num_tasks(self) -> int:
         return self.x_support.shape[0]
 
-    def to(self, device=None, dtype=None) -> "SinusoidBatch":
+    def to(self, device=None, dtype=None) -> SinusoidBatch:
         """The same tasks with every tensor moved to ``device`` and/or cast to ``dtype``."""
         return SinusoidBatch(**{k: getattr(self, k).to(device=device, dtype=dtype) for k in self.keys()})
 
-    def task(self, index: int) -> "SinusoidBatch":
+    def task(self, index: int) -> SinusoidBatch:
         """Task ``index`` alone, as a batch of one (e.g. for a per-task reference in a test)."""
         return SinusoidBatch(**{k: getattr(self, k)[index : index + 1] for k in self.keys()})
 

@@ -17,6 +17,7 @@ import math
 
 import pytest
 import torch
+from test_bound import EXACT, PARTICLES, SIZES, pyro_loss, trace_elbo
 
 from examples.memorization import BayesianModelPredictor, make_scenario
 from hierarchical_meta import bound
@@ -27,8 +28,6 @@ from hierarchical_meta.model import DECODERS, PRIORS, GenerativeModel
 from hierarchical_meta.predict import posterior_predictive
 from hierarchical_meta.predictive import CategoricalMixturePredictive, point_metrics
 from hierarchical_meta.train import TrainConfig, fit
-from test_bound import EXACT, PARTICLES, SIZES, pyro_loss, trace_elbo
-
 
 T, N, DX, DM, D, C = 4, 5, 2, 2, 2, 3  # tasks, max points, dims of x, m, latents; classes
 
@@ -130,7 +129,7 @@ def test_bound_equals_trace_elbo_on_same_draws(prior, decoder):
     pyro_grads = torch.autograd.grad(loss, params)
     our_grads = torch.autograd.grad(-terms["elbo"].sum(), params)
     assert any(g.abs().max() > 1e-3 for g in our_grads)  # the comparison is not vacuous
-    for ours, theirs in zip(our_grads, pyro_grads):
+    for ours, theirs in zip(our_grads, pyro_grads, strict=False):
         torch.testing.assert_close(ours, theirs, **EXACT)
 
 

@@ -4,7 +4,6 @@ The study built on the probe (scenario families and their oracles, trained learn
 driver) is tested in tests/test_memorization_study.py.
 """
 
-import dataclasses
 import math
 
 import pytest

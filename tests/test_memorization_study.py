@@ -8,9 +8,19 @@ import math
 import pytest
 import torch
 
-from examples.memorization import (SCENARIOS, BayesianModelPredictor, ConditionalNeuralProcess, DiseaseTasks,
-                                   GraspTasks, MAMLRegressor, PooledNetwork, TaskIdBasisTasks, fit_episodic,
-                                   fit_maml, make_scenario)
+from examples.memorization import (
+    SCENARIOS,
+    BayesianModelPredictor,
+    ConditionalNeuralProcess,
+    DiseaseTasks,
+    GraspTasks,
+    MAMLRegressor,
+    PooledNetwork,
+    TaskIdBasisTasks,
+    fit_episodic,
+    fit_maml,
+    make_scenario,
+)
 from examples.memorization.__main__ import main
 from hierarchical_meta.memorization import probe
 from hierarchical_meta.meta_model import HierarchicalMetaModel
@@ -67,7 +77,8 @@ def test_finite_training_tasks_are_fixed_and_held_out_tasks_new():
     grasp = GraspTasks(seed=1)
     train, val = grasp.sample(32, 5, 20, generator=g), grasp.sample(32, 5, 20, split="val", generator=g)
     test = grasp.sample(32, 5, 20, split="test", generator=g)
-    assert torch.isin(train.params["goal"], grasp.train_goals).all() and torch.isin(val.params["goal"], grasp.train_goals).all()
+    assert torch.isin(train.params["goal"], grasp.train_goals).all()
+    assert torch.isin(val.params["goal"], grasp.train_goals).all()
     assert not torch.isin(test.params["goal"], grasp.train_goals).any()
     ident = TaskIdBasisTasks(seed=1)
     train = ident.sample(32, 10, 10, generator=g)

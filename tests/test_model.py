@@ -23,7 +23,6 @@ from hierarchical_meta.meta_model import HierarchicalMetaModel, ModelConfig
 from hierarchical_meta.model import DECODERS, PRIORS, GenerativeModel
 from hierarchical_meta.networks import metadata_features, positive
 
-
 T, N, D, DX, DY, DM, S = 3, 5, 2, 1, 1, 2, 4
 TOL = dict(rtol=1e-5, atol=1e-5)
 

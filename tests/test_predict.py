@@ -24,7 +24,6 @@ from hierarchical_meta.predict import posterior_predictive
 from hierarchical_meta.predictive import MixturePredictive, point_metrics
 from hierarchical_meta.tasks import BasisFunctionTasks, SinusoidTasks, TaskBatch, TaskFamily
 
-
 Z95 = 1.6448536269514722  # standard normal 0.95 quantile
 
 
@@ -128,7 +127,9 @@ def test_point_metrics_ignores_masked_points():
         sub = MixturePredictive(p.log_weights[t:t + 1], p.mean[t:t + 1, :, keep], p.std[t:t + 1, :, keep])
         m = point_metrics(sub, y[t:t + 1, keep])
         n = int(keep.sum())
-        logp.append(m["loglik"] * n); sq.append(m["mse"] * n); inside.append(m["coverage90"] * n)
+        logp.append(m["loglik"] * n)
+        sq.append(m["mse"] * n)
+        inside.append(m["coverage90"] * n)
     n = int(mask.sum())
     assert metrics["loglik"] == pytest.approx(sum(logp) / n, abs=1e-5)
     assert metrics["mse"] == pytest.approx(sum(sq) / n, abs=1e-5)
@@ -277,7 +278,8 @@ def test_importance_predictive_converges_to_the_linear_gaussian_closed_form(zero
     from the MC error: with S = 2^14 draws, |estimate - exact| < 5 se for every query point
     and task (se is the estimator's own delta-method standard error; 5 se makes a false
     alarm ~1e-6 per check; the SNIS bias is O(1/S), far below se), and the relative se is
-    < 5% (the far-tail points are the hardest), so the check has power. Convergence: the mean relative error over points drops
+    < 5% (the far-tail points are the hardest), so the check has power. Convergence: the mean
+    relative error over points drops
     from S = 64 to S = 2^14 (expected ~16x, required 3x).
     """
     meta, batch = _linear_gaussian()

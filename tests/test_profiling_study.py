@@ -9,8 +9,16 @@ import torch
 import profiling
 from profiling import benchmark, scale
 from profiling.measure import measure, peak_memory_bytes, resolve_device, saved_tensor_peak_bytes
-from profiling.study import (REPEATS, SECONDS_PER_CONFIG, Config, StudyConfig, append_row, configurations,
-                             measure_config, read_rows)
+from profiling.study import (
+    REPEATS,
+    SECONDS_PER_CONFIG,
+    Config,
+    StudyConfig,
+    append_row,
+    configurations,
+    measure_config,
+    read_rows,
+)
 
 CPU = torch.device("cpu")
 

@@ -43,8 +43,10 @@ def main(argv=None) -> list:
     default = StudyConfig()  # the one place of the study's defaults
     parser.add_argument("--steps", type=int, default=default.steps,
                         help="training steps (pooled, CNP, Bayesian model); default %(default)s")
-    parser.add_argument("--maml-steps", type=int, default=default.maml_steps, help="MAML meta-training steps; default %(default)s")
-    parser.add_argument("--hidden", type=int, default=default.hidden, help="hidden units of every network; default %(default)s")
+    parser.add_argument("--maml-steps", type=int, default=default.maml_steps,
+                        help="MAML meta-training steps; default %(default)s")
+    parser.add_argument("--hidden", type=int, default=default.hidden,
+                        help="hidden units of every network; default %(default)s")
     parser.add_argument("--probe-tasks", type=int, default=default.probe_tasks,
                         help="tasks per split in the probe (>= 2); default %(default)s")
     parser.add_argument("--derangements", type=int, default=default.derangements,

@@ -15,7 +15,6 @@ meta-training tasks. With no support the initialization θ predicts unadapted.
 from __future__ import annotations
 
 import math
-from typing import Dict
 
 import torch
 from torch import nn
@@ -40,11 +39,11 @@ class MAMLRegressor(nn.Module):
         self.inner_steps, self.inner_lr = inner_steps, float(inner_lr)
         self.register_buffer("noise_std", torch.tensor(1.0))
 
-    def params(self) -> Dict[str, torch.Tensor]:
+    def params(self) -> dict[str, torch.Tensor]:
         """θ by name, in the order :func:`profiling.mlp.mlp_forward` reads them."""
         return dict(self.net.named_parameters())
 
-    def adapt(self, theta, x_support, y_support, support_mask=None) -> Dict[str, torch.Tensor]:
+    def adapt(self, theta, x_support, y_support, support_mask=None) -> dict[str, torch.Tensor]:
         """φ_L per task (W: [T, out, in], b: [T, out]) after L SGD steps on the support MSE."""
         if support_mask is not None and not bool(support_mask.all()):
             raise ValueError("MAMLRegressor adapts on full supports only; got a support_mask with "
@@ -63,7 +62,7 @@ class MAMLRegressor(nn.Module):
         theta = {k: v.detach().requires_grad_(True) for k, v in self.params().items()}
         meta_loss = mse(self.adapt(theta, x_support, y_support), x_query, y_query).mean()
         grads = torch.autograd.grad(meta_loss, list(theta.values()))
-        return meta_loss.detach(), dict(zip(theta, grads))
+        return meta_loss.detach(), dict(zip(theta, grads, strict=False))
 
     def forward(self, x_support, y_support, x_query, support_mask=None):
         with torch.enable_grad():

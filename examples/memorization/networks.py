@@ -20,8 +20,6 @@ are built from.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -43,7 +41,7 @@ def mlp(sizes) -> nn.Sequential:
 class _Head(nn.Module):
     """Output layer -> Normal (regression, ``num_classes=None``) or Categorical."""
 
-    def __init__(self, y_dim: int, num_classes: Optional[int]):
+    def __init__(self, y_dim: int, num_classes: int | None):
         super().__init__()
         self.y_dim, self.num_classes = y_dim, num_classes
         self.size = num_classes if num_classes is not None else 2 * y_dim
@@ -58,7 +56,7 @@ class _Head(nn.Module):
 class PooledNetwork(nn.Module):
     """p(y | x) from the query input alone; the support is accepted and ignored."""
 
-    def __init__(self, x_dim: int, y_dim: int = 1, num_classes: Optional[int] = None, hidden: int = 64):
+    def __init__(self, x_dim: int, y_dim: int = 1, num_classes: int | None = None, hidden: int = 64):
         super().__init__()
         self.head = _Head(y_dim, num_classes)
         self.net = mlp([x_dim, hidden, hidden, self.head.size])
@@ -78,7 +76,7 @@ class ConditionalNeuralProcess(nn.Module):
     classification), x_query [T, Q, Dx]; r [T, R]; with no support r = 0.
     """
 
-    def __init__(self, x_dim: int, y_dim: int = 1, num_classes: Optional[int] = None, hidden: int = 64,
+    def __init__(self, x_dim: int, y_dim: int = 1, num_classes: int | None = None, hidden: int = 64,
                  r_dim: int = 32, bottleneck: bool = False, z_dim: int = 16, beta: float = 0.0):
         super().__init__()
         if beta < 0:

@@ -34,12 +34,16 @@ construction.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, Optional
+from collections.abc import Callable
 
 import torch
 
-from hierarchical_meta.memorization import (BayesianLinearRegression, GaussianClassMeans, GoalGridPosterior,
-                                            basis_posterior_predictor)
+from hierarchical_meta.memorization import (
+    BayesianLinearRegression,
+    GaussianClassMeans,
+    GoalGridPosterior,
+    basis_posterior_predictor,
+)
 from hierarchical_meta.tasks.base import TaskBatch, TaskFamily, split_generator
 from hierarchical_meta.tasks.basis import BasisFunctionTasks
 
@@ -64,9 +68,10 @@ class DiseaseTasks(TaskFamily):
 
     so with ``shared_signature=False`` the held-out diseases share no direction with the
     training ones. The train and test subspaces are disjoint coordinates, so a held-out
-    disease never equals a training one, for any seed. Each task is one disease against healthy samples, half of each in the
-    support and in the query. ``shuffle_labels=True`` swaps the label meaning in a random
-    half of the tasks (mutually exclusive tasks: no support-free classifier beats chance).
+    disease never equals a training one, for any seed. Each task is one disease against
+    healthy samples, half of each in the support and in the query. ``shuffle_labels=True``
+    swaps the label meaning in a random half of the tasks (mutually exclusive tasks: no
+    support-free classifier beats chance).
     """
 
     name = "disease"
@@ -105,7 +110,7 @@ class DiseaseTasks(TaskFamily):
             self.test_means = (common_shift ** 2 + specific_shift ** 2) ** 0.5 * u_test
 
     def sample(self, num_tasks: int, num_support: int, num_query: int, *,
-               split: str = "train", generator: Optional[torch.Generator] = None) -> TaskBatch:
+               split: str = "train", generator: torch.Generator | None = None) -> TaskBatch:
         self.check_sizes(num_tasks, num_support, num_query, split)
         g, T = split_generator(split, generator), num_tasks
         means = self.test_means if split == "test" else self.train_means
@@ -156,12 +161,12 @@ class GraspTasks(TaskFamily):
         """Noise-free reward: action [T, N, 1], goal [T] (or broadcastable) -> [T, N, 1]."""
         return torch.exp(-0.5 * ((action - goal[..., None, None]) / self.width) ** 2)
 
-    def true_mean(self, params: Dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def true_mean(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """The noise-free reward of each task's goal at the actions x[..., 0]: [T, Q, Dx] -> [T, Q, 1]."""
         return self.reward(x[..., :1], params["goal"])
 
     def sample(self, num_tasks: int, num_support: int, num_query: int, *,
-               split: str = "train", generator: Optional[torch.Generator] = None) -> TaskBatch:
+               split: str = "train", generator: torch.Generator | None = None) -> TaskBatch:
         self.check_sizes(num_tasks, num_support, num_query, split)
         g, T, N = split_generator(split, generator), num_tasks, num_support + num_query
         if split == "test":
@@ -209,12 +214,12 @@ class TaskIdBasisTasks(TaskFamily):
         """Basis features of the input's first coordinate: x [..., Dx] -> [..., B]."""
         return self.basis.features(x[..., :1])
 
-    def true_mean(self, params: Dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def true_mean(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """Σ_i w_i φ_i(u) per task: x [T, Q, Dx] -> [T, Q, 1]."""
         return self.features(x) @ params["weights"][:, :, None]
 
     def sample(self, num_tasks: int, num_support: int, num_query: int, *,
-               split: str = "train", generator: Optional[torch.Generator] = None) -> TaskBatch:
+               split: str = "train", generator: torch.Generator | None = None) -> TaskBatch:
         self.check_sizes(num_tasks, num_support, num_query, split)
         g, T, N = split_generator(split, generator), num_tasks, num_support + num_query
         if split == "test":
@@ -265,7 +270,7 @@ def class_means_oracle(family: DiseaseTasks) -> GaussianClassMeans:
 
 
 #: The scenarios by name (``--scenario NAME``).
-SCENARIOS: Dict[str, Scenario] = {s.name: s for s in [
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("basis", lambda seed=0: BasisFunctionTasks(), 10, 10, basis_posterior_predictor,
              "basis-function regression, weights w ~ N(0, I), one distribution"),
     Scenario("basis-task-id", lambda seed=0: TaskIdBasisTasks(seed=seed), 10, 10, task_id_oracle,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Dict, List, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -82,9 +82,9 @@ class Study:
 
     def __init__(self, config: StudyConfig, log: Callable[[str], None] = print):
         self.config, self.log = config, log
-        self.models: Dict[tuple, HierarchicalMetaModel] = {}
+        self.models: dict[tuple, HierarchicalMetaModel] = {}
 
-    def train_learner(self, name: str, scenario: Scenario, family: TaskFamily, beta: Optional[float] = None):
+    def train_learner(self, name: str, scenario: Scenario, family: TaskFamily, beta: float | None = None):
         """A trained predict function, or None where the learner does not apply (MAML on classes).
 
         The initial weights are drawn after seeding torch with the study's seed, so each
@@ -125,8 +125,8 @@ class Study:
                                           withhold_metadata=name == "bayes-no-m")
         raise ValueError(f"unknown learner {name!r}; choose from {LEARNERS}")
 
-    def run_scenario(self, scenario: Scenario, learners=LEARNERS, splits: Optional[Dict[str, str]] = None,
-                     beta: Optional[float] = None) -> List[dict]:
+    def run_scenario(self, scenario: Scenario, learners=LEARNERS, splits: dict[str, str] | None = None,
+                     beta: float | None = None) -> list[dict]:
         """Probe rows (:meth:`ProbeReport.as_row` with scenario, learner, train_seconds[, beta])."""
         c = self.config
         family = scenario.make_family(seed=c.seed)

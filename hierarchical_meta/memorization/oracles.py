@@ -19,7 +19,7 @@ All are predict functions in the probe's convention.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -32,7 +32,7 @@ __all__ = ["BayesianLinearRegression", "basis_posterior_predictor", "GaussianCla
            "GoalGridPosterior"]
 
 
-def _mask(x_support: torch.Tensor, support_mask: Optional[torch.Tensor]) -> torch.Tensor:
+def _mask(x_support: torch.Tensor, support_mask: torch.Tensor | None) -> torch.Tensor:
     if support_mask is None:
         return torch.ones(x_support.shape[:2], dtype=x_support.dtype)
     return support_mask.to(x_support.dtype)

@@ -52,7 +52,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from typing import Callable, Dict, Mapping, Optional
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -64,7 +64,7 @@ __all__ = ["ProbeReport", "probe", "probe_batch", "derangement", "true_mean", "p
 
 # --------------------------------------------------------------------------- helpers
 
-def derangement(n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def derangement(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """A uniformly random permutation of ``range(n)`` with no fixed point (rejection)."""
     if n < 2:
         raise ValueError(f"a derangement needs at least 2 tasks, got {n}; sample more tasks")
@@ -186,14 +186,14 @@ class ProbeReport:
     chance_loss: float  # constant predictor fitted to this split's query labels
     chance_metric: float
 
-    def as_row(self) -> Dict[str, object]:
+    def as_row(self) -> dict[str, object]:
         return dataclasses.asdict(self)
 
 
-def probe_batch(predict: Callable, batch: TaskBatch, *, family: Optional[TaskFamily] = None,
-                num_classes: Optional[int] = None, num_derangements: int = 4,
+def probe_batch(predict: Callable, batch: TaskBatch, *, family: TaskFamily | None = None,
+                num_classes: int | None = None, num_derangements: int = 4,
                 swap_metadata: bool = False, split: str = "",
-                generator: Optional[torch.Generator] = None) -> ProbeReport:
+                generator: torch.Generator | None = None) -> ProbeReport:
     """Probe ``predict`` on one batch of tasks (see the module docstring).
 
     Regression (``num_classes=None``) needs ``family`` for the tasks' noise-free functions
@@ -292,8 +292,8 @@ def probe_batch(predict: Callable, batch: TaskBatch, *, family: Optional[TaskFam
 
 def probe(predict: Callable, family: TaskFamily, *, num_support: int, num_query: int,
           num_tasks: int = 64, num_derangements: int = 4,
-          splits: Optional[Mapping[str, str]] = None, swap_metadata: bool = False,
-          seed: int = 1234) -> Dict[str, ProbeReport]:
+          splits: Mapping[str, str] | None = None, swap_metadata: bool = False,
+          seed: int = 1234) -> dict[str, ProbeReport]:
     """Probe ``predict`` on fresh tasks of ``family``, one report per entry of ``splits``.
 
     ``splits`` maps a report name to the family's task split; the default
