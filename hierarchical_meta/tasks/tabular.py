@@ -47,6 +47,11 @@ def _names(value: Names) -> List[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
+def _plain(value):
+    """A plain Python label (numpy scalars print as np.int64(...))."""
+    return value.item() if hasattr(value, "item") else value
+
+
 class TabularTasks(TaskFamily):
     """Groups of a data frame as tasks; see the module docstring.
 
@@ -192,7 +197,7 @@ class TabularTasks(TaskFamily):
                 labels = sorted(labels)
             except TypeError:  # mixed types
                 labels = sorted(labels, key=str)
-        return [v.item() if hasattr(v, "item") else v for v in labels]  # plain Python labels
+        return [_plain(v) for v in labels]
 
     @staticmethod
     def _check_groups(frame, group, groups) -> None:
@@ -207,7 +212,7 @@ class TabularTasks(TaskFamily):
         for c in metadata:
             spread = frame.groupby(group, observed=True)[c].nunique(dropna=False)
             if (spread > 1).any():
-                g = spread.index[(spread > 1).argmax()]
+                g = _plain(spread.index[(spread > 1).argmax()])
                 values = frame.loc[frame[group] == g, c].drop_duplicates().tolist()[:5]
                 raise ValueError(f"metadata column {c!r} varies within group {g!r} (values {values}); "
                                  "metadata must be constant within a group: fix those rows, or make "
@@ -218,7 +223,7 @@ class TabularTasks(TaskFamily):
         if split_column is not None:
             spread = frame.groupby(group, observed=True)[split_column].nunique(dropna=False)
             if (spread > 1).any():
-                g = spread.index[(spread > 1).argmax()]
+                g = _plain(spread.index[(spread > 1).argmax()])
                 raise ValueError(f"split column {split_column!r} varies within group {g!r}; a group "
                                  "belongs to one split: give all its rows the same value")
             first = frame.groupby(group, observed=True)[split_column].first()
