@@ -11,6 +11,9 @@ EXAMPLES_DIR = pathlib.Path(__file__).resolve().parent.parent / "examples"
 #: script -> tiny command-line flags that run it end to end in seconds.
 EXAMPLES = {
     "benchmark_svi.py": ["--batch-tasks", "4", "--points", "5", "--repeats", "1"],
+    "benchmark_tabular.py": ["--groups", "20", "--min-rows", "2", "--max-rows", "6", "--batch-tasks", "4",
+                             "--points", "5", "--repeats", "2", "--steps", "1"],
+    "make_sample_data.py": ["--out", "{tmp}"],
     "memorization.py": ["--tiny", "--beta", "--out", "{tmp}"],
     "nlschools_comparison.py": ["--splits", "0", "--steps", "20", "--num-samples", "16", "--shots", "0", "2",
                                 "--support-draws", "1", "--out", "{tmp}"],

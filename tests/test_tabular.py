@@ -5,8 +5,11 @@ generated on the fly and seeded; frames are small, so every test runs in well un
 except the mixed-model fits.
 """
 
+import filecmp
+import importlib.util
 import json
 import math
+import pathlib
 
 import pytest
 import torch
@@ -21,6 +24,7 @@ from hierarchical_meta.networks import MLP  # noqa: E402
 from hierarchical_meta.predictive import MixturePredictive, point_metrics  # noqa: E402
 from hierarchical_meta.tasks import SPLITS, TabularTasks  # noqa: E402
 from hierarchical_meta.tasks.schema import Column, TabularSchema  # noqa: E402
+from hierarchical_meta.taskfile import read_task_file  # noqa: E402
 from hierarchical_meta.tasks.synthetic import grouped_frame, new_sites_frame  # noqa: E402
 
 COLUMNS = dict(group="site", x="dose", y="response", metadata=["altitude", "region"])
@@ -452,3 +456,23 @@ def test_the_networks_run_without_metadata():
     x, y = torch.randn(3, 4, 1), torch.randn(3, 4, 1)
     terms = elbo_terms(model, guide, x, y, torch.zeros(3, 0), num_particles=2)
     assert terms["elbo"].shape == (3,) and torch.isfinite(terms["elbo"]).all()
+
+
+# -- the shipped sample files ----------------------------------------------------------------
+
+def test_sample_files_are_reproducible_and_read(tmp_path):
+    examples = pathlib.Path(__file__).resolve().parent.parent / "examples"
+    spec = importlib.util.spec_from_file_location("make_sample_data", examples / "make_sample_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for path in module.main(["--out", str(tmp_path)]):
+        name = pathlib.Path(path).name
+        assert filecmp.cmp(path, examples / "data" / name, shallow=False), f"examples/data/{name} is stale"
+    data = examples / "data"
+    tasks = TabularTasks.from_csv(str(data / "grouped_sample.csv"), **COLUMNS)
+    assert len(tasks.group_ids) == 60 and tasks.notes == []
+    new = tasks.schema.read_tasks(str(data / "grouped_sample_new.csv"))
+    assert new.batch.support_mask.sum(1).tolist() == [0, 3, 8] and torch.isnan(new.batch.metadata[2, 0])
+    batch, labels, scored = read_task_file(str(data / "sinusoid_tasks.csv"), 1, 1, 2)
+    assert labels == ["task1", "task2", "task3", "task4"] and not scored
+    assert batch.support_mask.sum(1).tolist() == [0, 2, 5, 5] and torch.isnan(batch.metadata[3]).all()
