@@ -299,6 +299,9 @@ def test_one_group_twice_named_columns_and_missing_columns():
         TabularTasks.from_frame(frame, group="site", x=["dose", "dose"], y="response")
     with pytest.raises(ValueError, match=r"lack column\(s\) \['height'\]"):
         TabularTasks.from_frame(frame, group="site", x="height", y="response")
+    doubled = pandas.concat([frame, frame[["dose"]]], axis=1)
+    with pytest.raises(ValueError, match="two columns named 'dose'"):
+        TabularTasks.from_frame(doubled, **COLUMNS)
     with pytest.raises(ValueError, match="clash with"):
         TabularTasks.from_frame(frame.rename(columns={"dose": "task"}), group="site", x="task", y="response")
 

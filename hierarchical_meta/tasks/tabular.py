@@ -131,6 +131,9 @@ class TabularTasks(TaskFamily):
         missing = [c for _, c in named if c not in frame.columns]
         if missing:
             raise ValueError(f"the data lack column(s) {missing}; they have {list(frame.columns)}")
+        doubled = [c for _, c in named if list(frame.columns).count(c) > 1]
+        if doubled:
+            raise ValueError(f"the data have two columns named {doubled[0]!r}; rename one of them")
         reserved = [c for role in ROLES for c in roles[role] if c in TASK_COLUMNS]
         if reserved:
             raise ValueError(f"column(s) {reserved} clash with the {list(TASK_COLUMNS)} columns of "
