@@ -32,7 +32,7 @@ def seconds_per_call(fns: dict, repeats: int) -> dict:
     """Median seconds of each ``fns[name]()`` over ``repeats`` calls, alternating between them
     (so a change of the machine's load hits all alike), after one warm-up call each."""
     times = {name: [] for name in fns}
-    for name, fn in fns.items():
+    for fn in fns.values():
         fn()
     for _ in range(repeats):
         for name, fn in fns.items():

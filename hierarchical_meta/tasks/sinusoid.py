@@ -31,7 +31,6 @@ its factor, a missing m_b its observation.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
 
 import torch
 
@@ -47,12 +46,12 @@ class SinusoidTasks(TaskFamily):
     y_dim = 1
     metadata_dim = 2
 
-    def __init__(self, amplitude_range: Tuple[float, float] = (0.1, 5.0),
-                 phase_range: Tuple[float, float] = (0.0, math.pi),
+    def __init__(self, amplitude_range: tuple[float, float] = (0.1, 5.0),
+                 phase_range: tuple[float, float] = (0.0, math.pi),
                  offset_std: float = 0.5,
-                 x_range: Tuple[float, float] = (-5.0, 5.0),
+                 x_range: tuple[float, float] = (-5.0, 5.0),
                  noise_std: float = 0.1,
-                 metadata_noise: Tuple[float, float] = (0.3, 0.1)):
+                 metadata_noise: tuple[float, float] = (0.3, 0.1)):
         if not amplitude_range[0] < amplitude_range[1] or not phase_range[0] < phase_range[1] \
                 or not x_range[0] < x_range[1]:
             raise ValueError("ranges must be (low, high) with low < high")
@@ -122,7 +121,7 @@ class SinusoidTasks(TaskFamily):
                                  pad(stds, 1.0)[..., None].to(out))
 
     def sample(self, num_tasks: int, num_support: int, num_query: int, *,
-               split: str = "train", generator: Optional[torch.Generator] = None) -> TaskBatch:
+               split: str = "train", generator: torch.Generator | None = None) -> TaskBatch:
         self.check_sizes(num_tasks, num_support, num_query, split)
         g = split_generator(split, generator)
 

@@ -26,7 +26,7 @@ width), never to the largest group of the data set.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 
@@ -40,10 +40,10 @@ VAL_FRACTION = 0.15
 TEST_FRACTION = 0.2
 MIN_TRAIN_GROUPS = 3
 
-Names = Union[str, Sequence[str]]
+Names = str | Sequence[str]
 
 
-def _names(value: Names) -> List[str]:
+def _names(value: Names) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
@@ -75,7 +75,7 @@ class TabularTasks(TaskFamily):
     fixed_dataset = True
 
     def __init__(self, frame, *, group: str, x: Names, y: Names, metadata: Names = (),
-                 categorical: Names = (), split_column: Optional[str] = None,
+                 categorical: Names = (), split_column: str | None = None,
                  val_fraction: float = VAL_FRACTION, test_fraction: float = TEST_FRACTION,
                  split_seed: int = 0, name: str = "tabular"):
         pandas = import_pandas()
@@ -86,7 +86,7 @@ class TabularTasks(TaskFamily):
                              f"{val_fraction} and {test_fraction}")
         self.name = name
         self.split_seed = int(split_seed)
-        self.notes: List[str] = []
+        self.notes: list[str] = []
         roles = {"x": _names(x), "y": _names(y), "metadata": _names(metadata)}
         categorical = _names(categorical)
         self._check_columns(frame, group, roles, categorical, split_column)
@@ -102,12 +102,12 @@ class TabularTasks(TaskFamily):
         self._store(frame, group, groups, roles, kinds)
 
     @classmethod
-    def from_frame(cls, frame, **columns) -> "TabularTasks":
+    def from_frame(cls, frame, **columns) -> TabularTasks:
         """The same as ``TabularTasks(frame, group=..., x=..., y=..., ...)``."""
         return cls(frame, **columns)
 
     @classmethod
-    def from_csv(cls, path: str, **columns) -> "TabularTasks":
+    def from_csv(cls, path: str, **columns) -> TabularTasks:
         """From a CSV file (a byte-order mark is fine); messages name its line numbers."""
         return cls(read_csv(path), **columns)
 
@@ -144,7 +144,7 @@ class TabularTasks(TaskFamily):
                              "(y columns are numeric)")
 
     @staticmethod
-    def _kinds(frame, roles, categorical) -> Dict[str, str]:
+    def _kinds(frame, roles, categorical) -> dict[str, str]:
         """numeric or categorical per used column; text that is mostly numbers is an error."""
         pandas = import_pandas()
         kinds = {}
@@ -221,7 +221,7 @@ class TabularTasks(TaskFamily):
                                  "metadata must be constant within a group: fix those rows, or make "
                                  f"{c!r} an x column")
 
-    def _split(self, frame, group, groups, split_column, val_fraction, test_fraction) -> Dict[str, torch.Tensor]:
+    def _split(self, frame, group, groups, split_column, val_fraction, test_fraction) -> dict[str, torch.Tensor]:
         C = len(groups)
         if split_column is not None:
             spread = frame.groupby(group, observed=True)[split_column].nunique(dropna=False)
@@ -231,7 +231,7 @@ class TabularTasks(TaskFamily):
                                  "belongs to one split: give all its rows the same value")
             first = frame.groupby(group, observed=True)[split_column].first()
             value = ["" if import_pandas().isna(first[g]) else level_name(first[g]) for g in groups]
-            bad = [(g, v) for g, v in zip(groups, value) if v not in SPLITS]
+            bad = [(g, v) for g, v in zip(groups, value, strict=False) if v not in SPLITS]
             if bad:
                 raise ValueError(f"split column {split_column!r} holds {bad[0][1]!r} for group {bad[0][0]!r}; "
                                  f"use one of {list(SPLITS)} for every group")
@@ -292,7 +292,7 @@ class TabularTasks(TaskFamily):
         return [self.group_ids[i] for i in self.split_indices[split].tolist()]
 
     def sample(self, num_tasks: int, num_support: int, num_query: int, *,
-               split: str = "train", generator: Optional[torch.Generator] = None) -> TaskBatch:
+               split: str = "train", generator: torch.Generator | None = None) -> TaskBatch:
         """``num_tasks`` groups of ``split`` (with replacement only when the split has fewer),
         for training: random rows of each, the first ``num_support`` the support and up to
         ``num_query`` more the query, masked.
@@ -311,7 +311,7 @@ class TabularTasks(TaskFamily):
         return self._batch(chosen, min(num_support, width), width, generator)
 
     def all_tasks(self, num_support: int, *, split: str = "test",
-                  generator: Optional[torch.Generator] = None) -> TaskBatch:
+                  generator: torch.Generator | None = None) -> TaskBatch:
         """Every group of ``split`` with more than ``num_support`` rows, for evaluation.
 
         ``num_support`` random rows per group are the support and all the others the query
@@ -333,7 +333,7 @@ class TabularTasks(TaskFamily):
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
     def _batch(self, chosen: torch.Tensor, num_support: int, width: int,
-               generator: Optional[torch.Generator], order_over: Optional[torch.Tensor] = None) -> TaskBatch:
+               generator: torch.Generator | None, order_over: torch.Tensor | None = None) -> TaskBatch:
         """Groups ``chosen`` [T], each's rows in random order in ``width`` slots, the first
         ``num_support`` the support. Random keys are drawn for the rows of ``order_over``
         (default: the chosen groups), so a group's order does not depend on the others chosen."""
@@ -345,8 +345,8 @@ class TabularTasks(TaskFamily):
                          metadata=self.metadata[chosen], support_mask=mask[:, :K], query_mask=mask[:, K:],
                          params={"group_index": chosen, "group_size": self.group_sizes[chosen]})
 
-    def _shuffled_rows(self, chosen: torch.Tensor, width: int, generator: Optional[torch.Generator],
-                       order_over: Optional[torch.Tensor]):
+    def _shuffled_rows(self, chosen: torch.Tensor, width: int, generator: torch.Generator | None,
+                       order_over: torch.Tensor | None):
         """Row indices [T, W] (a random order of each chosen group's rows, cut at W) and mask [T, W].
 
         Works on the rows of the groups involved only: each row gets a random key, a sort by
