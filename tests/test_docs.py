@@ -35,11 +35,15 @@ def test_every_result_doc_has_generated_numbers():
         assert f"<!-- table:{name} -->" in tables, f"table {name!r} is generated but no doc shows it"
 
 
-def test_the_three_numbers_that_drifted():
-    readme, model = EXPECTED["README.md"], EXPECTED["docs/model.md"]
-    assert "<!--v:demo.gaps-->0.08 / 0.22 / 0.18 / 0.08 / 0.05<!--/v-->" in readme       # K=1 gap 0.2247
-    assert "where it is <!--v:long.max_gap:.3f-->0.123<!--/v-->" in model                 # K=1 gap 0.1234
-    assert "at <!--v:long.too_wide-->K = 1<!--/v--> it\nis <!--v:long.too_wide_values-->0.953<!--/v-->" in model
+def test_quoted_gaps_are_the_committed_runs_rounded():
+    """The README's gaps and the long run's largest gap come from the committed metrics files."""
+    import json
+    demo = json.loads((ROOT / "docs/demo/with_metadata_metrics.json").read_text())["shots"]
+    gaps = " / ".join(f"{e['oracle_loglik'] - e['loglik']:.2f}" for e in demo.values())
+    assert f"<!--v:demo.gaps-->{gaps}<!--/v-->" in EXPECTED["README.md"]
+    long = json.loads((ROOT / "docs/long/metrics.json").read_text())["shots"]
+    worst = max(e["oracle_loglik"] - e["loglik"] for e in long.values())
+    assert f"<!--v:long.max_gap:.3f-->{worst:.3f}<!--/v-->" in EXPECTED["docs/model.md"]
 
 
 def test_render_rewrites_values_and_tables_and_refuses_unknown_names():
