@@ -45,8 +45,8 @@ TARGET_COVERAGE = (0.85, 0.95)
 TARGET_METADATA_GAIN = 0.1
 TARGET_SHUFFLED_LOSS = 0.2
 
-#: Tasks predicted at a time by :func:`run_predict` (memory grows with it, as tasks x samples x points).
-PREDICT_CHUNK = 64
+#: Tasks predicted at a time by :func:`run_predict`: memory grows as chunk x samples x points per task.
+PREDICT_CHUNK = 16
 
 Log = Callable[[str], None] | None
 

@@ -71,6 +71,22 @@ class MixturePredictive(_Weighted):
         """Marginal CDF of each output dimension at y: [T, Q, Dy] -> [T, Q, Dy]."""
         return self._mix(torch.special.ndtr((y[:, None] - self.mean) / self.std))
 
+    def heaviest(self, lost: float) -> MixturePredictive:
+        """The mixture of the heaviest components, dropping per task the lightest of total weight <= ``lost``.
+
+        All tasks keep the same number of components (the most any task needs), renormalized.
+        """
+        weights, order = self.weights.sort(-1, descending=True)  # [T, S]
+        tail = weights.flip(-1).cumsum(-1).flip(-1)  # tail[s]: weight of component s and all lighter ones
+        keep = max(int((tail > lost).sum(-1).max()), 1)
+        if keep == weights.shape[-1]:
+            return self
+        index = order[:, :keep]
+        T, _, Q, Dy = self.mean.shape
+        wide = index[:, :, None, None].expand(T, keep, Q, Dy)
+        return MixturePredictive(self.log_weights.gather(1, index), self.mean.gather(1, wide),
+                                 self.std.expand(self.mean.shape).gather(1, wide))
+
     def quantile(self, level: float, iterations: int = 60) -> torch.Tensor:
         """The ``level`` quantile of each marginal: [T, Q, Dy].
 
@@ -79,21 +95,23 @@ class MixturePredictive(_Weighted):
         max μ + 10 max σ] that every step narrows: a Newton step that leaves it is replaced
         by bisection (so it converges wherever bisection does). It stops when every step is
         below eps^(3/4) of the mixture's standard deviation (eps of the dtype), about five
-        steps for the mixtures of a trained model.
+        steps for the mixtures of a trained model. Components lighter than eps in total are
+        left out (:meth:`heaviest`): they move the CDF by less than its round-off.
         """
         if not 0.0 < level < 1.0:
             raise ValueError(f"level must be in (0, 1), got {level}")
-        spread = 10 * self.std.amax(1)
-        low, high = self.mean.amin(1) - spread, self.mean.amax(1) + spread
-        mean = self.predictive_mean()
-        sd = self._mix((self.mean - mean[:, None]) ** 2 + self.std ** 2).sqrt()
+        mix = self.heaviest(torch.finfo(self.mean.dtype).eps)
+        spread = 10 * mix.std.amax(1)
+        low, high = mix.mean.amin(1) - spread, mix.mean.amax(1) + spread
+        mean = mix.predictive_mean()
+        sd = mix._mix((mix.mean - mean[:, None]) ** 2 + mix.std ** 2).sqrt()
         z_level = torch.special.ndtri(torch.tensor(level, dtype=mean.dtype))
         x = torch.minimum(torch.maximum(mean + z_level * sd, low), high)
         tol = torch.finfo(mean.dtype).eps ** 0.75 * sd
         for _ in range(iterations):
-            z = (x[:, None] - self.mean) / self.std
-            excess = self._mix(torch.special.ndtr(z)) - level  # F(x) - level
-            density = self._mix(torch.exp(-0.5 * z ** 2) / self.std) / math.sqrt(2 * math.pi)
+            z = (x[:, None] - mix.mean) / mix.std
+            excess = mix._mix(torch.special.ndtr(z)) - level  # F(x) - level
+            density = mix._mix(torch.exp(-0.5 * z ** 2) / mix.std) / math.sqrt(2 * math.pi)
             below = excess < 0
             low, high = torch.where(below, x, low), torch.where(below, high, x)
             newton = x - excess / density
