@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import pickle
 
 import torch
@@ -22,7 +21,7 @@ from torch import nn
 from .guide import AmortizedGuide
 from .model import DECODERS, PRIORS, GenerativeModel, check_likelihood
 from .predict import NUM_SAMPLES, posterior_predictive
-from .runfiles import check_input_file
+from .runfiles import atomic_write, check_input_file
 from .tasks import TaskBatch
 
 __all__ = ["ModelConfig", "HierarchicalMetaModel", "load_checkpoint", "MAX_INPUT"]
@@ -144,9 +143,8 @@ class HierarchicalMetaModel(nn.Module):
         :func:`load_checkpoint` unpickles nothing else.
         """
         state = {"config": dataclasses.asdict(self.config), "state_dict": self.state_dict(), **extra}
-        tmp = f"{path}.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        with atomic_write(path, "wb") as f:
+            torch.save(state, f)
 
 
 def load_checkpoint(path: str, map_location="cpu"):
