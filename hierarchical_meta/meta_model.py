@@ -164,8 +164,8 @@ def load_checkpoint(path: str, map_location="cpu"):
                              "`python -m hierarchical_meta fit`") from None
         raise ValueError(f"{path!r} is not a hierarchical_meta checkpoint ({error}); pass the "
                          "DIR/model.pt that `python -m hierarchical_meta fit --out DIR` wrote") from None
-    except (EOFError, RuntimeError) as error:
-        raise ValueError(f"{path!r} is not a hierarchical_meta checkpoint ({error}); pass the "
+    except Exception:  # garbage makes the unpickler fail in any way (KeyError, EOFError, ...)
+        raise ValueError(f"{path!r} is not a hierarchical_meta checkpoint (it cannot be read as one); pass the "
                          "DIR/model.pt that `python -m hierarchical_meta fit --out DIR` wrote") from None
     if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or "state_dict" not in state:
         raise ValueError(f"{path!r} is not a hierarchical_meta checkpoint (no config/state_dict)")

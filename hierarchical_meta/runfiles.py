@@ -53,7 +53,7 @@ def check_output_file(path: str, what: str, inputs: Sequence[str] = ()) -> None:
         if os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
             raise ValueError(f"{what} {path!r} is the input {source!r}: writing it would destroy the input; "
                              "give another file name")
-    output_folder(os.path.dirname(path) or ".", f"the folder of {what} {path!r}")
+    output_folder(os.path.dirname(path) or ".", f"the folder of {what}")
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise PermissionError(f"{what} {path!r} is not writable (permission denied)")
 

@@ -189,7 +189,10 @@ def fit(meta_model: HierarchicalMetaModel, family: TaskFamily, config: TrainConf
         if missing:
             raise ValueError(f"{path} holds a model but not the training state {missing} to resume from; "
                              "use a new --out folder")
-        conflicts = resume_conflicts(state, meta_model, family, config, extend)
+        try:
+            conflicts = resume_conflicts(state, meta_model, family, config, extend)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
         if conflicts:
             raise ValueError(f"{path} was trained with other options than this run's: {'; '.join(conflicts)}. "
                              "Rerun with the checkpoint's options to resume it, or use a new --out folder")
