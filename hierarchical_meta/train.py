@@ -185,10 +185,6 @@ def fit(meta_model: HierarchicalMetaModel, family: TaskFamily, config: TrainConf
     path = os.path.join(out_dir, "model.pt") if out_dir else None
     if path and os.path.exists(path):
         saved, state = load_checkpoint(path)
-        missing = [key for key in ("step", "optimizer", "history", "generator", "torch_rng") if key not in state]
-        if missing:
-            raise ValueError(f"{path} holds a model but not the training state {missing} to resume from; "
-                             "use a new --out folder")
         try:
             conflicts = resume_conflicts(state, meta_model, family, config, extend)
         except ValueError as error:
@@ -196,6 +192,10 @@ def fit(meta_model: HierarchicalMetaModel, family: TaskFamily, config: TrainConf
         if conflicts:
             raise ValueError(f"{path} was trained with other options than this run's: {'; '.join(conflicts)}. "
                              "Rerun with the checkpoint's options to resume it, or use a new --out folder")
+        missing = [key for key in ("step", "optimizer", "history", "generator", "torch_rng") if key not in state]
+        if missing:
+            raise ValueError(f"{path} holds a model but not the training state {missing} to resume from; "
+                             "use a new --out folder")
         meta_model.load_state_dict(saved.state_dict())
         start_step, optim_state, history = state["step"], state["optimizer"], state["history"]
         generator.set_state(state["generator"])
