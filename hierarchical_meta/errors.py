@@ -5,8 +5,8 @@ a bad value, FileNotFoundError, IsADirectoryError, PermissionError, FileExistsEr
 other OSError) for a file, FloatingPointError for a run that diverged. A command line's
 ``main`` runs its work through :func:`report_errors`, which turns these into one
 ``error: <message>`` line on stderr and exit status 2; any other exception is a bug and
-keeps its traceback. ``--debug`` or the environment variable ``HIERARCHICAL_META_DEBUG=1``
-shows the traceback of a user error too.
+keeps its traceback. Ctrl-C ends in one line and status 130. ``--debug`` or the environment
+variable ``HIERARCHICAL_META_DEBUG=1`` shows the traceback of a user error too.
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ import os
 import sys
 from collections.abc import Callable
 
-__all__ = ["USER_ERRORS", "DEBUG_ENV", "EXIT_USER_ERROR", "debug_requested", "one_line", "report_errors"]
+__all__ = ["USER_ERRORS", "DEBUG_ENV", "EXIT_USER_ERROR", "EXIT_INTERRUPTED", "debug_requested", "one_line",
+           "report_errors"]
 
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
 DEBUG_ENV = "HIERARCHICAL_META_DEBUG"
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # the shell's status for Ctrl-C
 
 
 def debug_requested(flag: bool = False) -> bool:
@@ -41,4 +43,9 @@ def report_errors(work: Callable[[], object], debug: bool = False) -> int:
             raise
         print(f"error: {one_line(error)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        if debug_requested(debug):
+            raise
+        print("interrupted (a fit resumes from its last checkpoint when rerun with the same options)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0

@@ -613,3 +613,15 @@ def test_the_table_has_every_class_of_the_policy():
     assert len(ids) >= 60 and len(set(ids)) == len(ids)
     assert {"fit-killed-after-a-checkpoint", "fit-killed-while-writing-a-checkpoint", "fit-concurrent-runs",
             "scale-killed-in-the-middle-of-a-row", "predict-malicious-checkpoint"} <= set(ids)
+
+
+def test_ctrl_c_ends_in_one_line(capsys, monkeypatch):
+    """Ctrl-C during a command: status 130 and one line, no traceback (the traceback with --debug)."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("hierarchical_meta.__main__.run_render", interrupted)
+    assert main(["render", "--out", "x.svg"]) == 130
+    assert capsys.readouterr().err.startswith("interrupted")
+    with pytest.raises(KeyboardInterrupt):
+        main(["render", "--out", "x.svg", "--debug"])
