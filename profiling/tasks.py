@@ -1,4 +1,4 @@
-"""Vectorized sinusoid regression tasks for the MAML-versus-ES study (docs/profiling.md).
+"""Vectorized sinusoid regression tasks for the MAML-versus-ES study.
 
 Each task t is the function y = A_t sin(x + phase_t) + b_t with
 
