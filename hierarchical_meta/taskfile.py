@@ -126,7 +126,7 @@ def read_task_file(path: str, x_dim: int, y_dim: int, metadata_dim: int) -> tupl
 def _read_rows(path: str, reader: csv.DictReader, x_dim: int, y_dim: int, metadata_dim: int) -> dict:
     """``{task: {"metadata": [Dm], "support": [(x, y)], "query": [(x, y or None)]}}`` of the rows of ``reader``."""
     xs, ys = column_names("x", x_dim), column_names("y", y_dim)
-    ms = column_names("m", metadata_dim) if metadata_dim > 1 else ["m"]
+    ms = column_names("m", metadata_dim)  # none for a model without metadata
     header = reader.fieldnames or []
     repeated = sorted({name for name in header if header.count(name) > 1})
     if repeated:
