@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
 import pyro
@@ -21,6 +22,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 
 from hierarchical_meta import HierarchicalMetaModel, SinusoidTasks
+from hierarchical_meta.errors import report_errors
 
 
 def time_steps(svi, batches, repeats):
@@ -67,4 +69,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors(main))  # a user error: one "error:" line, exit 2

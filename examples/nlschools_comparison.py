@@ -40,8 +40,10 @@ import time
 import torch
 
 from hierarchical_meta.baselines import MixedModel
+from hierarchical_meta.errors import report_errors
 from hierarchical_meta.evaluate import EvalConfig, evaluate
 from hierarchical_meta.meta_model import HierarchicalMetaModel, ModelConfig
+from hierarchical_meta.runfiles import output_folder
 from hierarchical_meta.tasks.nlschools import NLSchoolsTasks
 from hierarchical_meta.train import TrainConfig, fit
 
@@ -216,7 +218,7 @@ def main(argv=None):
     if any(k < 0 for k in args.shots) or args.support_draws < 1 or args.steps < 1:
         raise SystemExit("--shots must be >= 0, --support-draws and --steps >= 1")
     torch.set_num_threads(1)  # small networks: one thread is fastest and leaves the other cores free
-    os.makedirs(args.out, exist_ok=True)
+    output_folder(args.out)
     shown = list(sys.argv[1:]) if argv is None else list(argv)
     command = "python examples/nlschools_comparison.py " + " ".join(shlex.quote(a) for a in shown)
     rows, fits = [], []
@@ -239,4 +241,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors(main))  # a user error: one "error:" line, exit 2

@@ -7,13 +7,13 @@ from a few labelled points plus metadata by importance sampling the whole poster
 
 from .evaluate import EvalConfig, evaluate
 from .meta_model import HierarchicalMetaModel, ModelConfig, load_checkpoint
-from .pipeline import evaluate_model, run_demo, run_fit
+from .pipeline import evaluate_model, run_demo, run_fit, run_predict
 from .predictive import CategoricalMixturePredictive, MixturePredictive, point_metrics
 from .render import plate_diagram, render_diagram
 from .tasks import BasisFunctionTasks, SinusoidTasks, TaskBatch, TaskFamily, make_family
 from .train import TrainConfig, fit
 
 __all__ = ["HierarchicalMetaModel", "ModelConfig", "TrainConfig", "EvalConfig", "fit", "evaluate",
-           "evaluate_model", "run_fit", "run_demo", "load_checkpoint",
+           "evaluate_model", "run_fit", "run_demo", "run_predict", "load_checkpoint",
            "MixturePredictive", "CategoricalMixturePredictive", "point_metrics", "plate_diagram", "render_diagram",
            "TaskBatch", "TaskFamily", "SinusoidTasks", "BasisFunctionTasks", "make_family"]

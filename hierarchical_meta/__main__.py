@@ -1,4 +1,8 @@
-"""Command line: ``python -m hierarchical_meta {render,fit,predict,demo} --help``."""
+"""Command line: ``python -m hierarchical_meta {render,fit,predict,demo} --help``.
+
+A mistake in the input ends in one ``error:`` line and exit status 2 (``--debug`` or
+``HIERARCHICAL_META_DEBUG=1`` shows the traceback); docs/reliability.md.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,13 @@ from collections.abc import Sequence
 import matplotlib
 import torch
 
+from .errors import DEBUG_ENV, report_errors
 from .evaluate import EvalConfig
-from .meta_model import ModelConfig, load_checkpoint
+from .meta_model import ModelConfig
 from .model import DECODERS, PRIORS
-from .pipeline import run_demo, run_fit
+from .pipeline import PREDICT_CHUNK, run_demo, run_fit, run_predict
 from .predict import NUM_SAMPLES
+from .runfiles import check_output_file
 from .tasks import FAMILIES, TaskFamily, make_family
 from .train import TrainConfig
 
@@ -28,32 +34,41 @@ def positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    debug_help = f"show the traceback of an error (also: {DEBUG_ENV}=1)"
     parser = argparse.ArgumentParser(prog="python -m hierarchical_meta", description=__doc__.split("\n")[0])
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    common = argparse.ArgumentParser(add_help=False)  # --debug after the command too
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    render = sub.add_parser("render", help="draw the plate diagram with pyro.render_model")
+    render = sub.add_parser("render", help="draw the plate diagram with pyro.render_model", parents=[common])
     render.add_argument("--out", required=True, help="output file; .svg, .png or .pdf (DOT source written beside it)")
     render.add_argument("--guide", action="store_true", help="also draw the guide's inference arrows, dashed")
 
     fit_p = sub.add_parser("fit", help="train on a task family with SVI, evaluate, write model.pt, metrics.json, plots",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter, parents=[common])
     fit_p.add_argument("--tasks", default="sinusoid", choices=sorted(FAMILIES), help="task family")
-    fit_p.add_argument("--out", required=True, help="output folder (rerunning on it resumes from DIR/model.pt)")
+    fit_p.add_argument("--out", required=True, help="output folder (rerunning on it with the same options resumes "
+                                                     "from DIR/model.pt)")
     add_fit_options(fit_p)
 
     pred = sub.add_parser("predict", help="predict query points of new tasks given in a CSV file",
                           description="Predict query points of new tasks. Task file format: see "
-                                      "hierarchical_meta/taskfile.py (columns task, role, x, y, m1, m2, ...).")
+                                      "hierarchical_meta/taskfile.py (columns task, role, x, y, m1, m2, ...).",
+                          parents=[common])
     pred.add_argument("--checkpoint", required=True, help="DIR/model.pt written by fit")
     pred.add_argument("--tasks-file", required=True, help="CSV of support and query points per task")
     pred.add_argument("--out", required=True, help="CSV of predictions (mean, q05, q95, loglik if y given)")
     pred.add_argument("--num-samples", type=positive_int, default=NUM_SAMPLES,
                       help=f"importance samples per task (default {NUM_SAMPLES})")
     pred.add_argument("--seed", type=int, default=0)
+    pred.add_argument("--chunk", type=positive_int, default=PREDICT_CHUNK,
+                      help=f"tasks predicted at a time (memory; default {PREDICT_CHUNK})")
+    pred.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     demo = sub.add_parser("demo", help="the main job end to end on a small default: diagram, fit with and "
                                        "without metadata, evaluation, plots (what `make demo` runs)",
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter, parents=[common])
     demo.add_argument("--out", default="runs/demo", help="output folder")
     add_fit_options(demo)
     return parser
@@ -62,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
 def add_fit_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=positive_int, default=TRAIN.steps, help="SVI steps")
+    g.add_argument("--extend", action="store_true",
+                   help="resume a checkpoint trained with fewer --steps (otherwise a resume needs the same options)")
+    g.add_argument("--checkpoint-every", type=positive_int, default=TRAIN.checkpoint_every,
+                   help="steps between writes of model.pt (a killed run resumes from the last one)")
     g.add_argument("--seed", type=int, default=TRAIN.seed, help="random seed (tasks, initialization, draws)")
     g.add_argument("--metadata", choices=("use", "none"), default="use" if MODEL.use_metadata else "none",
                    help="'none' withholds m everywhere: the ablation baseline")
@@ -103,50 +122,42 @@ def configs(args, family: TaskFamily):
     train = TrainConfig(steps=args.steps, batch_tasks=args.batch_tasks, max_points=args.max_points,
                         min_points=args.min_points, lr=args.lr, lr_decay=args.lr_decay, clip_norm=args.clip_norm,
                         anneal_steps=args.anneal_steps, metadata_dropout=args.metadata_dropout,
-                        metadata_swap=args.metadata_swap, seed=args.seed)
+                        metadata_swap=args.metadata_swap, seed=args.seed, checkpoint_every=args.checkpoint_every)
     return model, train, EvalConfig(num_tasks=args.eval_tasks)
-
-
-def run_predict(args) -> None:
-    from .taskfile import read_task_file, write_predictions
-
-    meta_model, _ = load_checkpoint(args.checkpoint)
-    c = meta_model.config
-    batch, labels, score = read_task_file(args.tasks_file, c.x_dim, c.y_dim, c.metadata_dim)
-    torch.manual_seed(args.seed)
-    predictive, _ = meta_model.predict(batch, num_samples=args.num_samples)
-    write_predictions(args.out, batch, labels, predictive, score)
-    print(f"predicted {int(batch.query_mask.sum())} query points of {len(labels)} task(s) -> {args.out}")
 
 
 def run_render(out: str, guide: bool) -> None:
     from .render import render_diagram
 
+    check_output_file(out, "--out")
     render_diagram(path=out, guide=guide)
     print(f"wrote {out}")
+
+
+def run(args) -> None:
+    """The work of the parsed command."""
+    progress = not args.no_progress if "no_progress" in args else True
+    if args.command == "render":
+        run_render(args.out, args.guide)
+    elif args.command == "predict":
+        run_predict(args.checkpoint, args.tasks_file, args.out, num_samples=args.num_samples, seed=args.seed,
+                    chunk=args.chunk, progress=progress)
+    elif args.command == "fit":
+        family = make_family(args.tasks)
+        model, train, evaluation = configs(args, family)
+        run_fit(family, model, train, args.out, evaluation, num_samples=args.num_samples, progress=progress,
+                extend=args.extend)
+    else:
+        model, train, evaluation = configs(args, make_family("sinusoid"))
+        run_demo(args.out, model, train, evaluation, num_samples=args.num_samples, progress=progress,
+                 extend=args.extend)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     matplotlib.use("Agg")  # files only, no windows
     torch.set_num_threads(1)  # these networks are small: one thread is fastest on 2 cores
-    try:
-        if args.command == "render":
-            run_render(args.out, args.guide)
-        elif args.command == "predict":
-            run_predict(args)
-        elif args.command == "fit":
-            family = make_family(args.tasks)
-            model, train, evaluation = configs(args, family)
-            run_fit(family, model, train, args.out, evaluation, num_samples=args.num_samples,
-                    progress=not args.no_progress)
-        else:
-            model, train, evaluation = configs(args, make_family("sinusoid"))
-            run_demo(args.out, model, train, evaluation, num_samples=args.num_samples, progress=not args.no_progress)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return report_errors(lambda: run(args), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ See :mod:`hierarchical_meta.model` and :mod:`hierarchical_meta.guide` for the de
 from __future__ import annotations
 
 import dataclasses
-import os
+import math
 import pickle
 
 import torch
@@ -21,9 +21,15 @@ from torch import nn
 from .guide import AmortizedGuide
 from .model import DECODERS, PRIORS, GenerativeModel, check_likelihood
 from .predict import NUM_SAMPLES, posterior_predictive
+from .runfiles import atomic_write, check_input_file
 from .tasks import TaskBatch
 
-__all__ = ["ModelConfig", "HierarchicalMetaModel", "load_checkpoint"]
+__all__ = ["ModelConfig", "HierarchicalMetaModel", "load_checkpoint", "MAX_INPUT"]
+
+#: The largest magnitude of an input the networks accept (x, y and m as the model sees them,
+#: after any standardization a task family applies): beyond it products of float32 weights
+#: and inputs overflow to inf and the predictions to NaN.
+MAX_INPUT = 1e6
 
 
 @dataclasses.dataclass
@@ -63,6 +69,8 @@ class ModelConfig:
             raise ValueError(f"prior must be one of {PRIORS}, got {self.prior!r}")
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+        if self.noise_std is not None and not (math.isfinite(self.noise_std) and self.noise_std > 0):
+            raise ValueError(f"noise_std must be a finite number > 0 (or None to learn it), got {self.noise_std}")
         check_likelihood(self.likelihood, self.num_classes, self.y_dim, self.noise_std)
 
 
@@ -95,7 +103,19 @@ class HierarchicalMetaModel(nn.Module):
                                  f"{expected[key]} (config {key}_dim); "
                                  "build the model from the task family you predict on, or load the "
                                  "checkpoint trained on it")
-
+        for name, values, mask in (("x_support", batch.x_support, batch.support_mask),
+                                   ("y_support", batch.y_support, batch.support_mask),
+                                   ("x_query", batch.x_query, batch.query_mask),
+                                   ("y_query", batch.y_query, batch.query_mask),
+                                   ("metadata", batch.metadata[:, None], None)):
+            big = values.abs() > MAX_INPUT  # NaN (missing metadata) is not big
+            if mask is not None:
+                big &= mask[..., None]
+            if big.any():
+                t, n, d = big.nonzero()[0].tolist()
+                where = f"task {t}, dimension {d}" if name == "metadata" else f"task {t}, point {n}, dimension {d}"
+                raise ValueError(f"{name} of {where} is {float(values[t, n, d]):g}, beyond ±{MAX_INPUT:g}: "
+                                 "the model takes inputs on the scale it was trained on; standardize the data")
     def model_metadata(self, metadata: torch.Tensor) -> torch.Tensor:
         """The metadata the networks see: all-missing (NaN) when ``use_metadata`` is off."""
         if self.config.use_metadata:
@@ -119,33 +139,49 @@ class HierarchicalMetaModel(nn.Module):
 
     # -- checkpoints ----------------------------------------------------------------------
     def save(self, path: str, **extra) -> None:
-        """Write config + weights (+ ``extra`` entries) atomically: a crash never leaves half a file."""
+        """Write config + weights (+ ``extra`` entries) atomically: a crash never leaves half a file.
+
+        ``extra`` must be plain data (tensors, numbers, strings, lists, dicts, tuples, None):
+        :func:`load_checkpoint` unpickles nothing else.
+        """
         state = {"config": dataclasses.asdict(self.config), "state_dict": self.state_dict(), **extra}
-        tmp = f"{path}.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        with atomic_write(path, "wb") as f:
+            torch.save(state, f)
 
 
 def load_checkpoint(path: str, map_location="cpu"):
-    """Load ``(HierarchicalMetaModel, checkpoint dict)`` from a file written by :meth:`save`."""
-    if not os.path.exists(path):
-        raise ValueError(f"checkpoint {path!r} does not exist; train one with "
-                         "`python -m hierarchical_meta fit --out DIR` (it writes DIR/model.pt)")
+    """Load ``(HierarchicalMetaModel, checkpoint dict)`` from a file written by :meth:`save`.
+
+    Unpickles with ``weights_only=True``: tensors and plain data only, so a crafted file cannot
+    run code (ValueError). FileNotFoundError (IsADirectoryError, PermissionError) for a path
+    that is not a readable file; ValueError for a file that is not a checkpoint of this version.
+    """
+    check_input_file(path, "checkpoint")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except (pickle.UnpicklingError, EOFError, RuntimeError) as error:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights only" in str(error).lower():
+            raise ValueError(f"refused to load {path!r}: it holds Python objects beyond tensors and plain data, "
+                             "and unpickling them could run code; load only checkpoints written by "
+                             "`python -m hierarchical_meta fit`") from None
         raise ValueError(f"{path!r} is not a hierarchical_meta checkpoint ({error}); pass the "
                          "DIR/model.pt that `python -m hierarchical_meta fit --out DIR` wrote") from None
-    if not isinstance(state, dict) or "config" not in state or "state_dict" not in state:
+    except Exception:  # garbage makes the unpickler fail in any way (KeyError, EOFError, ...)
+        raise ValueError(f"{path!r} is not a hierarchical_meta checkpoint (it cannot be read as one); pass the "
+                         "DIR/model.pt that `python -m hierarchical_meta fit --out DIR` wrote") from None
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or "state_dict" not in state:
         raise ValueError(f"{path!r} is not a hierarchical_meta checkpoint (no config/state_dict)")
+    unknown = sorted(set(state["config"]) - {f.name for f in dataclasses.fields(ModelConfig)})
+    if unknown:
+        raise ValueError(f"checkpoint {path!r} is from another version of hierarchical_meta: unknown config "
+                         f"key(s) {unknown}; retrain it with this version (or use the version that wrote it)")
     try:
         config = ModelConfig(**state["config"])
-    except TypeError as error:  # a field this version does not have (or lacks)
-        raise ValueError(f"checkpoint {path!r} was written by another version of hierarchical_meta "
-                         f"({error}); retrain it with this version") from None
+    except TypeError as error:  # a value of the wrong type
+        raise ValueError(f"checkpoint {path!r} holds an invalid configuration ({error})") from None
     model = HierarchicalMetaModel(config)
     try:
         model.load_state_dict(state["state_dict"])
-    except RuntimeError as error:
+    except (RuntimeError, TypeError, AttributeError) as error:
         raise ValueError(f"checkpoint {path!r} does not match its stored configuration: {error}") from None
     return model, state

@@ -137,7 +137,7 @@ class GenerativeModel(nn.Module):
         """f(x, φ2): phi2 [..., T, 1, D], x [T, N, Dx] -> [..., T, N, Dout] (mean or logits)."""
         if self.decoder == "features":
             h = self.features(x).unflatten(-1, (-1, self.latent_dim))  # [T, N, Dout, D]
-            return (h * phi2[..., None, :]).sum(-1) + self.offset(x)
+            return torch.einsum("tnod,...tjd->...tno", h, phi2) + self.offset(x)  # ⟨h(x), φ2⟩, a matmul
         return self.net(cat_broadcast([x, phi2]))
 
     def predictive_mean(self, phi2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

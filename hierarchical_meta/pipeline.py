@@ -5,7 +5,10 @@
 ``metrics.json``, ``metrics.csv``, ``training_curve.png``, ``predictions.png`` (1-D x and y)
 and ``loglik_vs_k.png``. :func:`run_demo` draws the plate diagram, fits sinusoid tasks with
 and without the metadata and checks the demo's quality targets (:func:`check_targets`).
-``python -m hierarchical_meta`` parses its flags into the config dataclasses and calls these.
+:func:`run_predict` predicts the query points of a task file (:mod:`hierarchical_meta.taskfile`)
+in chunks of tasks. ``python -m hierarchical_meta`` parses its flags into the config dataclasses
+and calls these. A run holds the lock of its output folder and writes its results atomically
+(:mod:`hierarchical_meta.runfiles`).
 """
 
 from __future__ import annotations
@@ -18,16 +21,19 @@ import time
 from collections.abc import Callable
 
 import torch
+from tqdm.auto import tqdm
 
 from .evaluate import EvalConfig, evaluate, heldout_tasks
-from .meta_model import HierarchicalMetaModel, ModelConfig
+from .meta_model import HierarchicalMetaModel, ModelConfig, load_checkpoint
 from .predict import NUM_SAMPLES
 from .predictive import point_metrics
+from .runfiles import atomic_write, check_input_file, check_output_file, hold_folder
+from .taskfile import prediction_header, prediction_rows, read_task_file
 from .tasks import SinusoidTasks, TaskFamily
 from .train import TrainConfig, fit
 
-__all__ = ["run_fit", "run_demo", "evaluate_model", "importance_metrics", "check_targets",
-           "write_metrics_csv", "format_table", "format_targets",
+__all__ = ["run_fit", "run_demo", "run_predict", "PREDICT_CHUNK", "evaluate_model", "importance_metrics",
+           "check_targets", "write_metrics_csv", "format_table", "format_targets",
            "TARGET_ORACLE_GAP", "TARGET_COVERAGE", "TARGET_METADATA_GAIN", "TARGET_SHUFFLED_LOSS"]
 
 #: The demo's quality targets (docs/model.md), per query point: at every K the model's loglik
@@ -38,6 +44,9 @@ TARGET_ORACLE_GAP = 0.3
 TARGET_COVERAGE = (0.85, 0.95)
 TARGET_METADATA_GAIN = 0.1
 TARGET_SHUFFLED_LOSS = 0.2
+
+#: Tasks predicted at a time by :func:`run_predict`: memory grows as chunk x samples x points per task.
+PREDICT_CHUNK = 16
 
 Log = Callable[[str], None] | None
 
@@ -60,47 +69,86 @@ def evaluate_model(meta_model: HierarchicalMetaModel, family: TaskFamily, config
 
 def run_fit(family: TaskFamily, model_config: ModelConfig, train_config: TrainConfig, out_dir: str,
             eval_config: EvalConfig | None = None, num_samples: int = NUM_SAMPLES,
-            progress: bool = True, log: Log = print) -> dict:
+            progress: bool = True, log: Log = print, extend: bool = False) -> dict:
     """Train (or resume from ``out_dir/model.pt``), evaluate and plot into ``out_dir``; returns the metrics.
 
     The metrics dict is ``metrics.json``: :func:`evaluate_model`'s entries, the held-out ELBO and
     KLs at the last step, the three configs and the training seconds. ``log`` receives the
     status lines and the table (None: silent); ``progress`` shows bars while training and evaluating.
+    A resume must have the checkpoint's options (:func:`~hierarchical_meta.train.fit`;
+    ``extend`` allows more steps). The run holds the lock of ``out_dir`` throughout.
     """
     from .plots import plot_metrics_vs_shots, plot_predictions, plot_training_curve
 
     eval_config = eval_config if eval_config is not None else EvalConfig()
     log = log or (lambda text: None)
-    os.makedirs(out_dir, exist_ok=True)
-    torch.manual_seed(train_config.seed)  # the initial weights
-    meta_model = HierarchicalMetaModel(model_config)
-    tic = time.perf_counter()
-    history = fit(meta_model, family, train_config, out_dir=out_dir, progress=progress)
-    log(f"trained {train_config.steps} steps in {time.perf_counter() - tic:.0f}s -> {out_dir}/model.pt")
+    with hold_folder(out_dir, log):
+        torch.manual_seed(train_config.seed)  # the initial weights
+        meta_model = HierarchicalMetaModel(model_config)
+        tic = time.perf_counter()
+        history = fit(meta_model, family, train_config, out_dir=out_dir, progress=progress, extend=extend)
+        log(f"trained {history['trained_steps']} steps in {time.perf_counter() - tic:.0f}s "
+            f"(step {history['step'][-1]} of {train_config.steps}) -> {out_dir}/model.pt")
 
-    torch.manual_seed(train_config.seed)  # the importance samples
-    metrics = evaluate_model(meta_model, family, eval_config, num_samples=num_samples, progress=progress)
-    final = history["eval"][-1]  # held-out ELBO and KLs at the last step (train.heldout_elbo)
-    metrics.update({"elbo": final["elbo_per_point"], "kl_phi1": final["kl_phi1_per_task"],
-                    "kl_phi2": final["kl_phi2_per_task"], "model": dataclasses.asdict(model_config),
-                    "train": dataclasses.asdict(train_config), "eval": dataclasses.asdict(eval_config),
-                    "train_seconds": history["seconds"]})
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
-    write_metrics_csv(metrics, os.path.join(out_dir, "metrics.csv"))
-    plot_training_curve(history, os.path.join(out_dir, "training_curve.png"))
-    if family.x_dim == 1 and family.y_dim == 1:
-        shown = heldout_tasks(family, dataclasses.replace(eval_config, num_tasks=3), max(eval_config.shots))
-        plot_predictions(meta_model, shown, os.path.join(out_dir, "predictions.png"), family=family,
-                         num_samples=num_samples)
-    plot_metrics_vs_shots({"model": metrics}, os.path.join(out_dir, "loglik_vs_k.png"))
+        torch.manual_seed(train_config.seed)  # the importance samples
+        metrics = evaluate_model(meta_model, family, eval_config, num_samples=num_samples, progress=progress)
+        final = history["eval"][-1]  # held-out ELBO and KLs at the last step (train.heldout_elbo)
+        metrics.update({"elbo": final["elbo_per_point"], "kl_phi1": final["kl_phi1_per_task"],
+                        "kl_phi2": final["kl_phi2_per_task"], "model": dataclasses.asdict(model_config),
+                        "train": dataclasses.asdict(train_config), "eval": dataclasses.asdict(eval_config),
+                        "train_seconds": history["seconds"]})
+        with atomic_write(os.path.join(out_dir, "metrics.json")) as f:
+            json.dump(metrics, f, indent=2)
+        write_metrics_csv(metrics, os.path.join(out_dir, "metrics.csv"))
+        plot_training_curve(history, os.path.join(out_dir, "training_curve.png"))
+        if family.x_dim == 1 and family.y_dim == 1:
+            shown = heldout_tasks(family, dataclasses.replace(eval_config, num_tasks=3), max(eval_config.shots))
+            plot_predictions(meta_model, shown, os.path.join(out_dir, "predictions.png"), family=family,
+                             num_samples=num_samples)
+        plot_metrics_vs_shots({"model": metrics}, os.path.join(out_dir, "loglik_vs_k.png"))
     log(format_table(metrics))
     return metrics
 
 
+def run_predict(checkpoint: str, tasks_file: str, out: str, num_samples: int = NUM_SAMPLES, seed: int = 0,
+                chunk: int = PREDICT_CHUNK, progress: bool = True, log: Log = print) -> int:
+    """Predict the query points of ``tasks_file`` with the model of ``checkpoint`` into the CSV ``out``.
+
+    Tasks are predicted ``chunk`` at a time (bounded memory) and their rows written as they
+    come; ``out`` appears only once every row is written, so an error leaves no partial file.
+    A prediction that is not finite raises FloatingPointError naming its task. Seeds torch's
+    RNG with ``seed`` once (the draws depend on ``chunk``). Returns the number of query points.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be a positive integer, got {chunk}")
+    log = log or (lambda text: None)
+    check_input_file(tasks_file, "task file")
+    check_output_file(out, "output file", inputs=(tasks_file, checkpoint))
+    meta_model, _ = load_checkpoint(checkpoint)
+    c = meta_model.config
+    if c.likelihood != "normal":
+        raise ValueError(f"predict writes the mean and 90% interval of a regression model; {checkpoint!r} is a "
+                         f"classifier (likelihood={c.likelihood!r})")
+    batch, labels, score = read_task_file(tasks_file, c.x_dim, c.y_dim, c.metadata_dim)
+    meta_model.check_batch(batch)
+    torch.manual_seed(seed)
+    with atomic_write(out, newline="") as f, tqdm(total=len(labels), disable=not progress, desc="predict",
+                                                   unit="task") as bar:
+        writer = csv.writer(f)
+        writer.writerow(prediction_header(c.x_dim, c.y_dim, score))
+        for start in range(0, len(labels), chunk):
+            part = batch.subset(slice(start, start + chunk))
+            predictive, _ = meta_model.predict(part, num_samples=num_samples)
+            writer.writerows(prediction_rows(part, labels[start:start + chunk], predictive, score))
+            bar.update(part.num_tasks)
+    points = int(batch.query_mask.sum())
+    log(f"predicted {points} query points of {len(labels)} task(s) -> {out}")
+    return points
+
+
 def run_demo(out_dir: str, model_config: ModelConfig, train_config: TrainConfig,
              eval_config: EvalConfig | None = None, num_samples: int = NUM_SAMPLES,
-             progress: bool = True, log: Log = print) -> dict:
+             progress: bool = True, log: Log = print, extend: bool = False) -> dict:
     """The main job on sinusoid tasks: diagram, fits with and without metadata, targets.
 
     Writes ``plate_diagram.svg``, ``with_metadata/`` and ``no_metadata/`` (:func:`run_fit`,
@@ -111,23 +159,23 @@ def run_demo(out_dir: str, model_config: ModelConfig, train_config: TrainConfig,
     from .render import render_diagram
 
     log = log or (lambda text: None)
-    os.makedirs(out_dir, exist_ok=True)
-    diagram = os.path.join(out_dir, "plate_diagram.svg")
-    render_diagram(path=diagram, guide=True)
-    log(f"wrote {diagram}")
-    family = SinusoidTasks()
-    runs = {}
-    for label, use_metadata, folder in (("with metadata", True, "with_metadata"),
-                                        ("metadata withheld", False, "no_metadata")):
-        log(f"== fit {label}")
-        config = dataclasses.replace(model_config, x_dim=family.x_dim, y_dim=family.y_dim,
-                                     metadata_dim=family.metadata_dim, use_metadata=use_metadata)
-        runs[label] = run_fit(family, config, train_config, os.path.join(out_dir, folder), eval_config,
-                              num_samples=num_samples, progress=progress, log=log)
-    plot_metrics_vs_shots(runs, os.path.join(out_dir, "loglik_vs_k.png"))
-    summary = {"runs": runs, "targets": check_targets(runs["with metadata"], runs["metadata withheld"])}
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    with hold_folder(out_dir, log):
+        diagram = os.path.join(out_dir, "plate_diagram.svg")
+        render_diagram(path=diagram, guide=True)
+        log(f"wrote {diagram}")
+        family = SinusoidTasks()
+        runs = {}
+        for label, use_metadata, folder in (("with metadata", True, "with_metadata"),
+                                            ("metadata withheld", False, "no_metadata")):
+            log(f"== fit {label}")
+            config = dataclasses.replace(model_config, x_dim=family.x_dim, y_dim=family.y_dim,
+                                         metadata_dim=family.metadata_dim, use_metadata=use_metadata)
+            runs[label] = run_fit(family, config, train_config, os.path.join(out_dir, folder), eval_config,
+                                  num_samples=num_samples, progress=progress, log=log, extend=extend)
+        plot_metrics_vs_shots(runs, os.path.join(out_dir, "loglik_vs_k.png"))
+        summary = {"runs": runs, "targets": check_targets(runs["with metadata"], runs["metadata withheld"])}
+        with atomic_write(os.path.join(out_dir, "summary.json")) as f:
+            json.dump(summary, f, indent=2)
     log(format_targets(summary["targets"]))
     log(f"demo results under {out_dir}/")
     return summary
@@ -168,7 +216,7 @@ def _shuffled(metrics: dict, k: str) -> dict:
 def write_metrics_csv(metrics: dict, path: str) -> None:
     """One row per K: the model, the shuffled-metadata model and the reference side by side."""
     keys = sorted({key for entry in metrics["shots"].values() for key in entry})
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["K"] + keys + ["shuffled_loglik", "shuffled_coverage90"])
         for k, entry in metrics["shots"].items():

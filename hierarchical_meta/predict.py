@@ -49,14 +49,25 @@ def posterior_predictive(model, guide, x_support, y_support, metadata, support_m
     share = n_prior / num_samples  # the prior's share as drawn (rounded), which the density must use
     q2 = guide.phi2_posterior(x_support, y_support, metadata, support_mask)  # batch [T, 1]
     phi2_q = q2.sample((n_guide,))  # [Sg, T, 1, D]
-    phi1_q = guide.phi1_posterior(phi2_q, m).sample()
+    q1_q = guide.phi1_posterior(phi2_q, m)
+    phi1_q = q1_q.sample()
     phi1_p = model.phi1_prior((n_prior, T, 1)).sample()  # [Sp, T, 1, D]
-    phi2_p = model.phi2_prior(phi1_p, m).sample()
+    p2_p = model.phi2_prior(phi1_p, m)
+    phi2_p = p2_p.sample()
     phi1, phi2 = torch.cat([phi1_q, phi1_p]), torch.cat([phi2_q, phi2_p])  # [S, T, 1, D]
 
-    log_prior = (model.phi1_prior(phi1.shape[:-1]).log_prob(phi1)
-                 + model.phi2_prior(phi1, m).log_prob(phi2))[..., 0]  # [S, T]
-    log_guide = (q2.log_prob(phi2) + guide.phi1_posterior(phi2, m).log_prob(phi1))[..., 0]
+    # each conditional network runs once per draw: at its own draws, and at the other proposal's
+    # (an empty proposal, Sg or Sp = 0, is left out: some distributions refuse empty values)
+    log_p2, log_q1 = [], []  # p(φ2 | φ1, m) and q(φ1 | φ2, m) at the guide's draws, then at the prior's
+    if n_guide:
+        log_p2.append(model.phi2_prior(phi1_q, m).log_prob(phi2_q))  # [Sg, T, 1]
+        log_q1.append(q1_q.log_prob(phi1_q))
+    if n_prior:
+        log_p2.append(p2_p.log_prob(phi2_p))  # [Sp, T, 1]
+        log_q1.append(guide.phi1_posterior(phi2_p, m).log_prob(phi1_p))
+    log_p2, log_q1 = torch.cat(log_p2), torch.cat(log_q1)  # [S, T, 1]
+    log_prior = (model.phi1_prior(phi1.shape[:-1]).log_prob(phi1) + log_p2)[..., 0]  # [S, T]
+    log_guide = (q2.log_prob(phi2) + log_q1)[..., 0]
     if n_prior == 0:
         log_proposal = log_guide
     else:

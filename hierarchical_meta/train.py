@@ -11,7 +11,10 @@ task's) so the model learns how far to trust m. The KL terms are annealed (both 
 sites scaled by β rising from ``initial_kl_weight`` to 1) against posterior collapse.
 
 The checkpoint ``out_dir/model.pt`` is written atomically every ``checkpoint_every``
-steps; calling :func:`fit` again on the same folder resumes from it.
+steps; calling :func:`fit` again on the same folder resumes from it when the model
+configuration, the task family and the training options are the checkpoint's, and stops
+naming each difference otherwise; ``extend=True`` lets a resume raise ``steps`` (the
+learning rate goes on decaying at the first run's rate). See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -31,7 +34,10 @@ from .bound import elbo_terms
 from .meta_model import HierarchicalMetaModel, load_checkpoint
 from .tasks import TaskBatch, TaskFamily
 
-__all__ = ["TrainConfig", "fit", "corrupt_metadata", "ragged_mask"]
+__all__ = ["TrainConfig", "fit", "resume_conflicts", "corrupt_metadata", "ragged_mask", "NOT_COMPARED"]
+
+#: TrainConfig fields that do not change what is trained: a resume may change them.
+NOT_COMPARED = ("checkpoint_every",)
 
 
 @dataclasses.dataclass
@@ -60,6 +66,9 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
+        for name in ("lr", "lr_decay", "clip_norm", "initial_kl_weight", "metadata_dropout", "metadata_swap"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         for name in ("steps", "batch_tasks", "max_points", "num_particles", "eval_every",
                      "eval_tasks", "checkpoint_every"):
             if getattr(self, name) < 1:
@@ -116,13 +125,53 @@ def heldout_elbo(meta_model: HierarchicalMetaModel, batch: TaskBatch, num_partic
             "kl_phi2_per_task": float(terms["kl_phi2"].mean())}
 
 
+def resume_conflicts(state: dict, meta_model: HierarchicalMetaModel, family: TaskFamily, config: TrainConfig,
+                     extend: bool = False) -> list[str]:
+    """Why the checkpoint ``state`` cannot be resumed by this run: one entry per difference ([] if none).
+
+    The model configuration, the task family and every training option but
+    :data:`NOT_COMPARED` must be the checkpoint's; ``steps`` may be raised with ``extend``.
+    """
+    saved_model = state["config"]
+    now_model = dataclasses.asdict(meta_model.config)
+    conflicts = [f"model {key} {saved_model[key]!r} (now {now_model[key]!r})"
+                 for key in now_model if key in saved_model and saved_model[key] != now_model[key]]
+    if state.get("family", family.name) != family.name:
+        conflicts.append(f"task family {state['family']!r} (now {family.name!r})")
+    saved = state.get("train_config", {})
+    now = dataclasses.asdict(config)
+    unknown = sorted(set(saved) - set(now))
+    if unknown:
+        raise ValueError(f"the checkpoint is from another version of hierarchical_meta: unknown training option(s) "
+                         f"{unknown}; use a new output folder")
+    for key in now:
+        if key in NOT_COMPARED or key not in saved or key == "steps" or saved[key] == now[key]:
+            continue
+        conflicts.append(f"{key} {saved[key]!r} (now {now[key]!r})")
+    if "steps" in saved and config.steps != saved["steps"]:
+        if config.steps < state["step"]:
+            conflicts.append(f"steps {saved['steps']} (now {config.steps}, fewer than the {state['step']} "
+                             "already trained)")
+        elif not extend:
+            conflicts.append(f"steps {saved['steps']} (now {config.steps}; pass --extend (extend=True) to train "
+                             f"it on to {config.steps} steps)")
+    return conflicts
+
+
+def _diverged(step: int, config: TrainConfig, what: str) -> FloatingPointError:
+    return FloatingPointError(f"the training diverged at step {step} ({what}); lower --lr (now {config.lr:g}) "
+                              "or check the task data for extreme values")
+
+
 def fit(meta_model: HierarchicalMetaModel, family: TaskFamily, config: TrainConfig,
         out_dir: str | None = None, progress: bool = True,
-        callback: Callable[[int, dict], None] | None = None) -> dict:
+        callback: Callable[[int, dict], None] | None = None, extend: bool = False) -> dict:
     """Train ``meta_model`` on tasks from ``family``; returns the history dict.
 
-    With ``out_dir``, resumes from ``out_dir/model.pt`` if present (same model config
-    required) and writes it every ``checkpoint_every`` steps and at the end.
+    With ``out_dir``, resumes from ``out_dir/model.pt`` if present (:func:`resume_conflicts`
+    must find none, else ValueError listing them) and writes it every ``checkpoint_every``
+    steps and at the end. ``history["trained_steps"]`` counts the steps this call trained.
+    A run whose loss or parameters become NaN or infinite raises FloatingPointError.
     """
     c = meta_model.config
     if (family.x_dim, family.y_dim, family.metadata_dim) != (c.x_dim, c.y_dim, c.metadata_dim):
@@ -136,13 +185,22 @@ def fit(meta_model: HierarchicalMetaModel, family: TaskFamily, config: TrainConf
     path = os.path.join(out_dir, "model.pt") if out_dir else None
     if path and os.path.exists(path):
         saved, state = load_checkpoint(path)
-        if saved.config != meta_model.config:
-            raise ValueError(f"{path} was trained with another model configuration "
-                             f"({saved.config}); use a new --out folder or the same options")
+        try:
+            conflicts = resume_conflicts(state, meta_model, family, config, extend)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
+        if conflicts:
+            raise ValueError(f"{path} was trained with other options than this run's: {'; '.join(conflicts)}. "
+                             "Rerun with the checkpoint's options to resume it, or use a new --out folder")
+        missing = [key for key in ("step", "optimizer", "history", "generator", "torch_rng") if key not in state]
+        if missing:
+            raise ValueError(f"{path} holds a model but not the training state {missing} to resume from; "
+                             "use a new --out folder")
         meta_model.load_state_dict(saved.state_dict())
         start_step, optim_state, history = state["step"], state["optimizer"], state["history"]
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
+    history["trained_steps"] = 0
     if start_step >= config.steps:
         return history
 
@@ -160,7 +218,7 @@ def fit(meta_model: HierarchicalMetaModel, family: TaskFamily, config: TrainConf
         if path:
             meta_model.save(path, step=step, optimizer=optimizer.get_state(), history=history,
                             generator=generator.get_state(), torch_rng=torch.get_rng_state(),
-                            train_config=dataclasses.asdict(config))
+                            train_config=dataclasses.asdict(config), family=family.name)
 
     bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps,
                disable=not progress, desc="fit", unit="step")
@@ -170,16 +228,25 @@ def fit(meta_model: HierarchicalMetaModel, family: TaskFamily, config: TrainConf
         mask = ragged_mask(batch.support_mask, generator, config.min_points)
         metadata = corrupt_metadata(meta_model.model_metadata(batch.metadata), config.metadata_dropout,
                                     config.metadata_swap, generator)
-        loss = svi.step(batch.x_support, metadata, batch.y_support, mask,
-                        latent_scale=config.kl_weight(step))
+        try:
+            loss = svi.step(batch.x_support, metadata, batch.y_support, mask,
+                            latent_scale=config.kl_weight(step))
+            metrics = None
+            if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+                metrics = heldout_elbo(meta_model, eval_batch)
+        except (ValueError, torch.linalg.LinAlgError) as error:
+            # a distribution built from NaN/inf parameters (its constraint check or Cholesky fails)
+            finite = all(bool(torch.isfinite(p).all()) for p in meta_model.parameters())
+            if finite and not isinstance(error, torch.linalg.LinAlgError) and "invalid values" not in str(error):
+                raise
+            raise _diverged(step + 1, config, "a distribution's parameters became NaN or infinite") from error
         loss_per_point = loss / max(int(mask.sum()), 1)
         if not math.isfinite(loss_per_point):
-            raise FloatingPointError(f"the loss became {loss_per_point} at step {step}; "
-                                     "lower --lr or check the task data for extreme values")
+            raise _diverged(step + 1, config, f"the loss became {loss_per_point}")
         history["step"].append(step + 1)
         history["loss"].append(loss_per_point)
-        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-            metrics = heldout_elbo(meta_model, eval_batch)
+        history["trained_steps"] += 1
+        if metrics is not None:
             history["eval_step"].append(step + 1)
             history["eval"].append(metrics)
             bar.set_postfix(elbo=f"{metrics['elbo_per_point']:.3f}", kl1=f"{metrics['kl_phi1_per_task']:.2f}",

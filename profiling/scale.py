@@ -9,9 +9,14 @@ measured as in :mod:`profiling.measure`. Writes to the output folder as it goes:
 - ``summary.txt``: the environment, the fitted growth of every curve and the medians.
 
 Started again on the same folder, it skips the configurations already in the CSV, so a
-killed run redoes at most the configuration it was in. An out-of-memory configuration
-is recorded (``status=oom``) and the sweep goes on; a worker that dies is recorded
-(``status=failed:...``) and a fresh worker takes the remaining configurations.
+killed run redoes at most the configuration it was in (a row torn by the kill is dropped
+and measured again). An out-of-memory configuration is recorded (``status=oom``) and the
+sweep goes on; a worker that dies is recorded (``status=failed:...``) and a fresh worker
+takes the remaining configurations. A run holds the lock of its output folder
+(:mod:`profiling.lock`): a second run on it stops at once.
+
+A mistake in the input ends in one ``error:`` line and exit status 2; ``--debug`` (or
+``PROFILING_DEBUG=1``) shows the traceback.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from tqdm import tqdm
 
 from .algorithms import IMPLEMENTATIONS, METHODS
 from .growth import summary_text
+from .lock import hold_folder
 from .measure import resolve_device
 from .plots import draw_all
 from .study import (
@@ -41,6 +47,7 @@ from .study import (
     Config,
     StudyConfig,
     append_row,
+    drop_torn_row,
     failed_row,
     measure_config,
     read_rows,
@@ -50,6 +57,7 @@ from .study import (
 __all__ = ["main", "run_study", "write_report", "parse_args"]
 
 DEFAULT_OUT = os.path.join("runs", "scale")
+DEBUG_ENV = "PROFILING_DEBUG"
 
 
 def _positive_int_list(text: str) -> list[int]:
@@ -128,6 +136,7 @@ def parse_args(argv=None) -> tuple[StudyConfig, argparse.Namespace]:
                         help=f"output folder for scale.csv, the plots and summary.txt (default {DEFAULT_OUT}); "
                              "an existing scale.csv there is resumed")
     parser.add_argument("--plots-only", action="store_true", help="redraw plots and summary from the existing CSV")
+    parser.add_argument("--debug", action="store_true", help=f"show the traceback of an error (also: {DEBUG_ENV}=1)")
     args = parser.parse_args(argv)
     fields = {f.name for f in dataclasses.fields(StudyConfig)}
     try:
@@ -195,42 +204,65 @@ def _run_in_process(configs: list[Config], csv_path: str, device: torch.device, 
         torch.set_num_threads(threads)
 
 
+def _output_folder(out_dir: str) -> None:
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise FileExistsError(f"output folder {out_dir!r} is an existing file, not a folder; give a folder")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as error:
+        raise type(error)(f"cannot create the output folder {out_dir!r}: {error.strerror or error}") from None
+
+
 def run_study(config: StudyConfig, out_dir: str, command: str) -> str:
     """Measure (or resume) the configurations of ``config`` into ``out_dir/scale.csv``, then :func:`write_report`.
 
-    ``command`` is printed on every figure and in the summary, which is returned.
+    ``command`` is printed on every figure and in the summary, which is returned. Holds the
+    lock of ``out_dir`` throughout (:mod:`profiling.lock`).
     """
-    os.makedirs(out_dir, exist_ok=True)
-    csv_path = os.path.join(out_dir, "scale.csv")
-    device = resolve_device(config.device)
-    existing = read_rows(csv_path)
-    if existing and existing[0]["device"] != device.type:
-        raise ValueError(f"{csv_path} holds a {existing[0]['device']} study but the device is {device.type}: "
-                         "use another output folder")
-    todo = config.configurations()
-    done = {row_key(r) for r in existing}
-    todo_left = [c for c in todo if c.key() not in done]
-    spec = {"device": str(device), **config.timing}
-    with tqdm(total=len(todo), initial=len(todo) - len(todo_left), desc="configurations", unit="cfg",
-              dynamic_ncols=True) as bar:
-        for sweep in config.sweeps:
-            for method in config.methods:
-                group = [c for c in todo_left if c.sweep == sweep and c.method == method]
-                if group and config.isolation == "process":
-                    _run_worker(group, csv_path, device, spec, bar)
-                elif group:
-                    _run_in_process(group, csv_path, device, spec, bar)
-    return write_report(config, out_dir, command)
+    _output_folder(out_dir)
+    with hold_folder(out_dir):
+        csv_path = os.path.join(out_dir, "scale.csv")
+        device = resolve_device(config.device)
+        if drop_torn_row(csv_path):
+            print(f"{csv_path}: dropped a row torn by a killed run; its configuration is measured again",
+                  file=sys.stderr)
+        existing = read_rows(csv_path)
+        if existing and existing[0]["device"] != device.type:
+            raise ValueError(f"{csv_path} holds a {existing[0]['device']} study but the device is {device.type}: "
+                             "use another output folder")
+        todo = config.configurations()
+        done = {row_key(r) for r in existing}
+        todo_left = [c for c in todo if c.key() not in done]
+        spec = {"device": str(device), **config.timing}
+        with tqdm(total=len(todo), initial=len(todo) - len(todo_left), desc="configurations", unit="cfg",
+                  dynamic_ncols=True) as bar:
+            for sweep in config.sweeps:
+                for method in config.methods:
+                    group = [c for c in todo_left if c.sweep == sweep and c.method == method]
+                    if group and config.isolation == "process":
+                        _run_worker(group, csv_path, device, spec, bar)
+                    elif group:
+                        _run_in_process(group, csv_path, device, spec, bar)
+        return write_report(config, out_dir, command)
 
 
 def write_report(config: StudyConfig, out_dir: str, command: str) -> str:
-    """Draw the plots and write ``summary.txt`` from ``config``'s rows of ``out_dir/scale.csv``; returns the summary."""
+    """Draw the plots and write ``summary.txt`` from ``config``'s rows of ``out_dir/scale.csv``; returns the summary.
+
+    ValueError if the CSV holds no row of ``config``'s configurations (nothing to draw).
+    """
+    csv_path = os.path.join(out_dir, "scale.csv")
     wanted = {c.key() for c in config.configurations()}
-    rows = [r for r in read_rows(os.path.join(out_dir, "scale.csv")) if row_key(r) in wanted]
+    rows = [r for r in read_rows(csv_path) if row_key(r) in wanted]
+    if not rows:
+        raise ValueError(f"{csv_path} holds no measured row of this run's configurations: run the study "
+                         "(without --plots-only) first, or pass the options it was run with")
     draw_all(rows, out_dir, command)
     text = summary_text(rows, command)
-    with open(os.path.join(out_dir, "summary.txt"), "w") as f:
+    tmp = os.path.join(out_dir, f"summary.txt.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
         f.write(text)
+    os.replace(tmp, os.path.join(out_dir, "summary.txt"))
     return text
 
 
@@ -240,8 +272,10 @@ def main(argv=None) -> int:
     command = _command(argv)
     try:
         text = write_report(config, args.out, command) if args.plots_only else run_study(config, args.out, command)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:
+        if args.debug or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0"):
+            raise
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     print(text)
     print(f"wrote {args.out}/scale.csv, the plots and summary.txt")

@@ -7,13 +7,16 @@ points, α = 1e-2, ES with 16 antithetic pairs and σ = 1e-3):
 - ``steps``: inner steps L; ``layers``: hidden layers; ``units``: hidden units per layer.
 
 One CSV row per (method, implementation, sweep, value), written as soon as it is
-measured, so a killed study resumes where it stopped (see :mod:`profiling.scale`).
+measured, so a killed study resumes where it stopped (see :mod:`profiling.scale`); a row
+torn by a kill in the middle of its write (a last line without its newline) is left out
+and removed (:func:`drop_torn_row`), so its configuration is measured again.
 :class:`StudyConfig` holds the settings of one run, and with them every default of the study.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import time
@@ -27,7 +30,8 @@ from .mlp import build_mlp
 from .tasks import sample_sinusoid_tasks
 
 __all__ = ["StudyConfig", "Config", "configurations", "measure_config", "failed_row", "read_rows", "append_row",
-           "row_key", "DEFAULTS", "SWEEP_PARAMETER", "SWEEPS", "REPEATS", "SECONDS_PER_CONFIG", "WARMUP"]
+           "drop_torn_row", "row_key", "DEFAULTS", "SWEEP_PARAMETER", "SWEEPS", "REPEATS", "SECONDS_PER_CONFIG",
+           "WARMUP"]
 
 DEFAULTS = {"inner_steps": 5, "layers": 2, "hidden": 128}
 NUM_TASKS, INNER_LR = 32, 1e-2
@@ -234,18 +238,43 @@ def failed_row(config: Config, device: torch.device, status: str) -> dict:
 
 
 def read_rows(path) -> list[dict]:
-    """Rows of a study CSV, numbers parsed; [] when the file does not exist."""
+    """Rows of a study CSV, numbers parsed; [] when the file does not exist.
+
+    A torn last row (no newline) is left out; any other damaged row raises ValueError naming its line.
+    """
     if not os.path.exists(path):
         return []
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for row in rows:
-        for k in ("inner_steps", "layers", "hidden", "repeats", "threads"):
-            row[k] = int(row[k]) if row.get(k) not in (None, "") else 0
-        for k in ("time_median_ms", "time_q25_ms", "time_q75_ms", "time_min_ms", "peak_mb", "saved_peak_mb",
-                  "load_1min"):
-            row[k] = float(row[k]) if row.get(k) not in (None, "") else math.nan
+        text = f.read()
+    reader = csv.DictReader(io.StringIO(text[:text.rfind("\n") + 1]))  # complete lines only
+    rows = []
+    for row in reader:
+        where = f"{path}, line {reader.line_num}"
+        if None in row or None in row.values():
+            raise ValueError(f"{where}: the row does not have the header's fields; delete that line to measure "
+                             "its configuration again")
+        try:
+            for k in ("inner_steps", "layers", "hidden", "repeats", "threads"):
+                row[k] = int(row[k]) if row.get(k) not in (None, "") else 0
+            for k in ("time_median_ms", "time_q25_ms", "time_q75_ms", "time_min_ms", "peak_mb", "saved_peak_mb",
+                      "load_1min"):
+                row[k] = float(row[k]) if row.get(k) not in (None, "") else math.nan
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}; delete that line to measure its configuration again") from None
+        rows.append(row)
     return rows
+
+
+def drop_torn_row(path) -> bool:
+    """Cut a torn last row (a kill in the middle of its write) off the CSV ``path``; True if there was one."""
+    if not os.path.exists(path):
+        return False
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data or data.endswith(b"\n"):
+            return False
+        f.truncate(data.rfind(b"\n") + 1)
+    return True
 
 
 def append_row(path, row: dict) -> None:

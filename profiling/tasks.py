@@ -53,6 +53,9 @@ class SinusoidBatch:
                         f"{kind}_{name} has shape {tuple(tensor.shape)}; expected "
                         f"[tasks, {name}, 1] = {(tasks, width, 1)}"
                     )
+                if not bool(torch.isfinite(tensor).all()):
+                    raise ValueError(f"{kind}_{name} holds NaN or infinite values: the meta-gradient would be NaN; "
+                                     "drop or impute those points")
 
     def __getitem__(self, key: str) -> torch.Tensor:
         if key not in self.keys():

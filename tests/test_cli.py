@@ -1,7 +1,8 @@
 """The command line, called in-process: ``main([...])`` from ``hierarchical_meta.__main__``.
 
 - ``fit`` with tiny flags writes model.pt, metrics.json (documented keys), metrics.csv and
-  the plots; rerunning with more steps resumes (the step count continues); ``--metadata none``;
+  the plots; rerunning with more steps and ``--extend`` resumes (the step count continues);
+  ``--metadata none``;
 - ``demo`` writes both fits (with and without metadata), the diagram and the targets;
 - ``predict`` on a CSV task file (one task with support, one zero-shot) writes the documented
   columns;
@@ -78,11 +79,12 @@ def test_fit_writes_checkpoint_metrics_and_plots(fitted):
     assert state["step"] == 12 and model.config.hidden == 8 and model.config.use_metadata
 
 
-def test_rerun_with_more_steps_resumes(fitted, tmp_path, no_prediction_plot):
+def test_rerun_with_more_steps_resumes(fitted, tmp_path, no_prediction_plot, capsys):
     out = str(tmp_path / "run")
     shutil.copytree(fitted, out)
     _, before = load_checkpoint(os.path.join(out, "model.pt"))
-    assert main(["fit", "--out", out, "--steps", "16"] + TINY) == 0
+    assert main(["fit", "--out", out, "--steps", "16", "--extend"] + TINY) == 0
+    assert "trained 4 steps" in capsys.readouterr().out
     _, after = load_checkpoint(os.path.join(out, "model.pt"))
     assert after["step"] == 16
     assert after["history"]["step"] == list(range(1, 17))  # continued, not restarted at 1
@@ -106,7 +108,7 @@ def test_fit_into_a_folder_of_another_configuration_stops(fitted, tmp_path, caps
     HierarchicalMetaModel(ModelConfig(hidden=4, latent_dim=2, layers=2)).save(str(out / "model.pt"))
     assert main(["fit", "--out", str(out), "--steps", "3"] + TINY) == 2
     err = capsys.readouterr().err
-    assert "another model configuration" in err and "--out" in err
+    assert "model hidden 4 (now 8)" in err and "--out" in err
 
 
 def test_demo_writes_both_fits_and_the_targets(tmp_path, no_prediction_plot):

@@ -68,3 +68,12 @@ def test_bad_task_files_raise_naming_the_line(tmp_path, old, new, message):
     with pytest.raises(ValueError, match="line") as error:
         read_task_file(_write(tmp_path, TASKS.replace(old, new)), x_dim=1, y_dim=1, metadata_dim=2)
     assert message in str(error.value)
+
+
+def test_a_model_without_metadata_reads_files_without_metadata_columns(tmp_path):
+    text = "task,role,x,y\na,support,0.3,1.2\na,query,1.0,\n"
+    batch, labels, _ = read_task_file(_write(tmp_path, text), x_dim=1, y_dim=1, metadata_dim=0)
+    assert labels == ["a"] and batch.metadata.shape == (1, 0)
+    with pytest.raises(ValueError, match="'m1' does not fit the model"):
+        read_task_file(_write(tmp_path, "task,role,x,y,m1\na,support,0.3,1.2,0\na,query,1.0,,0\n"),
+                       x_dim=1, y_dim=1, metadata_dim=0)

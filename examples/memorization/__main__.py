@@ -24,6 +24,9 @@ import sys
 
 import torch
 
+from hierarchical_meta.errors import report_errors
+from hierarchical_meta.runfiles import output_folder
+
 from .results import markdown_table, merge_rows, previous_commands, read_csv, write_csv
 from .scenarios import SCENARIOS, make_scenario
 from .study import LEARNERS, TINY, Study, StudyConfig
@@ -69,7 +72,7 @@ def main(argv=None) -> list:
     if args.update and not os.path.exists(results_csv):
         parser.error(f"--update needs an existing {results_csv}; run once without --update first")
     torch.set_num_threads(1)
-    os.makedirs(args.out, exist_ok=True)
+    output_folder(args.out)
     shown = sys.argv[1:] if argv is None else list(argv)
     command = "python -m examples.memorization " + " ".join(shlex.quote(a) for a in shown)
     study = Study(config, log=lambda line: print(line, flush=True))
@@ -95,4 +98,4 @@ def main(argv=None) -> list:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors(main))  # a user error: one "error:" line, exit 2
