@@ -5,9 +5,11 @@ pieces, each usable from Python:
 
 - :func:`meta_test_loss`: the post-adaptation query MSE on a fixed set of held-out tasks,
   (1/T) Σ_t ℓ_query,t(φ_L,t), the meta-objective J(θ) without any graph;
-- :func:`meta_train`: Adam on θ with one method's meta-gradient, every method from the same
-  θ_0 and the same stream of task batches; yields the meta-test loss against outer steps
-  and against training seconds (the clock stops while the meta-test loss is evaluated);
+- :class:`MetaTrainer`: Adam on θ with one method's meta-gradient, every method from the
+  same θ_0 and the same stream of task batches; :func:`train_side_by_side` trains several
+  in turns (the one that has trained least goes next, so they share the machine's load)
+  and yields the meta-test loss against outer steps and training seconds (the clock
+  stops while the meta-test loss is evaluated); :func:`meta_train` trains one alone;
 - :func:`time_to_target`: the first evaluation at which the meta-test loss is ≤ a target;
 - :func:`es_gradient_quality`: cosine and relative error of ES estimates against MAML's
   exact meta-gradient, and :func:`es_error_law`, the relative error the estimator's
@@ -41,8 +43,10 @@ from .tasks import SinusoidBatch, sample_sinusoid_tasks
 __all__ = [
     "Setting",
     "CurvePoint",
+    "MetaTrainer",
     "meta_test_loss",
     "meta_train",
+    "train_side_by_side",
     "time_to_target",
     "es_gradient_quality",
     "es_error_law",
@@ -90,53 +94,95 @@ def meta_test_loss(params: dict[str, torch.Tensor], tasks: SinusoidBatch, inner_
         return float(mse(fast, tasks.x_query, tasks.y_query).mean())
 
 
-def meta_train(setting: Setting, params: dict[str, torch.Tensor], test_tasks: SinusoidBatch, *, seed: int,
-               outer_lr: float, inner_steps: int, inner_lr: float, num_tasks: int, eval_seconds: float,
-               max_steps: int | None = None, max_seconds: float | None = None) -> Iterator[CurvePoint]:
-    """Meta-train a copy of ``params`` (θ_0) with Adam; yield the meta-test loss as training goes.
+class MetaTrainer:
+    """Adam on a copy of θ_0 with one setting's meta-gradient, one timed outer step per :meth:`step`.
 
-    Stops after ``max_steps`` outer steps or ``max_seconds`` of training, whichever comes
-    first (at least one must be given). The meta-test loss is evaluated at step 0, then
-    at the first step after every ``eval_seconds`` of training, and at the last step.
     The task batches come from ``torch.Generator().manual_seed(seed)``, so every setting
     with the same seed sees the same tasks; ES draws its noise from a generator seeded
     ``seed + 1``. ``seconds`` counts sampling, meta-gradient and update only.
     """
+
+    def __init__(self, setting: Setting, params: dict[str, torch.Tensor], *, seed: int, outer_lr: float,
+                 inner_steps: int, inner_lr: float, num_tasks: int):
+        if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
+            raise ValueError(f"num_tasks={num_tasks!r}: it must be a positive integer")
+        if not (math.isfinite(outer_lr) and outer_lr > 0):
+            raise ValueError(f"outer_lr={outer_lr!r}: it must be a positive finite number (e.g. 1e-3)")
+        self.setting, self.inner_steps, self.inner_lr, self.num_tasks = setting, inner_steps, inner_lr, num_tasks
+        self.theta = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+        self.optimizer = torch.optim.Adam(self.theta.values(), lr=outer_lr)
+        first = next(iter(params.values()))
+        self.device, self.dtype = first.device, first.dtype
+        self.tasks = torch.Generator().manual_seed(seed)
+        self.options = {}
+        if setting.method == "es":
+            self.options = {"pairs": setting.pairs, "noise_std": setting.noise_std,
+                            "generator": torch.Generator(device=first.device).manual_seed(seed + 1)}
+        self.outer_step, self.seconds = 0, 0.0
+
+    def step(self) -> None:
+        start = time.perf_counter()
+        batch = sample_sinusoid_tasks(self.num_tasks, generator=self.tasks, device=self.device, dtype=self.dtype)
+        _, grads = meta_gradient(self.setting.method, self.theta, batch, inner_steps=self.inner_steps,
+                                 inner_lr=self.inner_lr, **self.options)
+        for k, v in self.theta.items():
+            v.grad = grads[k]
+        self.optimizer.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds += time.perf_counter() - start
+        self.outer_step += 1
+
+    def evaluate(self, test_tasks: SinusoidBatch) -> CurvePoint:
+        return CurvePoint(self.outer_step, self.seconds,
+                          meta_test_loss(self.theta, test_tasks, self.inner_steps, self.inner_lr))
+
+
+def train_side_by_side(trainers: list[MetaTrainer], test_tasks: SinusoidBatch, *, eval_seconds: float,
+                       max_steps: int | None = None,
+                       max_seconds: float | None = None) -> Iterator[tuple[int, CurvePoint, bool]]:
+    """Train several settings in turns, always stepping the one that has trained least.
+
+    Every setting then meets the same machine load at the same training time, which keeps
+    a change of load on a shared machine from favouring one of them. Each stops after
+    ``max_steps`` outer steps or ``max_seconds`` of its own training, whichever comes first
+    (at least one must be given). Yields ``(index, point, finished)``: the meta-test loss of
+    trainer ``index`` at step 0, at the first step after every ``eval_seconds`` of its
+    training, and at its last step (``finished`` True).
+    """
     if max_steps is None and max_seconds is None:
         raise ValueError("max_steps and max_seconds are both None: give at least one, e.g. max_seconds=30")
-    for name, value in (("max_steps", max_steps), ("num_tasks", num_tasks)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name}={value!r}: it must be a positive integer")
-    for name, value in (("outer_lr", outer_lr), ("eval_seconds", eval_seconds), ("max_seconds", max_seconds)):
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
+        raise ValueError(f"max_steps={max_steps!r}: it must be a positive integer")
+    for name, value in (("eval_seconds", eval_seconds), ("max_seconds", max_seconds)):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name}={value!r}: it must be a positive finite number")
-    first = next(iter(params.values()))
-    theta = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-    optimizer = torch.optim.Adam(theta.values(), lr=outer_lr)
-    tasks = torch.Generator().manual_seed(seed)
-    options = {}
-    if setting.method == "es":
-        options = {"pairs": setting.pairs, "noise_std": setting.noise_std,
-                   "generator": torch.Generator(device=first.device).manual_seed(seed + 1)}
-    step, seconds, next_eval = 0, 0.0, eval_seconds
-    yield CurvePoint(0, 0.0, meta_test_loss(theta, test_tasks, inner_steps, inner_lr))
-    while True:
-        start = time.perf_counter()
-        batch = sample_sinusoid_tasks(num_tasks, generator=tasks, device=first.device, dtype=first.dtype)
-        _, grads = meta_gradient(setting.method, theta, batch, inner_steps=inner_steps, inner_lr=inner_lr, **options)
-        for k, v in theta.items():
-            v.grad = grads[k]
-        optimizer.step()
-        if first.device.type == "cuda":
-            torch.cuda.synchronize(first.device)
-        seconds += time.perf_counter() - start
-        step += 1
-        last = (max_steps is not None and step >= max_steps) or (max_seconds is not None and seconds >= max_seconds)
-        if seconds >= next_eval or last:
-            yield CurvePoint(step, seconds, meta_test_loss(theta, test_tasks, inner_steps, inner_lr))
-            next_eval = (math.floor(seconds / eval_seconds) + 1) * eval_seconds
+    next_eval = [eval_seconds] * len(trainers)
+    for i, trainer in enumerate(trainers):
+        yield i, trainer.evaluate(test_tasks), False
+    active = set(range(len(trainers)))
+    while active:
+        i = min(active, key=lambda j: (trainers[j].seconds, j))
+        trainer = trainers[i]
+        trainer.step()
+        last = ((max_steps is not None and trainer.outer_step >= max_steps)
+                or (max_seconds is not None and trainer.seconds >= max_seconds))
+        if trainer.seconds >= next_eval[i] or last:
+            yield i, trainer.evaluate(test_tasks), last
+            next_eval[i] = (math.floor(trainer.seconds / eval_seconds) + 1) * eval_seconds
         if last:
-            return
+            active.discard(i)
+
+
+def meta_train(setting: Setting, params: dict[str, torch.Tensor], test_tasks: SinusoidBatch, *, seed: int,
+               outer_lr: float, inner_steps: int, inner_lr: float, num_tasks: int, eval_seconds: float,
+               max_steps: int | None = None, max_seconds: float | None = None) -> Iterator[CurvePoint]:
+    """One setting alone: :class:`MetaTrainer` and :func:`train_side_by_side` for a single run."""
+    trainer = MetaTrainer(setting, params, seed=seed, outer_lr=outer_lr, inner_steps=inner_steps,
+                          inner_lr=inner_lr, num_tasks=num_tasks)
+    for _, point, _ in train_side_by_side([trainer], test_tasks, eval_seconds=eval_seconds, max_steps=max_steps,
+                                          max_seconds=max_seconds):
+        yield point
 
 
 def time_to_target(points: list[CurvePoint], target: float) -> CurvePoint | None:

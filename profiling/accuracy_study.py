@@ -3,12 +3,14 @@
 Three stages, resumable, each row written to the output folder as soon as it exists:
 
 1. **noise search**: ES with ``search_pairs`` pairs at each σ of ``noise_stds`` for
-   ``search_steps`` outer steps (seed 0); the σ with the lowest meta-test MSE (mean of its
+   ``search_steps`` outer steps (seed 0, side by side); the σ with the lowest meta-test MSE (mean of its
    last three evaluations) is used below;
-2. **comparison**: for every seed, each setting in turn (MAML, checkpointed MAML,
-   first-order MAML, ES at each of ``pairs`` with the chosen σ) is meta-trained from that
-   seed's θ_0 on that seed's stream of tasks for ``seconds`` of training; the peak memory
-   of one outer step is measured first (:mod:`profiling.measure`);
+2. **comparison**: for every seed, the settings (MAML, checkpointed MAML, first-order
+   MAML, ES at each of ``pairs`` with the chosen σ) are meta-trained side by side from that
+   seed's θ_0 on that seed's stream of tasks, each for ``seconds`` of its own training,
+   the one that has trained least stepping next (so a change of load on a shared machine
+   hits all alike); the peak memory of one outer step is measured first
+   (:mod:`profiling.measure`);
 3. **ES gradient quality**: ``quality_draws`` ES estimates at each of ``quality_pairs``
    against MAML's exact meta-gradient at seed 0's θ_0, on one batch, at σ = 1e-3 (the
    study's default) and at the chosen σ.
@@ -34,7 +36,8 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch
 from tqdm import tqdm
 
-from .accuracy import CurvePoint, Setting, es_error_law, es_gradient_quality, meta_train, time_to_target
+from .accuracy import (CurvePoint, MetaTrainer, Setting, es_error_law, es_gradient_quality, time_to_target,
+                       train_side_by_side)
 from .accuracy_plots import draw_curves, draw_pareto, draw_quality
 from .algorithms import es, meta_gradient
 from .measure import MIB, environment, peak_memory_bytes, resolve_device, saved_tensor_peak_bytes
@@ -234,30 +237,38 @@ def _step_memory(config: AccuracyConfig, setting: Setting, params, seed: int, de
     return peak_memory_bytes(step, device) / MIB, saved_tensor_peak_bytes(step) / MIB
 
 
-def _run(config: AccuracyConfig, phase: str, setting: Setting, seed: int, test_tasks, device, paths, bar) -> None:
-    params = _initial_params(config, seed, device)
-    peak, saved = _step_memory(config, setting, params, seed, device)
-    key = {"phase": phase, "method": setting.method, "pairs": setting.pairs, "noise_std": setting.noise_std,
-           "seed": seed}
+def _run_side_by_side(config: AccuracyConfig, phase: str, jobs: list[tuple[Setting, int]], test_tasks, device,
+                      paths, bar) -> None:
+    """Meta-train the (setting, seed) ``jobs`` side by side; curve rows as they come, a run row as each ends."""
+    trainers, memory, points = [], [], []
+    for setting, seed in jobs:
+        params = _initial_params(config, seed, device)
+        memory.append(_step_memory(config, setting, params, seed, device))
+        trainers.append(MetaTrainer(setting, params, seed=seed, outer_lr=config.outer_lr,
+                                    inner_steps=config.inner_steps, inner_lr=config.inner_lr,
+                                    num_tasks=config.num_tasks))
+        points.append([])
     budget = {"max_steps": config.search_steps} if phase == "search" else {"max_seconds": config.seconds}
-    points = []
-    for point in meta_train(setting, params, test_tasks, seed=seed, outer_lr=config.outer_lr,
-                            inner_steps=config.inner_steps, inner_lr=config.inner_lr, num_tasks=config.num_tasks,
-                            eval_seconds=config.eval_seconds, **budget):
-        points.append(point)
+    for i, point, finished in train_side_by_side(trainers, test_tasks, eval_seconds=config.eval_seconds, **budget):
+        (setting, seed), (peak, saved) = jobs[i], memory[i]
+        key = {"phase": phase, "method": setting.method, "pairs": setting.pairs, "noise_std": setting.noise_std,
+               "seed": seed}
+        points[i].append(point)
         _append(paths["curves"], CURVE_COLUMNS, {**key, **asdict(point)})
-        bar.set_postfix_str(f"{phase} {setting.label} seed {seed}: step {point.outer_step}, "
+        bar.set_postfix_str(f"{phase} seed {seed}: {setting.label} step {point.outer_step}, "
                             f"MSE {point.meta_test_mse:.3f}", refresh=True)
-    _append(paths["runs"], RUN_COLUMNS, {
-        **key, "label": setting.label, "outer_steps": points[-1].outer_step, "seconds": points[-1].seconds,
-        "initial_mse": points[0].meta_test_mse, "final_mse": points[-1].meta_test_mse,
-        "best_mse": min((p.meta_test_mse for p in points if math.isfinite(p.meta_test_mse)), default=math.nan),
-        "peak_mb": peak, "saved_peak_mb": saved,
-        "load_1min": os.getloadavg()[0], "threads": torch.get_num_threads(), "layers": config.layers,
-        "hidden": config.hidden, "inner_steps": config.inner_steps, "num_tasks": config.num_tasks,
-        "outer_lr": config.outer_lr, **environment(device),
-    })
-    bar.update(1)
+        if not finished:
+            continue
+        finite = [p.meta_test_mse for p in points[i] if math.isfinite(p.meta_test_mse)]
+        _append(paths["runs"], RUN_COLUMNS, {
+            **key, "label": setting.label, "outer_steps": point.outer_step, "seconds": point.seconds,
+            "initial_mse": points[i][0].meta_test_mse, "final_mse": point.meta_test_mse,
+            "best_mse": min(finite, default=math.nan), "peak_mb": peak, "saved_peak_mb": saved,
+            "load_1min": os.getloadavg()[0], "threads": torch.get_num_threads(), "layers": config.layers,
+            "hidden": config.hidden, "inner_steps": config.inner_steps, "num_tasks": config.num_tasks,
+            "outer_lr": config.outer_lr, **environment(device),
+        })
+        bar.update(1)
 
 
 def _quality(config: AccuracyConfig, noise_stds, device, path, bar) -> None:
@@ -303,20 +314,19 @@ def run_accuracy_study(config: AccuracyConfig, out: str, device="cpu", command: 
         with tqdm(total=total, desc="accuracy study", unit="job", dynamic_ncols=True) as bar:
             test_tasks = sample_sinusoid_tasks(config.test_tasks, generator=torch.Generator().manual_seed(
                 TEST_TASKS_SEED), device=device)
-            for setting in search:
-                if ("search", "es", setting.pairs, setting.noise_std, 0) in finished:
-                    bar.update(1)
-                else:
-                    _run(config, "search", setting, 0, test_tasks, device, paths, bar)
+            jobs = [(setting, 0) for setting in search if ("search", "es", setting.pairs, setting.noise_std, 0)
+                    not in finished]
+            bar.update(len(search) - len(jobs))
+            _run_side_by_side(config, "search", jobs, test_tasks, device, paths, bar)
             runs = read_csv(paths["runs"], RUN_COLUMNS)
             noise_std = chosen_noise_std([r for r in runs if r["phase"] == "search"],
                                          read_csv(paths["curves"], CURVE_COLUMNS))
             for seed in config.seeds:
-                for setting in settings(config, noise_std):
-                    if ("compare", setting.method, setting.pairs, setting.noise_std, seed) in finished:
-                        bar.update(1)
-                    else:
-                        _run(config, "compare", setting, seed, test_tasks, device, paths, bar)
+                group = settings(config, noise_std)
+                jobs = [(setting, seed) for setting in group
+                        if ("compare", setting.method, setting.pairs, setting.noise_std, seed) not in finished]
+                bar.update(len(group) - len(jobs))
+                _run_side_by_side(config, "compare", jobs, test_tasks, device, paths, bar)
             noise_stds = sorted({es.DEFAULT_NOISE_STD, noise_std})
             bar.total = total + len(config.quality_pairs) * config.quality_draws * len(noise_stds)
             _quality(config, noise_stds, device, paths["quality"], bar)

@@ -9,8 +9,8 @@ import torch
 
 import profiling
 from profiling import accuracy_study
-from profiling.accuracy import (CurvePoint, Setting, es_error_law, es_gradient_quality, meta_test_loss, meta_train,
-                                time_to_target)
+from profiling.accuracy import (CurvePoint, MetaTrainer, Setting, es_error_law, es_gradient_quality, meta_test_loss,
+                                meta_train, time_to_target, train_side_by_side)
 from profiling.accuracy_study import CURVE_COLUMNS, RUN_COLUMNS, read_csv, targets, time_to_target_table
 
 F64 = torch.float64
@@ -46,6 +46,27 @@ def test_meta_train_same_init_and_tasks_for_every_method():
         assert a.meta_test_mse == pytest.approx(b.meta_test_mse, rel=1e-5)
     assert abs(fomaml[-1].meta_test_mse - maml[-1].meta_test_mse) > 1e-6  # a different gradient
     assert all(b.seconds > a.seconds for a, b in zip(maml, maml[1:]))
+
+
+def test_side_by_side_training_is_training_alone_interleaved():
+    params, test = make(dtype=torch.float32)
+    kwargs = dict(seed=1, outer_lr=1e-2, inner_steps=2, inner_lr=0.05, num_tasks=4)
+    settings = [Setting("maml"), Setting("es", pairs=4, noise_std=1e-2), Setting("fomaml")]
+    trainers = [MetaTrainer(s, params, **kwargs) for s in settings]
+    together = {i: [] for i in range(3)}
+    finished = []
+    for i, point, last in train_side_by_side(trainers, test, eval_seconds=1e-9, max_steps=4):
+        together[i].append(point.meta_test_mse)
+        if last:
+            finished.append(i)
+    assert sorted(finished) == [0, 1, 2]
+    for i, setting in enumerate(settings):  # each has its own tasks and noise: interleaving changes nothing
+        alone = [p.meta_test_mse for p in meta_train(setting, params, test, eval_seconds=1e-9, max_steps=4, **kwargs)]
+        assert together[i] == alone
+    # with a time budget, each trains for its own seconds, whatever the others cost
+    trainers = [MetaTrainer(s, params, **kwargs) for s in settings]
+    list(train_side_by_side(trainers, test, eval_seconds=0.05, max_seconds=0.2))
+    assert all(0.2 <= t.seconds < 0.5 for t in trainers)
 
 
 def test_meta_train_stops_on_its_time_budget():
