@@ -147,8 +147,10 @@ def train_side_by_side(trainers: list[MetaTrainer], test_tasks: SinusoidBatch, *
     a change of load on a shared machine from favouring one of them. Each stops after
     ``max_steps`` outer steps or ``max_seconds`` of its own training, whichever comes first
     (at least one must be given). Yields ``(index, point, finished)``: the meta-test loss of
-    trainer ``index`` at step 0, at the first step after every ``eval_seconds`` of its
-    training, and at its last step (``finished`` True).
+    trainer ``index`` at step 0, then densely at first and sparsely later (after an
+    evaluation at training time t, the next comes at the first step after
+    t + min(``eval_seconds``, t / 4), so about 25 % apart in time until they are
+    ``eval_seconds`` apart), and at its last step (``finished`` True).
     """
     if max_steps is None and max_seconds is None:
         raise ValueError("max_steps and max_seconds are both None: give at least one, e.g. max_seconds=30")
@@ -157,7 +159,7 @@ def train_side_by_side(trainers: list[MetaTrainer], test_tasks: SinusoidBatch, *
     for name, value in (("eval_seconds", eval_seconds), ("max_seconds", max_seconds)):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name}={value!r}: it must be a positive finite number")
-    next_eval = [eval_seconds] * len(trainers)
+    next_eval = [0.0] * len(trainers)
     for i, trainer in enumerate(trainers):
         yield i, trainer.evaluate(test_tasks), False
     active = set(range(len(trainers)))
@@ -169,7 +171,7 @@ def train_side_by_side(trainers: list[MetaTrainer], test_tasks: SinusoidBatch, *
                 or (max_seconds is not None and trainer.seconds >= max_seconds))
         if trainer.seconds >= next_eval[i] or last:
             yield i, trainer.evaluate(test_tasks), last
-            next_eval[i] = (math.floor(trainer.seconds / eval_seconds) + 1) * eval_seconds
+            next_eval[i] = trainer.seconds + min(eval_seconds, trainer.seconds / 4)
         if last:
             active.discard(i)
 

@@ -29,7 +29,7 @@ def color(method: str, pairs: int | None):
     """MAML red, checkpointed MAML purple, first-order orange; ES blue, darker with more pairs."""
     if method != "es":
         return EXACT_COLORS[method]
-    shade = min(1.0, 0.35 + 0.1 * math.log2(pairs) / 2)
+    shade = 0.35 + 0.65 * min(1.0, max(0.0, (math.log2(pairs) - 2) / 8))  # P = 4 … 1024: light … dark
     return plt.cm.Blues(shade)
 
 
@@ -64,6 +64,7 @@ def draw_curves(runs: list[dict], curves: list[dict], goals: dict[str, float], p
         ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_xscale("symlog", linthresh=10)
+    axes[0].set_xlim(left=0)
     axes[0].legend(fontsize=8)
     fig.suptitle("Meta-training from the same θ_0 and tasks: one line per seed", fontsize=11)
     _footer(fig, runs, command)
@@ -78,7 +79,7 @@ def draw_pareto(table: list[dict], path: str, command: str) -> None:
     fig, axes = plt.subplots(1, len(names), figsize=(6.5 * len(names), 5), squeeze=False)
     for ax, name in zip(axes[0], names):
         rows = [r for r in table if r["target"] == name]
-        for r in rows:
+        for i, r in enumerate(rows):
             c = color(r["method"], r["pairs"])
             top = r["budget_seconds"]
             if math.isfinite(r["seconds_median"]):
@@ -89,7 +90,7 @@ def draw_pareto(table: list[dict], path: str, command: str) -> None:
                 ax.plot([r["peak_mb"]], [top], marker="^", markersize=9, markerfacecolor="none", color=c)
             text = _label(r) + ("" if r["reached"] == r["seeds"] else f" ({r['reached']}/{r['seeds']} reached)")
             y = r["seconds_median"] if math.isfinite(r["seconds_median"]) else top
-            ax.annotate(text, (r["peak_mb"], y), textcoords="offset points", xytext=(6, 4), fontsize=7)
+            ax.annotate(text, (r["peak_mb"], y), textcoords="offset points", xytext=(6, 4 - 9 * (i % 2)), fontsize=7)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("peak memory of one outer step, MB (above its start)")
@@ -126,7 +127,8 @@ def draw_quality(quality: list[dict], path: str, command: str) -> None:
                         label=f"ES, σ = {sigma:g} (median, min–max of {len(values[0])} draws)")
     for ax, ylabel in zip(axes, ("relative error |ĝ − g| / |g|", "cosine(ĝ, g)")):
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        if ax is axes[0]:  # a cosine can be negative: linear axis
+            ax.set_yscale("log")
         ax.set_xlabel("antithetic pairs P")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)

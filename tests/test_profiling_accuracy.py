@@ -127,19 +127,21 @@ def curve(row, values):  # evaluations every second, every 10 steps
 def test_targets_and_time_to_target_table():
     runs = [run_row("maml", 0, 0.1234), run_row("maml", 1, 0.2), run_row("es", 0, 0.5, pairs=16, label="es P=16"),
             run_row("es", 1, 0.7, pairs=16, label="es P=16")]
-    goals = targets(runs)
-    assert goals["T1"] == 0.2  # every MAML seed reaches 0.2; rounded up to 2 significant digits
-    assert goals["T2"] == pytest.approx(0.8 - 0.25 * 0.6)
-    assert targets(runs, target=0.3)["T1"] == 0.3
     curves = (curve(runs[0], [0.8, 0.5, 0.1234]) + curve(runs[1], [0.8, 0.6, 0.4, 0.2])
               + curve(runs[2], [0.8, 0.6, 0.5]) + curve(runs[3], [0.8, 0.7]))
+    goals = targets(runs, curves, half_time=2.0)
+    assert goals["T1"] == 0.4  # within 2 s every MAML seed reaches 0.4 (seed 1 gets to 0.2 only at 3 s)
+    assert goals["T2"] == pytest.approx(0.8 - 0.5 * 0.4) and goals["T3"] == pytest.approx(0.8 - 0.2 * 0.4)
+    assert targets(runs, curves, half_time=10.0)["T1"] == 0.2  # rounded up to 2 significant digits: 0.2
+    assert targets(runs, curves, half_time=2.0, target=0.3)["T1"] == 0.3
+    goals = {"T1": 0.2, "T2": 0.5}
     table = {(r["target"], r["label"]): r for r in time_to_target_table(runs, curves, goals)}
     assert table["T1", "maml"]["reached"] == 2 and table["T1", "maml"]["seconds_median"] == 2.5
     assert (table["T1", "maml"]["seconds_min"], table["T1", "maml"]["seconds_max"]) == (2.0, 3.0)
     assert table["T2", "es P=16"]["reached"] == 1 and table["T2", "es P=16"]["seconds_median"] == math.inf
-    assert table["T2", "es P=16"]["seconds_min"] == 1.0
+    assert table["T2", "es P=16"]["seconds_min"] == 2.0
     with pytest.raises(ValueError, match="no finished MAML run"):
-        targets(runs[2:])
+        targets(runs[2:], curves, half_time=2.0)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -189,4 +191,4 @@ def test_quick_study_runs_resumes_and_draws(tmp_path):
     assert len(quality) == len(quick.quality_pairs) * quick.quality_draws * len({float(q["noise_std"]) for q in quality})
     with open(os.path.join(out, "summary.md")) as f:
         summary = f.read()
-    assert "T1" in summary and "chosen" in summary and "variance law" in summary
+    assert "T3" in summary and "chosen" in summary and "variance law" in summary
