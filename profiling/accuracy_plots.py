@@ -76,21 +76,20 @@ def draw_curves(runs: list[dict], curves: list[dict], goals: dict[str, float], p
 def draw_pareto(table: list[dict], path: str, command: str) -> None:
     """Time to target against peak memory of one outer step; one panel per target."""
     names = list(dict.fromkeys(r["target"] for r in table))
-    fig, axes = plt.subplots(1, len(names), figsize=(6.5 * len(names), 5), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 5.5), squeeze=False)
     for ax, name in zip(axes[0], names):
         rows = [r for r in table if r["target"] == name]
-        for i, r in enumerate(rows):
+        for r in rows:
             c = color(r["method"], r["pairs"])
             top = r["budget_seconds"]
+            text = _label(r) + ("" if r["reached"] == r["seeds"] else f" ({r['reached']}/{r['seeds']} reached)")
             if math.isfinite(r["seconds_median"]):
                 high = r["seconds_max"] if math.isfinite(r["seconds_max"]) else top
                 ax.errorbar([r["peak_mb"]], [r["seconds_median"]], color=c, fmt="o", markersize=8, capsize=3,
-                            yerr=[[r["seconds_median"] - r["seconds_min"]], [high - r["seconds_median"]]])
+                            yerr=[[r["seconds_median"] - r["seconds_min"]], [high - r["seconds_median"]]], label=text)
             else:
-                ax.plot([r["peak_mb"]], [top], marker="^", markersize=9, markerfacecolor="none", color=c)
-            text = _label(r) + ("" if r["reached"] == r["seeds"] else f" ({r['reached']}/{r['seeds']} reached)")
-            y = r["seconds_median"] if math.isfinite(r["seconds_median"]) else top
-            ax.annotate(text, (r["peak_mb"], y), textcoords="offset points", xytext=(6, 4 - 9 * (i % 2)), fontsize=7)
+                ax.plot([r["peak_mb"]], [top], marker="^", markersize=9, markerfacecolor="none", color=c,
+                        linestyle="none", label=text)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("peak memory of one outer step, MB (above its start)")
@@ -98,6 +97,7 @@ def draw_pareto(table: list[dict], path: str, command: str) -> None:
         ax.set_title(f"{name}: meta-test MSE ≤ {rows[0]['target_mse']:.3g}\n"
                      "hollow ▲: not reached within the budget", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
     fig.suptitle("Cost of reaching the same meta-test accuracy: time against memory", fontsize=11)
     fig.text(0.01, 0.005, command, fontsize=6, color="gray")
     fig.tight_layout(rect=(0, 0.03, 1, 1))

@@ -156,6 +156,11 @@ def settings(config: AccuracyConfig, noise_std: float) -> list[Setting]:
     return exact + [Setting("es", pairs=p, noise_std=noise_std) for p in config.pairs]
 
 
+def setting_order(row: dict) -> tuple:
+    """Sort key of a run row: MAML, checkpointed MAML, first-order MAML, then ES by pairs."""
+    return ["maml", "maml_checkpointed", "fomaml", "es"].index(row["method"]), row["pairs"] or 0
+
+
 def chosen_noise_std(search: list[dict], curves: list[dict]) -> float:
     """The searched σ with the lowest mean meta-test MSE over its last three evaluations."""
     if not search:
@@ -197,9 +202,7 @@ def targets(runs: list[dict], curves: list[dict], half_time: float, target: floa
 def time_to_target_table(runs: list[dict], curves: list[dict], goals: dict[str, float]) -> list[dict]:
     """One row per (target, setting): seeds that reached it and the training seconds they took."""
     compare = [r for r in runs if r["phase"] == "compare"]
-    order = ["maml", "maml_checkpointed", "fomaml", "es"]
-    labels = list(dict.fromkeys(r["label"] for r in sorted(compare, key=lambda r: (order.index(r["method"]),
-                                                                                  r["pairs"] or 0))))
+    labels = list(dict.fromkeys(r["label"] for r in sorted(compare, key=setting_order)))
     out = []
     for name, goal in goals.items():
         for label in labels:
@@ -349,7 +352,7 @@ def run_accuracy_study(config: AccuracyConfig, out: str, device="cpu", command: 
     goals = targets(runs, curves, config.seconds / 2, config.target)
     table = time_to_target_table(runs, curves, goals)
     _rewrite(os.path.join(out, "time_to_target.csv"), TARGET_COLUMNS, table)
-    draw_curves(runs, curves, goals, os.path.join(out, "loss_vs_time.png"), command)
+    draw_curves(sorted(runs, key=setting_order), curves, goals, os.path.join(out, "loss_vs_time.png"), command)
     draw_pareto(table, os.path.join(out, "pareto.png"), command)
     draw_quality(quality, os.path.join(out, "es_gradient_quality.png"), command)
     text = summary_markdown(config, runs, curves, quality, goals, table, command)
