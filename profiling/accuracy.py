@@ -218,7 +218,8 @@ def es_error_law(params: dict[str, torch.Tensor], batch: SinusoidBatch, pairs: i
 
 
 def es_gradient_quality(params: dict[str, torch.Tensor], batch: SinusoidBatch, pairs: int, noise_std: float,
-                        draws: Iterable[int], *, inner_steps: int, inner_lr: float) -> Iterator[tuple[int, float, float]]:
+                        draws: Iterable[int], *, inner_steps: int,
+                        inner_lr: float) -> Iterator[tuple[int, float, float]]:
     """(draw, cosine, relative error) of ES estimates against MAML's exact meta-gradient g.
 
     Draw d uses ``torch.Generator().manual_seed(d)``; relative error is |ĝ − g| / |g|.

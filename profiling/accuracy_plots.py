@@ -53,7 +53,8 @@ def draw_curves(runs: list[dict], curves: list[dict], goals: dict[str, float], p
         label = None if run["label"] in seen else _label(run)
         seen.add(run["label"])
         for ax, x in zip(axes, ("outer_step", "seconds")):
-            ax.plot([c[x] for c in points], [c["meta_test_mse"] for c in points], color=color(run["method"], run["pairs"]),
+            ax.plot([c[x] for c in points], [c["meta_test_mse"] for c in points],
+                    color=color(run["method"], run["pairs"]),
                     linewidth=1, alpha=0.8, label=label if ax is axes[0] else None)
     for ax, xlabel in zip(axes, ("outer steps", "training seconds (evaluation excluded)")):
         for name, goal in goals.items():

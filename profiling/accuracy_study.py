@@ -3,8 +3,8 @@
 Three stages, resumable, each row written to the output folder as soon as it exists:
 
 1. **noise search**: ES with ``search_pairs`` pairs at each σ of ``noise_stds`` for
-   ``search_steps`` outer steps (seed 0, side by side); the σ with the lowest meta-test MSE (mean of its
-   last three evaluations) is used below;
+   ``search_steps`` outer steps (seed 0, side by side); the σ with the lowest meta-test
+   MSE (mean of its last three evaluations) is used below;
 2. **comparison**: for every seed, the settings (MAML, checkpointed MAML, first-order
    MAML, ES at each of ``pairs`` with the chosen σ) are meta-trained side by side from that
    seed's θ_0 on that seed's stream of tasks, each for ``seconds`` of its own training,
@@ -396,7 +396,8 @@ def summary_markdown(config: AccuracyConfig, runs, curves, quality, goals, table
     for run in sorted(search, key=lambda r: r["noise_std"]):
         points = sorted((c for c in curves if _key(c) == _key(run)), key=lambda c: c["outer_step"])
         mark = " (chosen)" if run["noise_std"] == noise_std else ""
-        lines.append(f"| {run['noise_std']:g}{mark} | {statistics.fmean(c['meta_test_mse'] for c in points[-3:]):.4f} |")
+        score = statistics.fmean(c["meta_test_mse"] for c in points[-3:])
+        lines.append(f"| {run['noise_std']:g}{mark} | {score:.4f} |")
     lines += [
         "", f"**Targets** (meta-test MSE): T1 = {goals['T1']:g}, the best every MAML seed reaches within "
         f"{config.seconds / 2:g} s (rounded up); "

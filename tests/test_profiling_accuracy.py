@@ -188,7 +188,8 @@ def test_quick_study_runs_resumes_and_draws(tmp_path):
     assert steps[0] == 0 and steps == sorted(set(steps))  # one clean curve, the partial one dropped
     with open(os.path.join(out, "quality.csv"), newline="") as f:
         quality = list(csv.DictReader(f))
-    assert len(quality) == len(quick.quality_pairs) * quick.quality_draws * len({float(q["noise_std"]) for q in quality})
+    sigmas = {float(q["noise_std"]) for q in quality}
+    assert len(quality) == len(quick.quality_pairs) * quick.quality_draws * len(sigmas)
     with open(os.path.join(out, "summary.md")) as f:
         summary = f.read()
     assert "T3" in summary and "chosen" in summary and "variance law" in summary
