@@ -5,7 +5,8 @@ The public API (the study: docs/profiling.md):
 - :func:`build_mlp` ``(layers, hidden)``: the sinusoid MLP 1 → hidden × layers → 1 (ReLU);
 - :func:`sample_sinusoid_tasks`: a batch of tasks as tensors [tasks, points, 1];
 - :func:`meta_gradient` ``(method, params, batch, *, inner_steps=5, inner_lr=1e-2,
-  impl="batched", ...)``: one meta-gradient of MAML, first-order MAML or ES.
+  impl="batched", ...)``: one meta-gradient of MAML, first-order MAML, ES or
+  checkpointed MAML (MAML's gradient in memory ~√L, :mod:`profiling.algorithms.maml_checkpointed`).
 
 ``python -m profiling.scale`` runs the study; ``python -m profiling.benchmark`` times one
 outer step of every method and implementation side by side.

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import profiling
-from profiling.algorithms import IMPLEMENTATIONS, METHODS, es
+from profiling.algorithms import IMPLEMENTATIONS, METHODS, es, maml_checkpointed
+from profiling.measure import saved_tensor_peak_bytes
 from profiling.mlp import mlp_forward, mse, mse_and_grad
 
 F64 = torch.float64
@@ -82,6 +83,60 @@ def test_vectorized_matches_loop(method, impl):
     for k in params:
         torch.testing.assert_close(grads[k], ref[k], rtol=1e-9, atol=atol)
 
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("segment_steps", [None, 1, 3, 7, 10])  # default (⌈7/3⌉ = 3), one, uneven, whole, too long
+def test_checkpointed_maml_equals_maml(impl, segment_steps):
+    params, batch = make()
+    kwargs = dict(inner_steps=7, inner_lr=0.05, impl=impl)
+    loss, grads = profiling.meta_gradient("maml_checkpointed", params, batch, segment_steps=segment_steps, **kwargs)
+    ref_loss, ref = profiling.meta_gradient("maml", params, batch, **kwargs)
+    _, loop = profiling.meta_gradient("maml", params, batch, inner_steps=7, inner_lr=0.05, impl="loop")
+    # float64; the recomputation repeats MAML's operations, so only summation order differs
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-14)
+    for k in params:
+        torch.testing.assert_close(grads[k], ref[k], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(grads[k], loop[k], rtol=1e-9, atol=1e-12)
+
+
+def test_default_segments_are_about_sqrt_steps():
+    assert [maml_checkpointed.default_segment_steps(L) for L in (1, 4, 5, 32, 64, 128)] == [1, 2, 2, 6, 8, 11]
+
+
+def test_checkpointed_maml_memory_grows_like_sqrt_steps():
+    torch.manual_seed(0)
+    params = dict(profiling.build_mlp(2, 16).named_parameters())
+    batch = profiling.sample_sinusoid_tasks(4, generator=torch.Generator().manual_seed(0))
+
+    def saved(method, steps, **options):
+        return saved_tensor_peak_bytes(lambda: profiling.meta_gradient(method, params, batch, inner_steps=steps, **options))
+
+    maml = {L: saved("maml", L) for L in (16, 64)}
+    checkpointed = {L: saved("maml_checkpointed", L) for L in (16, 64)}
+    # measured: MAML 333 → 1164 kB (×3.5, linear plus a constant), checkpointed 84 → 173 kB (×2.1, ~√4)
+    assert maml[64] > 3 * maml[16]
+    assert checkpointed[64] < 2.5 * checkpointed[16]
+    assert checkpointed[64] < 0.25 * maml[64]
+    # one segment recomputes the whole unroll inside the backward, and the measurement sees it
+    assert saved("maml_checkpointed", 64, segment_steps=64) > 0.9 * maml[64]
+
+
+@pytest.mark.slow
+def test_checkpointed_maml_meets_its_memory_targets_at_full_size():
+    # the study's configuration: 2 × 128 MLP, 32 tasks; the targets are ≤ 1/2 of MAML at L = 32, ≤ 1/4 at L = 128
+    torch.manual_seed(0)
+    params = {k: v.detach() for k, v in profiling.build_mlp(2, 128).named_parameters()}
+    batch = profiling.sample_sinusoid_tasks(32, generator=torch.Generator().manual_seed(1))
+    ratio = {}
+    for L in (32, 128):
+        maml, checkpointed = (
+            saved_tensor_peak_bytes(lambda m=m: profiling.meta_gradient(m, params, batch, inner_steps=L))
+            for m in ("maml", "maml_checkpointed")
+        )
+        ratio[L] = checkpointed / maml
+    # measured 0.249 and 0.137 (deterministic byte counts)
+    assert ratio[32] <= 0.5 and ratio[128] <= 0.25, ratio
 
 def meta_objective(params, batch, inner_steps, inner_lr):
     return profiling.meta_gradient("maml", params, batch, inner_steps=inner_steps, inner_lr=inner_lr, impl="loop")[0]
@@ -185,6 +240,9 @@ def test_es_noise_is_seeded():
         (lambda p, b: profiling.meta_gradient("es", p, b, pairs=0), "pairs=0"),
         (lambda p, b: profiling.meta_gradient("es", p, b, noise_std=0.0), "noise_std=0.0"),
         (lambda p, b: profiling.meta_gradient("maml", p, b, pairs=4), "'es' only"),
+        (lambda p, b: profiling.meta_gradient("maml", p, b, segment_steps=2), "'maml_checkpointed' only"),
+        (lambda p, b: profiling.meta_gradient("maml_checkpointed", p, b, segment_steps=0), "segment_steps=0"),
+        (lambda p, b: profiling.meta_gradient("maml", p, b, segments=2), "unknown option"),
         (lambda p, b: profiling.meta_gradient("maml", p, b.to(dtype=torch.float32)), "float32"),
         (lambda p, b: profiling.meta_gradient("maml", p, {"x_support": b.x_support}), "SinusoidBatch"),
         (lambda p, b: profiling.build_mlp(0, 8), "layers=0"),
