@@ -36,8 +36,15 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch
 from tqdm import tqdm
 
-from .accuracy import (CurvePoint, MetaTrainer, Setting, es_error_law, es_gradient_quality, time_to_target,
-                       train_side_by_side)
+from .accuracy import (
+    CurvePoint,
+    MetaTrainer,
+    Setting,
+    es_error_law,
+    es_gradient_quality,
+    time_to_target,
+    train_side_by_side,
+)
 from .accuracy_plots import draw_curves, draw_pareto, draw_quality
 from .algorithms import es, meta_gradient
 from .measure import MIB, environment, peak_memory_bytes, resolve_device, saved_tensor_peak_bytes

@@ -18,8 +18,9 @@ from .study import SWEEP_PARAMETER
 
 __all__ = ["draw_all", "draw_panel"]
 
-COLORS = {"maml": "tab:red", "fomaml": "tab:orange", "es": "tab:blue"}
-LABELS = {"maml": "MAML (2nd order)", "fomaml": "first-order MAML", "es": "ES (antithetic)"}
+COLORS = {"maml": "tab:red", "maml_checkpointed": "tab:purple", "fomaml": "tab:orange", "es": "tab:blue"}
+LABELS = {"maml": "MAML (2nd order)", "maml_checkpointed": "MAML, checkpointed (exact)",
+          "fomaml": "first-order MAML", "es": "ES (antithetic)"}
 XLABEL = {"steps": "inner steps L", "layers": "hidden layers", "units": "hidden units per layer"}
 
 
@@ -34,7 +35,7 @@ def _device_label(rows) -> str:
 def draw_panel(ax, rows: list[dict], sweep: str, quantity: str) -> None:
     """One panel: every method's curve of ``quantity`` ('time' or 'memory') along ``sweep``."""
     param = SWEEP_PARAMETER[sweep]
-    for method in ("maml", "fomaml", "es"):
+    for method in COLORS:
         sel = sorted((r for r in rows if r["sweep"] == sweep and r["method"] == method and r["status"] == "ok"),
                      key=lambda r: r[param])
         if not sel:

@@ -49,6 +49,10 @@ SWEEPS = {
         "units": [32, 64, 128],
     },
 }
+#: Inner-step values that only the exact MAMLs add to the full steps sweep: their memory
+#: against L is what the checkpointed variant is for (first-order MAML and ES stay flat).
+EXACT_MAMLS = ("maml", "maml_checkpointed")
+EXACT_MAML_STEPS = [64, 128]
 
 #: Timed outer steps per configuration after the warm-up, and the time budget (s) that caps
 #: them, for the full study and for a ``quick`` smoke run.
@@ -169,8 +173,10 @@ def configurations(methods, sweeps, impl: str, quick: bool = False, values=None,
         for v in table[sweep]:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"sweep {sweep!r} has value {v!r}: values must be positive integers")
+        extended = sweep == "steps" and not quick and "steps" not in (values or {})
         for method in methods:
-            for v in table[sweep]:
+            extra = EXACT_MAML_STEPS if extended and method in EXACT_MAMLS else []
+            for v in table[sweep] + extra:
                 out.append(Config(method, impl, sweep, **{**base, SWEEP_PARAMETER[sweep]: v}))
     return out
 

@@ -9,8 +9,17 @@ import torch
 
 import profiling
 from profiling import accuracy_study
-from profiling.accuracy import (CurvePoint, MetaTrainer, Setting, es_error_law, es_gradient_quality, meta_test_loss,
-                                meta_train, time_to_target, train_side_by_side)
+from profiling.accuracy import (
+    CurvePoint,
+    MetaTrainer,
+    Setting,
+    es_error_law,
+    es_gradient_quality,
+    meta_test_loss,
+    meta_train,
+    time_to_target,
+    train_side_by_side,
+)
 from profiling.accuracy_study import CURVE_COLUMNS, RUN_COLUMNS, read_csv, targets, time_to_target_table
 
 F64 = torch.float64
@@ -42,10 +51,10 @@ def test_meta_train_same_init_and_tasks_for_every_method():
     assert maml[0].meta_test_mse == checkpointed[0].meta_test_mse == fomaml[0].meta_test_mse
     assert maml[0].meta_test_mse == pytest.approx(meta_test_loss(params, test, 2, 0.05))
     # the same tasks and the same gradient: the same trajectory (float32 rounding only)
-    for a, b in zip(maml, checkpointed):
+    for a, b in zip(maml, checkpointed, strict=False):
         assert a.meta_test_mse == pytest.approx(b.meta_test_mse, rel=1e-5)
     assert abs(fomaml[-1].meta_test_mse - maml[-1].meta_test_mse) > 1e-6  # a different gradient
-    assert all(b.seconds > a.seconds for a, b in zip(maml, maml[1:]))
+    assert all(b.seconds > a.seconds for a, b in zip(maml, maml[1:], strict=False))
 
 
 def test_side_by_side_training_is_training_alone_interleaved():
@@ -158,7 +167,6 @@ def test_cli_rejects_bad_input_before_work(argv, message, capsys, tmp_path):
     assert not os.path.exists(tmp_path / "out")
 
 
-@pytest.mark.slow
 def test_quick_study_runs_resumes_and_draws(tmp_path):
     out = str(tmp_path / "accuracy")
     argv = ["--quick", "--device", "cpu", "--out", out]

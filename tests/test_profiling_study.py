@@ -189,3 +189,15 @@ def test_benchmark_runs_every_method_and_impl():
     times = benchmark.run_benchmark("cpu", repeats=1, hidden=16, num_tasks=4, pairs=2, inner_steps=2)
     assert set(times) == {(m, i) for m in profiling.METHODS for i in profiling.IMPLEMENTATIONS}
     assert all(len(t) == 1 and t[0] > 0 for t in times.values())
+
+
+def test_full_steps_sweep_extends_only_the_exact_mamls_to_long_inner_loops():
+    from profiling.algorithms import METHODS
+    from profiling.study import EXACT_MAML_STEPS, EXACT_MAMLS, SWEEPS
+    configs = configurations(list(METHODS), ["steps"], "batched")
+    for method in METHODS:
+        steps = [c.inner_steps for c in configs if c.method == method]
+        assert steps == SWEEPS["full"]["steps"] + (EXACT_MAML_STEPS if method in EXACT_MAMLS else [])
+    assert "maml_checkpointed" in METHODS and max(EXACT_MAML_STEPS) == 128
+    overridden = configurations(["maml"], ["steps"], "batched", values={"steps": [1, 2]})
+    assert [c.inner_steps for c in overridden] == [1, 2]  # explicit values are taken as given

@@ -71,7 +71,9 @@ def meta_gradient(method, params, batch, *, inner_steps=5, inner_lr=1e-2, impl=D
         )
     if method == "es":
         es.check_options(
-            options.get("pairs", es.DEFAULT_PAIRS), options.get("noise_std", es.DEFAULT_NOISE_STD), options.get("generator")
+            options.get("pairs", es.DEFAULT_PAIRS),
+            options.get("noise_std", es.DEFAULT_NOISE_STD),
+            options.get("generator"),
         )
     if method == "maml_checkpointed":
         maml_checkpointed.check_options(options.get("segment_steps"))

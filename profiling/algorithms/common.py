@@ -28,7 +28,8 @@ def check_inner_loop(inner_steps, inner_lr) -> None:
 def check_params_and_batch(params: dict[str, torch.Tensor], batch: SinusoidBatch) -> None:
     if not isinstance(params, dict) or not params:
         raise ValueError(
-            f"params is {type(params).__name__}: pass a dict name → tensor, e.g. dict(build_mlp(2, 128).named_parameters())"
+            f"params is {type(params).__name__}: pass a dict name → tensor, "
+            "e.g. dict(build_mlp(2, 128).named_parameters())"
         )
     layer_names(params)
     if not isinstance(batch, SinusoidBatch):  # its constructor checks the [tasks, points, 1] shapes

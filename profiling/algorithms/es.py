@@ -95,7 +95,8 @@ def loop(params, batch: SinusoidBatch, *, inner_steps, inner_lr, pairs=DEFAULT_P
             for _ in range(inner_steps):
                 loss = mse(fast, batch.x_support[t], batch.y_support[t])
                 g = torch.autograd.grad(loss, [fast[k] for k in names])
-                fast = {k: (fast[k] - inner_lr * gk).detach().requires_grad_(True) for k, gk in zip(names, g)}
+                fast = {k: (fast[k] - inner_lr * gk).detach().requires_grad_(True)
+                        for k, gk in zip(names, g, strict=True)}
             with torch.no_grad():
                 losses[sign].append(mse(fast, batch.x_query[t], batch.y_query[t]))
     return combine(torch.stack(losses[+1]), torch.stack(losses[-1]), pair, weight, eps, noise_std)
