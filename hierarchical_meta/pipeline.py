@@ -23,7 +23,7 @@ from .evaluate import EvalConfig, evaluate, heldout_tasks
 from .meta_model import HierarchicalMetaModel, ModelConfig
 from .predict import NUM_SAMPLES
 from .predictive import point_metrics
-from .tasks import SinusoidTasks, TaskFamily
+from .tasks import SinusoidTasks, TabularTasks, TaskFamily
 from .train import TrainConfig, fit
 
 __all__ = ["run_fit", "run_demo", "evaluate_model", "importance_metrics", "check_targets",
@@ -66,7 +66,15 @@ def run_fit(family: TaskFamily, model_config: ModelConfig, train_config: TrainCo
     The metrics dict is ``metrics.json``: :func:`evaluate_model`'s entries, the held-out ELBO and
     KLs at the last step, the three configs and the training seconds. ``log`` receives the
     status lines and the table (None: silent); ``progress`` shows bars while training and evaluating.
+    A grouped data set (:class:`~hierarchical_meta.tasks.TabularTasks`: a CSV file, nlschools,
+    sleepstudy) is reported against its baselines in the user's units instead
+    (:func:`hierarchical_meta.grouped.run_fit_grouped`).
     """
+    if isinstance(family, TabularTasks):
+        from .grouped import run_fit_grouped  # it builds on this module
+
+        return run_fit_grouped(family, model_config, train_config, out_dir, eval_config, num_samples,
+                               progress, log)
     from .plots import plot_metrics_vs_shots, plot_predictions, plot_training_curve
 
     eval_config = eval_config if eval_config is not None else EvalConfig()

@@ -118,11 +118,12 @@ def heldout_elbo(meta_model: HierarchicalMetaModel, batch: TaskBatch, num_partic
 
 def fit(meta_model: HierarchicalMetaModel, family: TaskFamily, config: TrainConfig,
         out_dir: str | None = None, progress: bool = True,
-        callback: Callable[[int, dict], None] | None = None) -> dict:
+        callback: Callable[[int, dict], None] | None = None, checkpoint_extra: dict | None = None) -> dict:
     """Train ``meta_model`` on tasks from ``family``; returns the history dict.
 
-    With ``out_dir``, resumes from ``out_dir/model.pt`` if present (same model config
-    required) and writes it every ``checkpoint_every`` steps and at the end.
+    With ``out_dir`` (created if missing), resumes from ``out_dir/model.pt`` if present (same
+    model config required) and writes it every ``checkpoint_every`` steps and at the end,
+    with the plain-data entries of ``checkpoint_extra`` (a grouped data set's schema).
     """
     c = meta_model.config
     if (family.x_dim, family.y_dim, family.metadata_dim) != (c.x_dim, c.y_dim, c.metadata_dim):
@@ -134,6 +135,8 @@ def fit(meta_model: HierarchicalMetaModel, family: TaskFamily, config: TrainConf
     history = {"step": [], "loss": [], "eval_step": [], "eval": [], "seconds": 0.0}
     start_step, optim_state = 0, None
     path = os.path.join(out_dir, "model.pt") if out_dir else None
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
     if path and os.path.exists(path):
         saved, state = load_checkpoint(path)
         if saved.config != meta_model.config:
@@ -160,7 +163,7 @@ def fit(meta_model: HierarchicalMetaModel, family: TaskFamily, config: TrainConf
         if path:
             meta_model.save(path, step=step, optimizer=optimizer.get_state(), history=history,
                             generator=generator.get_state(), torch_rng=torch.get_rng_state(),
-                            train_config=dataclasses.asdict(config))
+                            train_config=dataclasses.asdict(config), **(checkpoint_extra or {}))
 
     bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps,
                disable=not progress, desc="fit", unit="step")
