@@ -297,5 +297,6 @@ def predict_grouped(meta_model: HierarchicalMetaModel, schema: TabularSchema, ta
             first = rows[part.start - 1] if part.start else 0
             piece = dataclasses.replace(tasks, batch=tasks.batch.subset(part), labels=tasks.labels[part],
                                         query_rows=tasks.query_rows.iloc[first:rows[part.stop - 1]])
-            schema.prediction_frame(piece, predictive).to_csv(f, header=part.start == 0, index=False)
+            schema.prediction_frame(piece, predictive).to_csv(f, header=part.start == 0, index=False,
+                                                               float_format="%.6g")
     return int(tasks.batch.query_mask.sum()), len(tasks.labels), tasks.notes
