@@ -32,6 +32,10 @@ squared units of y, ``coverage90`` is a fraction. ``out_dir`` receives ``model.p
 schema inside, as plain data, for ``predict``), ``metrics.json``, ``metrics.csv`` (one row
 per K and model, with the number of groups), ``loglik_vs_k.png`` (every model) and
 ``training_curve.png``.
+
+:func:`predict_grouped` predicts new groups given in a CSV file with the data's own columns
+(``predict`` on a checkpoint that holds a schema), in the user's units, a chunk of tasks at
+a time.
 """
 
 from __future__ import annotations

@@ -216,6 +216,16 @@ def test_from_python_the_same_run_fit_with_the_metadata_withheld(tmp_path):
     assert set(metrics["baselines"]) == {"mixed_model", "pooled"}
 
 
+def test_fit_creates_its_output_folder(tmp_path):
+    """The README's ``fit(model, family, config, out_dir="runs/sin")`` on a fresh clone."""
+    from hierarchical_meta import HierarchicalMetaModel, SinusoidTasks, fit
+
+    out = tmp_path / "runs" / "sin"
+    fit(HierarchicalMetaModel(hidden=8, latent_dim=2), SinusoidTasks(), TrainConfig(steps=2, batch_tasks=4),
+        out_dir=str(out), progress=False)
+    assert (out / "model.pt").exists()
+
+
 # -- bad input -----------------------------------------------------------------------------------
 
 def edited_sample(tmp_path, edit):
