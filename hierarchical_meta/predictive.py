@@ -67,7 +67,7 @@ class MixturePredictive(_Weighted):
         comp = torch.distributions.Normal(self.mean, self.std).cdf(y[:, None])  # [T, S, Q, Dy]
         return (self.weights[..., None, None] * comp).sum(1)
 
-    def quantile(self, level: float, iterations: int = 40, tol: float = 1e-6) -> torch.Tensor:
+    def quantile(self, level: float, iterations: int = 40, tol: float | None = None) -> torch.Tensor:
         """The ``level`` quantile of each marginal: [T, Q, Dy].
 
         Newton's method on each point's mixture CDF F, safeguarded by bisection: the
@@ -75,8 +75,10 @@ class MixturePredictive(_Weighted):
         (F is a weighted mean of the components' CDFs); it starts at the quantile of the
         moment-matched normal, and a Newton step that leaves the bracket is replaced by the
         bracket's midpoint. A point stops when its step is below ``tol`` times the mixture's
-        standard deviation (or a few units of rounding), or after ``iterations``; only the
-        points still moving are computed on.
+        standard deviation (default: the square root of the dtype's machine epsilon), or a
+        few units of rounding, or after ``iterations``; its quantile is then within that
+        step of the root (far closer after a Newton step, which converges quadratically).
+        Only the points still moving are computed on.
         """
         if not 0 < level < 1:
             raise ValueError(f"level must be in (0, 1), got {level}")
@@ -91,7 +93,8 @@ class MixturePredictive(_Weighted):
         center = (weights[task] * mean).sum(-1)
         sd = ((weights[task] * (std ** 2 + mean ** 2)).sum(-1) - center ** 2).clamp_min(0).sqrt()
         x = torch.minimum(torch.maximum(center + sd * z, low), high)
-        tolerance = torch.maximum(tol * sd, 4 * torch.finfo(x.dtype).eps * x.abs())
+        eps = torch.finfo(x.dtype).eps
+        tolerance = torch.maximum((eps ** 0.5 if tol is None else tol) * sd, 4 * eps * x.abs())
         active = torch.arange(len(x), device=x.device)
         for _ in range(iterations):
             if len(active) == 0:
