@@ -189,6 +189,8 @@ def values() -> dict[str, object]:
         if "mixed_model" in run:
             deltas = [run["model"]["shots"][k]["loglik"] - run["mixed_model"]["shots"][k]["loglik"] for k in shots]
             v[f"own.{name}.minus_mixed_range"] = f"{min(deltas):+.3f} to {max(deltas):+.3f}"
+            ahead = [int(k) for k, d in zip(shots, deltas, strict=True) if d > 0]
+            v[f"own.{name}.ahead_of_mixed"] = ks(ahead) if ahead else "no K"
         metrics = read_json(f"docs/own_data/{name}/metrics.json")
         v[f"own.{name}.steps"] = grouped(metrics["train"]["steps"])
         v[f"own.{name}.train_minutes"] = metrics["train_seconds"] / 60
