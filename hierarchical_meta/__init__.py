@@ -10,10 +10,10 @@ from .meta_model import HierarchicalMetaModel, ModelConfig, load_checkpoint
 from .pipeline import evaluate_model, run_demo, run_fit, run_predict
 from .predictive import CategoricalMixturePredictive, MixturePredictive, point_metrics
 from .render import plate_diagram, render_diagram
-from .tasks import BasisFunctionTasks, SinusoidTasks, TaskBatch, TaskFamily, make_family
+from .tasks import BasisFunctionTasks, SinusoidTasks, TabularTasks, TaskBatch, TaskFamily, make_family
 from .train import TrainConfig, fit
 
 __all__ = ["HierarchicalMetaModel", "ModelConfig", "TrainConfig", "EvalConfig", "fit", "evaluate",
            "evaluate_model", "run_fit", "run_demo", "run_predict", "load_checkpoint",
            "MixturePredictive", "CategoricalMixturePredictive", "point_metrics", "plate_diagram", "render_diagram",
-           "TaskBatch", "TaskFamily", "SinusoidTasks", "BasisFunctionTasks", "make_family"]
+           "TaskBatch", "TaskFamily", "SinusoidTasks", "BasisFunctionTasks", "TabularTasks", "make_family"]

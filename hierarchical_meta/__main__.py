@@ -7,6 +7,7 @@ A mistake in the input ends in one ``error:`` line and exit status 2 (``--debug`
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -20,7 +21,8 @@ from .model import DECODERS, PRIORS
 from .pipeline import PREDICT_CHUNK, run_demo, run_fit, run_predict
 from .predict import NUM_SAMPLES
 from .runfiles import check_output_file
-from .tasks import FAMILIES, TaskFamily, make_family
+from .tasks import FAMILIES, TabularTasks, TaskFamily, make_family
+from .tasks.tabular import TEST_FRACTION, VAL_FRACTION
 from .train import TrainConfig
 
 TRAIN, MODEL, EVAL = TrainConfig(), ModelConfig(), EvalConfig()
@@ -45,11 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--out", required=True, help="output file; .svg, .png or .pdf (DOT source written beside it)")
     render.add_argument("--guide", action="store_true", help="also draw the guide's inference arrows, dashed")
 
-    fit_p = sub.add_parser("fit", help="train on a task family with SVI, evaluate, write model.pt, metrics.json, plots",
+    fit_p = sub.add_parser("fit", help="train on your grouped data (--data) or a task family with SVI, evaluate, "
+                                       "write model.pt, metrics.json, plots",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter, parents=[common])
-    fit_p.add_argument("--tasks", default="sinusoid", choices=sorted(FAMILIES), help="task family")
+    fit_p.add_argument("--tasks", choices=sorted(FAMILIES), help="a built-in task family (default sinusoid)")
     fit_p.add_argument("--out", required=True, help="output folder (rerunning on it with the same options resumes "
                                                      "from DIR/model.pt)")
+    add_data_options(fit_p)
     add_fit_options(fit_p)
 
     pred = sub.add_parser("predict", help="predict query points of new tasks given in a CSV file",
@@ -82,8 +86,10 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-every", type=positive_int, default=TRAIN.checkpoint_every,
                    help="steps between writes of model.pt (a killed run resumes from the last one)")
     g.add_argument("--seed", type=int, default=TRAIN.seed, help="random seed (tasks, initialization, draws)")
-    g.add_argument("--metadata", choices=("use", "none"), default="use" if MODEL.use_metadata else "none",
-                   help="'none' withholds m everywhere: the ablation baseline")
+    g.add_argument("--metadata", metavar="use|none|COL[,COL...]", default=None,
+                   help="built-in families: 'use' (default) or 'none', which withholds m everywhere (the "
+                        "ablation); with --data: the metadata columns (constant within a group), or "
+                        "'none' (or omitted) for no metadata")
     g.add_argument("--batch-tasks", type=positive_int, default=TRAIN.batch_tasks, help="tasks per SVI step")
     g.add_argument("--max-points", type=positive_int, default=TRAIN.max_points,
                    help="points per training task (each task keeps a random min..max of them)")
@@ -109,21 +115,75 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
                    help="what q(φ2 | ...) sees: the support set, or the support set and m")
     e = p.add_argument_group("evaluation")
     e.add_argument("--eval-tasks", type=positive_int, default=EVAL.num_tasks, help="held-out tasks for metrics.json")
+    e.add_argument("--eval-draws", type=positive_int, default=EVAL.draws,
+                   help="random support/query partitions of the held-out tasks (or groups), pooled")
     e.add_argument("--num-samples", type=positive_int, default=NUM_SAMPLES, help="importance samples per task")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    d = p.add_argument_group("your own grouped data (a CSV file, one row per point; docs/own_data.md)")
+    d.add_argument("--data", metavar="FILE.csv", help="the data: one group of rows is one task")
+    d.add_argument("--group", metavar="COL", help="the column naming each row's group")
+    d.add_argument("--x", metavar="COL[,COL...]", help="the input columns (numeric or categorical)")
+    d.add_argument("--y", metavar="COL[,COL...]", help="the output column(s), numeric")
+    d.add_argument("--categorical", metavar="COL[,COL...]", default="",
+                   help="x or metadata columns holding numbers to read as categories")
+    split = d.add_mutually_exclusive_group()
+    split.add_argument("--split-column", metavar="COL",
+                       help="a column holding train, val or test per group (instead of a random split)")
+    split.add_argument("--test-fraction", type=float, default=TEST_FRACTION,
+                       help="fraction of the groups held out for testing, at random")
+    d.add_argument("--val-fraction", type=float, default=VAL_FRACTION,
+                   help="fraction of the groups held out for validation, at random")
+    d.add_argument("--split-seed", type=int, default=0, help="seed of the random split of the groups")
+
+
+def columns(text: str | None) -> list[str]:
+    """'a,b' -> ['a', 'b']; None, '' or 'none' -> []."""
+    if text is None or text.strip() in ("", "none"):
+        return []
+    return [name.strip() for name in text.split(",")]
+
+
+DATA_ONLY = ("group", "x", "y", "split_column")
+
+
+def make_fit_family(args) -> TaskFamily:
+    """The task family of the parsed fit flags: a built-in family, or the grouped data of --data."""
+    if args.data is None:
+        given = [f"--{flag.replace('_', '-')}" for flag in DATA_ONLY if getattr(args, flag) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} name columns of your data; give the file with --data FILE.csv")
+        return make_family(args.tasks or "sinusoid")
+    if args.tasks is not None:
+        raise ValueError(f"give --tasks {args.tasks} or --data {args.data}, not both")
+    missing = [f"--{flag}" for flag in ("group", "x", "y") if not getattr(args, flag)]
+    if missing:
+        raise ValueError(f"--data needs {', '.join(missing)}: the columns naming each row's group, "
+                         "its inputs and its outputs")
+    return TabularTasks.from_csv(args.data, group=args.group, x=columns(args.x), y=columns(args.y),
+                                 metadata=columns(args.metadata), categorical=columns(args.categorical),
+                                 split_column=args.split_column, val_fraction=args.val_fraction,
+                                 test_fraction=args.test_fraction, split_seed=args.split_seed,
+                                 name=os.path.splitext(os.path.basename(args.data))[0])
+
+
 def configs(args, family: TaskFamily):
     """The model, training and evaluation configs of the parsed fit/demo flags."""
+    if getattr(args, "data", None) is None and args.metadata not in (None, "use", "none"):
+        raise ValueError(f"--metadata takes 'use' or 'none' for a built-in family, got {args.metadata!r}; "
+                         "metadata column names go with --data FILE.csv")
+    use_metadata = MODEL.use_metadata if args.metadata in (None, "use") else args.metadata != "none"
     model = ModelConfig(x_dim=family.x_dim, y_dim=family.y_dim, metadata_dim=family.metadata_dim,
                         latent_dim=args.latent_dim, hidden=args.hidden, layers=args.layers,
                         prior=args.prior, decoder=args.decoder,
-                        guide_sees_metadata=args.guide == "data+metadata", use_metadata=args.metadata == "use")
+                        guide_sees_metadata=args.guide == "data+metadata", use_metadata=use_metadata)
     train = TrainConfig(steps=args.steps, batch_tasks=args.batch_tasks, max_points=args.max_points,
                         min_points=args.min_points, lr=args.lr, lr_decay=args.lr_decay, clip_norm=args.clip_norm,
                         anneal_steps=args.anneal_steps, metadata_dropout=args.metadata_dropout,
                         metadata_swap=args.metadata_swap, seed=args.seed, checkpoint_every=args.checkpoint_every)
-    return model, train, EvalConfig(num_tasks=args.eval_tasks)
+    return model, train, EvalConfig(num_tasks=args.eval_tasks, draws=args.eval_draws)
 
 
 def run_render(out: str, guide: bool) -> None:
@@ -143,7 +203,7 @@ def run(args) -> None:
         run_predict(args.checkpoint, args.tasks_file, args.out, num_samples=args.num_samples, seed=args.seed,
                     chunk=args.chunk, progress=progress)
     elif args.command == "fit":
-        family = make_family(args.tasks)
+        family = make_fit_family(args)
         model, train, evaluation = configs(args, family)
         run_fit(family, model, train, args.out, evaluation, num_samples=args.num_samples, progress=progress,
                 extend=args.extend)

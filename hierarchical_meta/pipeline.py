@@ -21,15 +21,14 @@ import time
 from collections.abc import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from .evaluate import EvalConfig, evaluate, heldout_tasks
 from .meta_model import HierarchicalMetaModel, ModelConfig, load_checkpoint
-from .predict import NUM_SAMPLES
+from .predict import NUM_SAMPLES, predict_in_chunks
 from .predictive import point_metrics
 from .runfiles import atomic_write, check_input_file, check_output_file, hold_folder
 from .taskfile import prediction_header, prediction_rows, read_task_file
-from .tasks import SinusoidTasks, TaskFamily
+from .tasks import SinusoidTasks, TabularTasks, TaskFamily
 from .train import TrainConfig, fit
 
 __all__ = ["run_fit", "run_demo", "run_predict", "PREDICT_CHUNK", "evaluate_model", "importance_metrics",
@@ -77,11 +76,20 @@ def run_fit(family: TaskFamily, model_config: ModelConfig, train_config: TrainCo
     status lines and the table (None: silent); ``progress`` shows bars while training and evaluating.
     A resume must have the checkpoint's options (:func:`~hierarchical_meta.train.fit`;
     ``extend`` allows more steps). The run holds the lock of ``out_dir`` throughout.
+    A grouped data set (:class:`~hierarchical_meta.tasks.TabularTasks`: a CSV file, nlschools,
+    sleepstudy) is reported against its baselines in the user's units instead
+    (:func:`hierarchical_meta.grouped.run_fit_grouped`).
     """
+    log = log or (lambda text: None)
+    if isinstance(family, TabularTasks):
+        from .grouped import run_fit_grouped  # it builds on this module
+
+        with hold_folder(out_dir, log):
+            return run_fit_grouped(family, model_config, train_config, out_dir, eval_config, num_samples,
+                                   progress, log, extend)
     from .plots import plot_metrics_vs_shots, plot_predictions, plot_training_curve
 
     eval_config = eval_config if eval_config is not None else EvalConfig()
-    log = log or (lambda text: None)
     with hold_folder(out_dir, log):
         torch.manual_seed(train_config.seed)  # the initial weights
         meta_model = HierarchicalMetaModel(model_config)
@@ -124,23 +132,35 @@ def run_predict(checkpoint: str, tasks_file: str, out: str, num_samples: int = N
     log = log or (lambda text: None)
     check_input_file(tasks_file, "task file")
     check_output_file(out, "output file", inputs=(tasks_file, checkpoint))
-    meta_model, _ = load_checkpoint(checkpoint)
+    meta_model, state = load_checkpoint(checkpoint)
     c = meta_model.config
     if c.likelihood != "normal":
         raise ValueError(f"predict writes the mean and 90% interval of a regression model; {checkpoint!r} is a "
                          f"classifier (likelihood={c.likelihood!r})")
+
+    def predictor(part):
+        return meta_model.predict(part, num_samples=num_samples)[0]
+
+    if "schema" in state:  # trained on grouped data: the data's own columns, the user's units
+        from .grouped import predict_grouped  # it builds on this module
+        from .tasks.schema import TabularSchema
+
+        schema = TabularSchema.from_dict(state["schema"])
+        torch.manual_seed(seed)
+        with atomic_write(out, newline="") as f:
+            points, tasks, notes = predict_grouped(predictor, schema, tasks_file, f, chunk, progress)
+        for note in notes:
+            log(f"note: {note}")
+        log(f"predicted {points} query points of {tasks} task(s) -> {out}")
+        return points
     batch, labels, score = read_task_file(tasks_file, c.x_dim, c.y_dim, c.metadata_dim)
     meta_model.check_batch(batch)
     torch.manual_seed(seed)
-    with atomic_write(out, newline="") as f, tqdm(total=len(labels), disable=not progress, desc="predict",
-                                                   unit="task") as bar:
+    with atomic_write(out, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(prediction_header(c.x_dim, c.y_dim, score))
-        for start in range(0, len(labels), chunk):
-            part = batch.subset(slice(start, start + chunk))
-            predictive, _ = meta_model.predict(part, num_samples=num_samples)
-            writer.writerows(prediction_rows(part, labels[start:start + chunk], predictive, score))
-            bar.update(part.num_tasks)
+        for tasks, predictive in predict_in_chunks(predictor, batch, chunk, progress):
+            writer.writerows(prediction_rows(batch.subset(tasks), labels[tasks], predictive, score))
     points = int(batch.query_mask.sum())
     log(f"predicted {points} query points of {len(labels)} task(s) -> {out}")
     return points

@@ -88,7 +88,7 @@ def plot_predictions(meta_model, batch: TaskBatch, path: str, family: TaskFamily
     plt.close(fig)
 
 
-def plot_metrics_vs_shots(results: dict, path: str, metric: str = "loglik") -> None:
+def plot_metrics_vs_shots(results: dict, path: str, metric: str = "loglik", ylabel: str | None = None) -> None:
     """``metric`` against K for several runs: ``results`` maps a label to a metrics.json dict."""
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     oracle_drawn = False
@@ -104,7 +104,8 @@ def plot_metrics_vs_shots(results: dict, path: str, metric: str = "loglik") -> N
             oracle_drawn = True
         if metric == "loglik" and "noise_floor_loglik" in metrics and i == 0:
             ax.axhline(metrics["noise_floor_loglik"], color="0.5", lw=0.8, label="noise floor")
-    ax.set(xlabel="support points K", ylabel={"loglik": "held-out loglik / point (nats)"}.get(metric, metric))
+    ax.set(xlabel="support points K",
+           ylabel=ylabel or {"loglik": "held-out loglik / point (nats)"}.get(metric, metric))
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

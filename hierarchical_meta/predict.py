@@ -21,10 +21,11 @@ from __future__ import annotations
 import math
 
 import torch
+from tqdm.auto import tqdm
 
 from .predictive import CategoricalMixturePredictive, MixturePredictive
 
-__all__ = ["NUM_SAMPLES", "posterior_predictive"]
+__all__ = ["NUM_SAMPLES", "posterior_predictive", "predict_in_chunks"]
 
 #: Importance samples per task: the default of every predictive of the model (docs/model.md
 #: measures the gap to exact Bayes against it).
@@ -85,3 +86,19 @@ def posterior_predictive(model, guide, x_support, y_support, metadata, support_m
     mean, std = f, model.noise_std().expand(f.shape)
     predictive = MixturePredictive(log_w.T, mean.transpose(0, 1), std.transpose(0, 1))
     return predictive, log_evidence
+
+
+def predict_in_chunks(predictor, batch, chunk: int = 25, progress: bool = False):
+    """Yield ``(tasks, predictive)`` for consecutive chunks of ``chunk`` tasks of ``batch``.
+
+    ``tasks`` is the slice of ``batch``'s tasks and ``predictive = predictor(batch.subset(tasks))``:
+    memory stays bounded by one chunk's predictive, however many tasks the batch holds.
+    ``progress`` shows a bar over the tasks.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be a positive integer, got {chunk}")
+    with tqdm(total=batch.num_tasks, disable=not progress, desc="predict", unit="task") as bar:
+        for start in range(0, batch.num_tasks, chunk):
+            tasks = slice(start, min(start + chunk, batch.num_tasks))
+            yield tasks, predictor(batch.subset(tasks))
+            bar.update(tasks.stop - start)

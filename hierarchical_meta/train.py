@@ -165,13 +165,16 @@ def _diverged(step: int, config: TrainConfig, what: str) -> FloatingPointError:
 
 def fit(meta_model: HierarchicalMetaModel, family: TaskFamily, config: TrainConfig,
         out_dir: str | None = None, progress: bool = True,
-        callback: Callable[[int, dict], None] | None = None, extend: bool = False) -> dict:
+        callback: Callable[[int, dict], None] | None = None, extend: bool = False,
+        checkpoint_extra: dict | None = None) -> dict:
     """Train ``meta_model`` on tasks from ``family``; returns the history dict.
 
-    With ``out_dir``, resumes from ``out_dir/model.pt`` if present (:func:`resume_conflicts`
-    must find none, else ValueError listing them) and writes it every ``checkpoint_every``
-    steps and at the end. ``history["trained_steps"]`` counts the steps this call trained.
-    A run whose loss or parameters become NaN or infinite raises FloatingPointError.
+    With ``out_dir`` (created if missing), resumes from ``out_dir/model.pt`` if present
+    (:func:`resume_conflicts` must find none, else ValueError listing them) and writes it every
+    ``checkpoint_every`` steps and at the end, with the plain-data entries of
+    ``checkpoint_extra`` (a grouped data set's schema). ``history["trained_steps"]`` counts
+    the steps this call trained. A run whose loss or parameters become NaN or infinite raises
+    FloatingPointError.
     """
     c = meta_model.config
     if (family.x_dim, family.y_dim, family.metadata_dim) != (c.x_dim, c.y_dim, c.metadata_dim):
@@ -183,6 +186,8 @@ def fit(meta_model: HierarchicalMetaModel, family: TaskFamily, config: TrainConf
     history = {"step": [], "loss": [], "eval_step": [], "eval": [], "seconds": 0.0}
     start_step, optim_state = 0, None
     path = os.path.join(out_dir, "model.pt") if out_dir else None
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
     if path and os.path.exists(path):
         saved, state = load_checkpoint(path)
         try:
@@ -218,7 +223,8 @@ def fit(meta_model: HierarchicalMetaModel, family: TaskFamily, config: TrainConf
         if path:
             meta_model.save(path, step=step, optimizer=optimizer.get_state(), history=history,
                             generator=generator.get_state(), torch_rng=torch.get_rng_state(),
-                            train_config=dataclasses.asdict(config), family=family.name)
+                            train_config=dataclasses.asdict(config), family=family.name,
+                            **(checkpoint_extra or {}))
 
     bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps,
                disable=not progress, desc="fit", unit="step")

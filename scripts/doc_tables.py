@@ -10,7 +10,8 @@ and every inline ``<!--v:KEY-->TEXT<!--/v-->`` (or ``<!--v:KEY:SPEC-->``, SPEC a
 spec such as ``.3f``), from ``values()[KEY]``. Every table and number comes from a file
 committed under docs/: the demo (docs/demo/summary.json), the long run
 (docs/long/metrics.json), the SVI benchmark (docs/benchmarks/svi_cpu.txt), the
-nlschools comparison (docs/nlschools/*.csv), and the profiling study
+nlschools comparison (docs/nlschools/*.csv), the grouped-data runs of ``fit --tasks
+nlschools|sleepstudy`` (docs/own_data/*/metrics.json), and the profiling study
 (docs/profiling/scale.csv through ``profiling.growth``, docs/profiling/benchmark_cpu*.txt).
 ``--check`` writes nothing and exits 1 naming each doc that differs (tests/test_docs.py).
 """
@@ -38,6 +39,9 @@ DOCS = ["README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "do
 TABLE = re.compile(r"(<!-- table:([\w-]+) -->\n)(.*?)(<!-- /table -->)", re.DOTALL)
 VALUE = re.compile(r"<!--v:([\w.-]+)(?::([^>]*?))?-->(.*?)<!--/v-->")
 SHOTS = (0, 1, 2, 5, 10)
+OWN_DATA = ("nlschools", "sleepstudy")  # the committed runs under docs/own_data/
+OWN_MODELS = {"model": "model", "no_metadata": "model, m withheld", "mixed_model": "mixed model (BLUP)",
+              "pooled": "pooled regression"}
 COVERAGE = (0.85, 0.95)       # the calibration band the docs hold coverage90 to
 
 
@@ -104,6 +108,13 @@ def per_k(run: dict) -> dict[int, dict]:
     return out
 
 
+def own_data_run(name: str) -> dict[str, dict]:
+    """A committed grouped-data run: model name -> its scores (``{"shots": {K: ...}}``), the model first."""
+    metrics = read_json(f"docs/own_data/{name}/metrics.json")
+    found = {"model": metrics, **metrics["baselines"]}
+    return {model: found[model] for model in OWN_MODELS if model in found}
+
+
 def read_benchmark(path: str) -> dict:
     """A ``profiling.benchmark`` output: (method, impl) -> (median ms, loop/this), and the load."""
     lines = (ROOT / path).read_text().splitlines()
@@ -168,6 +179,28 @@ def values() -> dict[str, object]:
         for column in ("loglik", "mse", "coverage90", "loglik_minus_mixed", "metadata_gain", "metadata_gain_sd"):
             v[f"nlschools.{model}.{column}.{k}"] = float(r[column])
 
+    for name in OWN_DATA:
+        run = own_data_run(name)
+        shots = list(run["model"]["shots"])
+        for model, scores in run.items():
+            for k in shots:
+                for metric in ("loglik", "mse", "coverage90", "num_groups"):
+                    v[f"own.{name}.{model}.{metric}.{k}"] = scores["shots"][k][metric]
+        if "mixed_model" in run:
+            deltas = [run["model"]["shots"][k]["loglik"] - run["mixed_model"]["shots"][k]["loglik"] for k in shots]
+            v[f"own.{name}.minus_mixed_range"] = f"{min(deltas):+.3f} to {max(deltas):+.3f}"
+            ahead = [int(k) for k, d in zip(shots, deltas, strict=True) if d > 0]
+            v[f"own.{name}.ahead_of_mixed"] = ks(ahead) if ahead else "no K"
+        metrics = read_json(f"docs/own_data/{name}/metrics.json")
+        v[f"own.{name}.steps"] = grouped(metrics["train"]["steps"])
+        v[f"own.{name}.train_minutes"] = metrics["train_seconds"] / 60
+        v[f"own.{name}.draws"] = metrics["eval"]["draws"]
+        v[f"own.{name}.shots"] = ks(int(k) for k in shots)
+        for split, n in metrics["data"]["groups"].items():
+            v[f"own.{name}.groups.{split}"] = n
+        v[f"own.{name}.evaluated_groups"] = metrics["data"]["evaluated_groups"]
+        v[f"own.{name}.sd_y"] = metrics["schema"]["y"][0]["std"]
+
     rows = read_rows(ROOT / "docs/profiling/scale.csv")
     ok = [r for r in rows if r["status"] == "ok"]
     for g in growth_table(rows):
@@ -222,6 +255,15 @@ def tables() -> dict[str, str]:
         [[r["model"], r["K"], pm(r, "loglik"), pm(r, "loglik_minus_mixed", "+"), pm(r, "metadata_gain", "+"),
           pm(r, "mse"), pm(r, "coverage90"), f"{float(r['test_classes']):.1f}", f"{float(r['query_pupils']):.0f}"]
          for r in read_csv("docs/nlschools/comparison.csv")])
+
+    for name in OWN_DATA:
+        run = own_data_run(name)
+        shots = list(run["model"]["shots"])
+        out[f"own-data-{name}"] = table(
+            ["K", "groups", *(f"{OWN_MODELS[model]}" for model in run)],
+            [[k, run["model"]["shots"][k]["num_groups"],
+              *(f"{minus(format(s['shots'][k]['loglik'], '.3f'))} ({s['shots'][k]['coverage90']:.2f})"
+                for s in run.values())] for k in shots])
 
     two, one = (read_benchmark(f"docs/profiling/benchmark_cpu{s}.txt")["rows"] for s in ("", "_1thread"))
     names = {"maml": "MAML", "fomaml": "first-order MAML", "es": "ES"}

@@ -45,7 +45,7 @@ def test_single_gaussian_matches_closed_forms():
     torch.testing.assert_close(p.cdf(y), normal.cdf(y), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(p.predictive_mean(), p.mean[:, 0], rtol=0, atol=1e-12)
     for level, z in ((0.05, -Z95), (0.5, 0.0), (0.95, Z95)):
-        # 60 bisections of a 20σ-wide bracket: 20σ / 2^60 ~ 1e-17, so only round-off remains
+        # one component: the starting point (the moment-matched normal's quantile) is exact
         torch.testing.assert_close(p.quantile(level), p.mean[:, 0] + z * p.std[:, 0], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(p.effective_sample_size(), torch.ones(2, dtype=torch.float64))
 
@@ -79,6 +79,36 @@ def test_two_component_mixture_against_numerical_integration():
         assert abs(q - numerical) < 2e-3  # grid step 1e-3, plus the cdf's 1e-5 / density (> 0.02)
     # ESS of weights (0.75, 0.25): 1 / (0.5625 + 0.0625) = 1.6
     torch.testing.assert_close(p.effective_sample_size(), torch.tensor([1.6], dtype=torch.float64))
+
+
+def bisection_quantile(p: MixturePredictive, level: float, iterations: int = 200) -> torch.Tensor:
+    """The slow reference: bisection of the full mixture's cdf on a bracket of ±10 σ_max."""
+    spread = 10 * p.std.amax(1)
+    low, high = p.mean.amin(1) - spread, p.mean.amax(1) + spread
+    for _ in range(iterations):
+        mid = (low + high) / 2
+        below = p.cdf(mid) < level
+        low, high = torch.where(below, mid, low), torch.where(below, high, mid)
+    return (low + high) / 2
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_newton_quantile_matches_bisection_on_many_component_mixtures(seed):
+    """Skewed, multimodal mixtures of 300 components with very unequal weights (float64):
+    the safeguarded Newton quantile equals 200 bisection steps to its stopping tolerance,
+    sqrt(eps) = 1.5e-8 of the mixture's sd (float64)."""
+    g = torch.Generator().manual_seed(seed)
+    f64 = dict(dtype=torch.float64, generator=g)
+    T, S, Q, D = 3, 300, 7, 2
+    p = MixturePredictive(4 * torch.randn(T, S, **f64), 3 * torch.randn(T, S, Q, D, **f64),
+                          0.05 + torch.rand(T, S, Q, D, **f64))
+    sd = ((p.weights[..., None, None] * (p.std ** 2 + p.mean ** 2)).sum(1) - p.predictive_mean() ** 2).sqrt()
+    for level in (0.01, 0.05, 0.5, 0.95, 0.99):
+        fast, slow = p.quantile(level), bisection_quantile(p, level)
+        assert ((fast - slow).abs() / sd).max() < 1.5e-8, level
+        torch.testing.assert_close(p.cdf(fast), torch.full_like(fast, level), rtol=0, atol=1e-8)
+    with pytest.raises(ValueError, match="level"):
+        p.quantile(1.0)
 
 
 def test_mixture_rejects_bad_shapes():
