@@ -15,11 +15,13 @@ import pyro.distributions as dist
 import pytest
 import torch
 
+from hierarchical_meta.bound import elbo_terms
 from hierarchical_meta.evaluate import EvalConfig, evaluate, heldout_tasks, shuffle_metadata
-from hierarchical_meta.meta_model import HierarchicalMetaModel, ModelConfig
+from hierarchical_meta.meta_model import HierarchicalMetaModel, ModelConfig, load_checkpoint
 from hierarchical_meta.predict import posterior_predictive, predict_in_chunks
 from hierarchical_meta.predictive import MixturePredictive, point_metrics
 from hierarchical_meta.tasks import BasisFunctionTasks, SinusoidTasks, TabularTasks
+from hierarchical_meta.train import TrainConfig, corrupt_metadata, fit, heldout_elbo, resume_conflicts
 
 ROUNDING = dict(rel=1e-5, abs=1e-6)
 
@@ -189,3 +191,124 @@ def test_predict_in_chunks_covers_every_task_once_in_order():
         assert torch.equal(torch.cat([y for _, y in parts]), batch.y_query)
     with pytest.raises(ValueError, match="chunk must be a positive integer, got 0"):
         next(predict_in_chunks(lambda part: part, batch, chunk=0))
+
+
+# ---- fit: what each training step feeds the model, and what it reports --------------------
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return HierarchicalMetaModel(ModelConfig(latent_dim=2, hidden=8, layers=1))
+
+
+def tiny_config(**options):
+    return TrainConfig(**{"steps": 4, "batch_tasks": 8, "max_points": 5, "eval_tasks": 4, "eval_every": 2,
+                          "num_particles": 1, **options})
+
+
+def test_each_training_step_feeds_the_model_the_safeguarded_batch(monkeypatch):
+    """Ragged masks keep min_points..max_points of each task's points (a prefix), a share
+    metadata_dropout of tasks lose their metadata (NaN; 5 binomial se), and the latent sites
+    are scaled by β = kl_weight(step)."""
+    meta = tiny_model()
+    config = tiny_config(steps=30, min_points=2, metadata_dropout=0.5, metadata_swap=0.0, anneal_steps=20,
+                         eval_every=100)
+    calls = []
+    forward = meta.guide.forward
+
+    def recording(x, metadata, y=None, mask=None, latent_scale=1.0):
+        calls.append((x.shape, metadata.clone(), None if mask is None else mask.clone(), latent_scale))
+        return forward(x, metadata, y, mask, latent_scale)
+
+    monkeypatch.setattr(meta.guide, "forward", recording)
+    fit(meta, SinusoidTasks(), config, progress=False)
+    assert len(calls) == 30
+    kept = torch.stack([mask.sum(1) for _, _, mask, _ in calls])  # [steps, tasks]
+    assert all(shape == (8, 5, 1) for shape, _, _, _ in calls)
+    assert int(kept.min()) == 2 and int(kept.max()) == 5  # every count from min_points to max_points
+    assert all(torch.equal(mask, torch.arange(5) < mask.sum(1, keepdim=True)) for _, _, mask, _ in calls)
+    dropped = sum(int(metadata.isnan().all(1).sum()) for _, metadata, _, _ in calls)
+    assert abs(dropped / 240 - 0.5) <= 5 * (0.25 / 240) ** 0.5, dropped
+    assert [scale for _, _, _, scale in calls] == [config.kl_weight(step) for step in range(30)]
+
+
+def test_the_learning_rate_decays_to_lr_over_lr_decay_with_clipping(tmp_path):
+    config = tiny_config(steps=5, lr=0.01, lr_decay=4.0, clip_norm=3.0)
+    fit(tiny_model(), SinusoidTasks(), config, out_dir=str(tmp_path), progress=False)
+    _, state = load_checkpoint(str(tmp_path / "model.pt"))
+    groups = [group for optim in state["optimizer"].values() for group in optim["param_groups"]]
+    assert groups and all(group["lr"] == pytest.approx(0.01 / 4.0, rel=1e-9) for group in groups)
+    assert all(group["clip_norm"] == 3.0 for group in groups)
+
+
+def test_the_held_out_elbo_is_reported_every_eval_every_steps_and_at_the_end():
+    reported = []
+    history = fit(tiny_model(), SinusoidTasks(), tiny_config(steps=5, eval_every=2), progress=False,
+                  callback=lambda step, metrics: reported.append(step))
+    assert history["eval_step"] == reported == [2, 4, 5] and history["step"] == [1, 2, 3, 4, 5]
+
+
+def test_more_particles_change_the_loss():
+    losses = [fit(tiny_model(), SinusoidTasks(), tiny_config(steps=1, num_particles=n), progress=False)["loss"]
+              for n in (1, 4)]
+    assert losses[0] != losses[1]
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_a_resumed_run_repeats_the_uninterrupted_one_exactly(tmp_path):
+    """Stopped by an exception after the step-4 checkpoint, then resumed to step 8: the same
+    losses and held-out ELBOs, bit for bit, as one run of 8 steps."""
+    config = tiny_config(steps=8, eval_every=3, checkpoint_every=4)
+    whole = fit(tiny_model(), SinusoidTasks(), config, out_dir=str(tmp_path / "whole"), progress=False)
+
+    def stop_at_six(step, metrics):
+        if step == 6:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        fit(tiny_model(), SinusoidTasks(), config, out_dir=str(tmp_path / "split"), progress=False,
+            callback=stop_at_six)
+    resumed = fit(tiny_model(seed=1), SinusoidTasks(), config, out_dir=str(tmp_path / "split"), progress=False)
+    assert resumed["trained_steps"] == 4
+    for key in ("step", "loss", "eval_step", "eval"):
+        assert resumed[key] == whole[key], key
+
+
+def test_held_out_elbo_is_the_bound_per_observed_point():
+    """All support and query points observed but the masked ones; 16 particles by default."""
+    meta = tiny_model()
+    batch = SinusoidTasks().sample(4, 3, 2, generator=torch.Generator().manual_seed(0))
+    query_mask = torch.tensor([[True, True], [True, False], [True, True], [False, True]])
+    batch = dataclasses.replace(batch, query_mask=query_mask)
+    torch.manual_seed(5)
+    reported = heldout_elbo(meta, batch)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        terms = elbo_terms(meta.model, meta.guide, torch.cat([batch.x_support, batch.x_query], 1),
+                           torch.cat([batch.y_support, batch.y_query], 1), batch.metadata,
+                           torch.cat([batch.support_mask, query_mask], 1), num_particles=16)
+    assert reported == {"elbo_per_point": float(terms["elbo"].sum() / 18),
+                        "kl_phi1_per_task": float(terms["kl_phi1"].mean()),
+                        "kl_phi2_per_task": float(terms["kl_phi2"].mean())}
+
+
+# ---- resume_conflicts: more steps need extend ---------------------------------------------
+
+def test_raising_steps_is_a_conflict_unless_extended(tmp_path):
+    meta, family, config = tiny_model(), SinusoidTasks(), tiny_config()
+    fit(meta, family, config, out_dir=str(tmp_path), progress=False)
+    _, state = load_checkpoint(str(tmp_path / "model.pt"))
+    longer = dataclasses.replace(config, steps=6)
+    assert resume_conflicts(state, meta, family, config) == []
+    assert "--extend" in resume_conflicts(state, meta, family, longer)[0]
+    assert resume_conflicts(state, meta, family, longer, extend=True) == []
+
+
+# ---- corrupt_metadata: a swap takes another task's metadata ------------------------------
+
+def test_swapping_two_tasks_exchanges_their_metadata():
+    metadata = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    out = corrupt_metadata(metadata, dropout=0.0, swap=1.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, metadata.flip(0))
