@@ -312,3 +312,22 @@ def test_swapping_two_tasks_exchanges_their_metadata():
     metadata = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
     out = corrupt_metadata(metadata, dropout=0.0, swap=1.0, generator=torch.Generator().manual_seed(0))
     assert torch.equal(out, metadata.flip(0))
+
+
+# ---- TrainConfig: the accepted ranges, edges included -------------------------------------
+
+def test_train_config_accepts_its_edges_and_rejects_just_beyond():
+    ones = dict(steps=1, batch_tasks=1, max_points=1, num_particles=1, eval_every=1, eval_tasks=1, checkpoint_every=1)
+    TrainConfig(**ones, min_points=1)  # min_points may equal max_points
+    TrainConfig(lr_decay=1.0, clip_norm=0.5, metadata_dropout=0.0, metadata_swap=0.0, initial_kl_weight=0.0)
+    TrainConfig(metadata_dropout=1.0, metadata_swap=0.0, initial_kl_weight=1.0)
+    TrainConfig(metadata_dropout=0.5, metadata_swap=0.5)
+    for bad, match in [(dict(eval_tasks=0), "eval_tasks must be a positive integer, got 0"),
+                       (dict(lr=0.0), "lr must be > 0, got 0.0"),
+                       (dict(lr_decay=0.99), "lr_decay must be >= 1"),
+                       (dict(clip_norm=0.0), "clip_norm must be > 0"),
+                       (dict(initial_kl_weight=1.5), r"initial_kl_weight must be in \[0, 1\], got 1.5"),
+                       (dict(metadata_dropout=0.6, metadata_swap=0.6),
+                        r"metadata_dropout \+ metadata_swap must be <= 1")]:
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**bad)
