@@ -15,7 +15,7 @@ from .model import DECODERS, PRIORS
 from .pipeline import run_demo, run_fit
 from .predict import NUM_SAMPLES
 from .tasks import FAMILIES, TaskFamily, make_family
-from .train import TrainConfig
+from .train import ELBOS, TrainConfig
 
 TRAIN, MODEL, EVAL = TrainConfig(), ModelConfig(), EvalConfig()
 
@@ -79,6 +79,9 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
                    help="fraction of training tasks whose metadata is dropped (read as missing)")
     g.add_argument("--metadata-swap", type=float, default=TRAIN.metadata_swap,
                    help="fraction of training tasks given another task's metadata (teaches how far to trust m)")
+    g.add_argument("--elbo", choices=ELBOS, default=TRAIN.elbo,
+                   help="'fast' differentiates the hand-written bound (bound.py); 'pyro' runs Pyro's SVI on "
+                        "Trace_ELBO (the reference: same draws, same gradients)")
     m = p.add_argument_group("model")
     m.add_argument("--latent-dim", type=positive_int, default=MODEL.latent_dim, help="dimension D of φ1 and φ2")
     m.add_argument("--hidden", type=positive_int, default=MODEL.hidden, help="hidden units per layer")
@@ -103,7 +106,7 @@ def configs(args, family: TaskFamily):
     train = TrainConfig(steps=args.steps, batch_tasks=args.batch_tasks, max_points=args.max_points,
                         min_points=args.min_points, lr=args.lr, lr_decay=args.lr_decay, clip_norm=args.clip_norm,
                         anneal_steps=args.anneal_steps, metadata_dropout=args.metadata_dropout,
-                        metadata_swap=args.metadata_swap, seed=args.seed)
+                        metadata_swap=args.metadata_swap, seed=args.seed, elbo=args.elbo)
     return model, train, EvalConfig(num_tasks=args.eval_tasks)
 
 

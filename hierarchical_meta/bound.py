@@ -64,9 +64,16 @@ def elbo_terms(model, guide, x: torch.Tensor, y: torch.Tensor, metadata: torch.T
 
 
 def elbo(model, guide, x, y, metadata, mask=None, num_particles: int = 1,
-         analytic_phi1_kl: bool = True) -> torch.Tensor:
-    """The bound summed over tasks (a scalar; Pyro's loss is its negative)."""
-    return elbo_terms(model, guide, x, y, metadata, mask, num_particles, analytic_phi1_kl)["elbo"].sum()
+         analytic_phi1_kl: bool = True, latent_scale: float = 1.0) -> torch.Tensor:
+    """The bound summed over tasks (a scalar; Pyro's loss is its negative).
+
+    ``latent_scale`` = β gives the annealed objective loglik − β (kl_phi2 + kl_phi1), what
+    Pyro estimates when the model and guide scale their latent sites by β. With
+    ``analytic_phi1_kl=False`` it equals ``Trace_ELBO`` on the same draws, value and gradients
+    (the training fast path, :mod:`hierarchical_meta.train`).
+    """
+    terms = elbo_terms(model, guide, x, y, metadata, mask, num_particles, analytic_phi1_kl)
+    return (terms["loglik"] - latent_scale * (terms["kl_phi2"] + terms["kl_phi1"])).sum()
 
 
 def importance_log_evidence(model, guide, x, y, metadata, mask=None,

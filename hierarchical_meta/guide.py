@@ -33,7 +33,15 @@ from torch import nn
 
 from .networks import MLP, cat_broadcast, metadata_features, positive
 
-__all__ = ["AmortizedGuide"]
+__all__ = ["AmortizedGuide", "covariance_cholesky"]
+
+
+def covariance_cholesky(precision: torch.Tensor) -> torch.Tensor:
+    """The lower Cholesky factor S of Λ⁻¹ (S Sᵀ = Λ⁻¹) from a precision Λ [..., D, D], without
+    inverting Λ: the factor ``MultivariateNormal(precision_matrix=Λ)`` computes (so its draws agree)."""
+    inverse = torch.linalg.cholesky(precision.flip(-2, -1)).flip(-2, -1).mT  # lower, Λ = inverseᵀ inverse
+    eye = torch.eye(precision.shape[-1], dtype=precision.dtype, device=precision.device)
+    return torch.linalg.solve_triangular(inverse, eye, upper=False)
 
 
 class AmortizedGuide(nn.Module):
@@ -80,8 +88,9 @@ class AmortizedGuide(nn.Module):
         a = a * keep
         precision = torch.diag_embed(1.0 / var0 + inv_v.sum(1)) + a.transpose(1, 2) @ a  # [T, D, D]
         eta = mu0 / var0 + (inv_v * r).sum(1) + (a * u).sum(1)  # [T, D]
-        mean = torch.linalg.solve(precision, eta)
-        return dist.MultivariateNormal(mean[:, None], precision_matrix=precision[:, None])
+        scale_tril = covariance_cholesky(precision)  # Λ⁻¹ = S Sᵀ
+        mean = (scale_tril @ (scale_tril.mT @ eta[..., None]))[..., 0]  # Λ⁻¹ η
+        return dist.MultivariateNormal(mean[:, None], scale_tril=scale_tril[:, None])
 
     def phi1_posterior(self, phi2: torch.Tensor, metadata: torch.Tensor) -> dist.Distribution:
         """q(φ1 | φ2, m): phi2 [..., T, 1, D], metadata [T, 1, Dm] -> event [D]."""
