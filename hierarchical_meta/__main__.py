@@ -91,6 +91,8 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--guide", choices=("data", "data+metadata"),
                    default="data+metadata" if MODEL.guide_sees_metadata else "data",
                    help="what q(φ2 | ...) sees: the support set, or the support set and m")
+    m.add_argument("--guide-components", type=positive_int, default=MODEL.guide_components,
+                   help="q(φ2 | ...) is a mixture of this many Gaussians (1: one Gaussian)")
     e = p.add_argument_group("evaluation")
     e.add_argument("--eval-tasks", type=positive_int, default=EVAL.num_tasks, help="held-out tasks for metrics.json")
     e.add_argument("--num-samples", type=positive_int, default=NUM_SAMPLES, help="importance samples per task")
@@ -102,7 +104,8 @@ def configs(args, family: TaskFamily):
     model = ModelConfig(x_dim=family.x_dim, y_dim=family.y_dim, metadata_dim=family.metadata_dim,
                         latent_dim=args.latent_dim, hidden=args.hidden, layers=args.layers,
                         prior=args.prior, decoder=args.decoder,
-                        guide_sees_metadata=args.guide == "data+metadata", use_metadata=args.metadata == "use")
+                        guide_sees_metadata=args.guide == "data+metadata", use_metadata=args.metadata == "use",
+                        guide_components=args.guide_components)
     train = TrainConfig(steps=args.steps, batch_tasks=args.batch_tasks, max_points=args.max_points,
                         min_points=args.min_points, lr=args.lr, lr_decay=args.lr_decay, clip_norm=args.clip_norm,
                         anneal_steps=args.anneal_steps, metadata_dropout=args.metadata_dropout,

@@ -32,6 +32,7 @@ class ModelConfig:
 
     ``use_metadata=False`` is the ablation that withholds m (fed as missing everywhere).
     ``guide_sees_metadata`` selects q(φ2 | X, Y, m) instead of q(φ2 | X, Y).
+    ``guide_components`` = J > 1 makes q(φ2 | ...) a mixture of J Gaussians (guide.py).
     ``likelihood="categorical"`` with ``num_classes`` = C (and y_dim = 1) makes it a
     classifier: y holds class indices and :meth:`HierarchicalMetaModel.predict` returns a
     ``CategoricalMixturePredictive``.
@@ -46,13 +47,14 @@ class ModelConfig:
     prior: str = "mlp"
     decoder: str = "features"
     guide_sees_metadata: bool = True
+    guide_components: int = 1
     use_metadata: bool = True
     noise_std: float | None = None
     likelihood: str = "normal"
     num_classes: int | None = None
 
     def __post_init__(self):
-        for name in ("x_dim", "y_dim", "metadata_dim", "latent_dim", "hidden"):
+        for name in ("x_dim", "y_dim", "metadata_dim", "latent_dim", "hidden", "guide_components"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.layers < 0:
@@ -78,7 +80,8 @@ class HierarchicalMetaModel(nn.Module):
                       latent_dim=c.latent_dim, hidden=c.hidden, layers=c.layers)
         self.model = GenerativeModel(prior=c.prior, decoder=c.decoder, noise_std=c.noise_std,
                                      likelihood=c.likelihood, num_classes=c.num_classes, **shared)
-        self.guide = AmortizedGuide(sees_metadata=c.guide_sees_metadata, num_classes=c.num_classes, **shared)
+        self.guide = AmortizedGuide(sees_metadata=c.guide_sees_metadata, num_classes=c.num_classes,
+                                    components=c.guide_components, **shared)
 
     # -- inputs --------------------------------------------------------------------------
     def check_batch(self, batch: TaskBatch) -> None:
