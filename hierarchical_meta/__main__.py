@@ -11,7 +11,7 @@ import torch
 
 from .evaluate import EvalConfig
 from .meta_model import ModelConfig, load_checkpoint
-from .model import DECODERS, PRIORS
+from .model import DECODERS, NOISES, PRIORS
 from .pipeline import run_demo, run_fit
 from .predict import NUM_SAMPLES
 from .tasks import FAMILIES, TaskFamily, make_family
@@ -91,6 +91,8 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--guide", choices=("data", "data+metadata"),
                    default="data+metadata" if MODEL.guide_sees_metadata else "data",
                    help="what q(φ2 | ...) sees: the support set, or the support set and m")
+    m.add_argument("--noise", choices=NOISES, default=MODEL.noise,
+                   help="observation noise of p(y | φ2, x): one learned s, or s(x, φ2) (heteroscedastic)")
     m.add_argument("--guide-components", type=positive_int, default=MODEL.guide_components,
                    help="q(φ2 | ...) is a mixture of this many Gaussians (1: one Gaussian)")
     e = p.add_argument_group("evaluation")
@@ -105,7 +107,7 @@ def configs(args, family: TaskFamily):
                         latent_dim=args.latent_dim, hidden=args.hidden, layers=args.layers,
                         prior=args.prior, decoder=args.decoder,
                         guide_sees_metadata=args.guide == "data+metadata", use_metadata=args.metadata == "use",
-                        guide_components=args.guide_components)
+                        guide_components=args.guide_components, noise=args.noise)
     train = TrainConfig(steps=args.steps, batch_tasks=args.batch_tasks, max_points=args.max_points,
                         min_points=args.min_points, lr=args.lr, lr_decay=args.lr_decay, clip_norm=args.clip_norm,
                         anneal_steps=args.anneal_steps, metadata_dropout=args.metadata_dropout,
