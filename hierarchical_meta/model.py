@@ -136,7 +136,7 @@ class GenerativeModel(nn.Module):
     def scale(self, phi2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """s(x, φ2) of the normal likelihood: phi2 [..., T, 1, D], x [T, N, Dx] -> [..., T, N, Dy]."""
         if self.noise == "constant":
-            shape = torch.broadcast_shapes(phi2.shape[:-2], x.shape[:-1])
+            shape = torch.broadcast_shapes(phi2.shape[:-1], x.shape[:-1])  # [..., T, N]
             return self.noise_std().expand(*shape, self.y_dim)
         h, c = self.noise_features(x).split([self.y_dim * self.latent_dim, self.y_dim], -1)
         h = h.unflatten(-1, (self.y_dim, self.latent_dim))  # [T, N, Dy, D]

@@ -115,3 +115,10 @@ def test_heteroscedastic_model_fits_sinusoid_tasks():
     history = fit(meta, SinusoidTasks(), TrainConfig(steps=3, batch_tasks=4, max_points=5, eval_every=3,
                                                      eval_tasks=4), progress=False)
     assert all(math.isfinite(loss) for loss in history["loss"])
+
+
+def test_constant_scale_broadcasts_like_the_heteroscedastic_one():
+    constant = GenerativeModel(1, DY, 2, D, hidden=8, layers=1)
+    phi2, x = torch.randn(S, T, 1, D), torch.randn(T, N, 1)
+    assert constant.scale(phi2, x).shape == _model().scale(phi2, x).shape == (S, T, N, DY)
+    assert constant.scale(phi2[0], x).shape == (T, N, DY)
