@@ -1,16 +1,18 @@
 """Fit quality at a small budget: a regression check of training and prediction together.
 
-The model is trained for 400 SVI steps (the demo takes 8000) on sinusoid tasks and scored
-with the evaluation protocol on 40 held-out tasks (256 importance samples) against exact
-Bayes. At this budget the model is far from converged, so the bounds are loose, but set
+The model is trained for 400 SVI steps (the demo takes 8000) on sinusoid tasks with the
+default TrainConfig otherwise, and scored with the evaluation protocol on 40 held-out tasks
+(256 importance samples) against exact Bayes. At this budget the model is far from
+converged (its intervals are still too wide at K = 5), so the bounds are loose, but set
 from measured values (seeds 0-2, docs/quality/README.md) with a margin:
 
-    measured          gap K=0      gap K=1      gap K=5      coverage90
-    seeds 0, 1, 2     0.24-0.30    1.02-1.28    1.52-2.01    0.78-0.87
-    bound             <= 0.45      <= 1.6       <= 2.5       in [0.7, 0.95]
+    measured          gap K=0      gap K=1      gap K=5      coverage90 K=0 / 1 / 5
+    seeds 0, 1, 2     0.16-0.22    0.91-0.94    1.29-1.39    0.87-0.90 / 0.89-0.92 / 0.98-0.99
+    bound             <= 0.35      <= 1.3       <= 1.9       >= 0.8 / >= 0.8 / >= 0.85, all <= 0.995
 
 An untrained model is several nats away at every K; a step in the wrong direction, a guide
-that ignores the data or a broken predictive fails at least one bound.
+that ignores the data, collapsed noise (overconfident intervals) or a broken predictive
+fails at least one bound. About 15 s on an idle core.
 """
 
 import pytest
@@ -20,8 +22,8 @@ from hierarchical_meta import HierarchicalMetaModel, ModelConfig, SinusoidTasks,
 from hierarchical_meta.evaluate import EvalConfig
 from hierarchical_meta.pipeline import evaluate_model
 
-GAP_BOUNDS = {"0": 0.45, "1": 1.6, "5": 2.5}
-COVERAGE_BOUNDS = (0.7, 0.95)
+GAP_BOUNDS = {"0": 0.35, "1": 1.3, "5": 1.9}
+COVERAGE_BOUNDS = {"0": (0.8, 0.995), "1": (0.8, 0.995), "5": (0.85, 0.995)}
 
 
 def _gaps_and_coverage(model, family, seed=0):
@@ -46,8 +48,8 @@ def test_gap_to_exact_bayes_and_coverage_after_a_short_fit(trained):
     _, (gaps, coverage) = trained
     for k, bound in GAP_BOUNDS.items():
         assert gaps[k] <= bound, (k, gaps)
-    for k, value in coverage.items():
-        assert COVERAGE_BOUNDS[0] <= value <= COVERAGE_BOUNDS[1], (k, coverage)
+    for k, (low, high) in COVERAGE_BOUNDS.items():
+        assert low <= coverage[k] <= high, (k, coverage)
 
 
 def test_the_bounds_have_teeth(trained):
