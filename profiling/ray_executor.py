@@ -13,6 +13,7 @@ the next one too.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -55,16 +56,17 @@ def run_on_ray(configs: list[Config], csv_path: str, device: torch.device, timin
     if not connected:
         runtime_env = {"py_modules": [PACKAGE_DIR]}
         if address is None:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env=runtime_env,
+                     logging_level=logging.WARNING)
         else:
-            ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
+            ray.init(address=address, log_to_driver=False, runtime_env=runtime_env, logging_level=logging.WARNING)
     resources = {"num_cpus": timing["threads"] or 1, "num_gpus": 1 if device.type == "cuda" else 0}
     pending = {}
     try:
         for config in configs:
             pending[measure_task.options(**resources).remote(config.__dict__, device.type, timing)] = config
         while pending:
-            bar.set_postfix_str(f"{len(pending)} to go on Ray", refresh=True)
+            bar.set_postfix_str(f"{len(pending)} tasks on Ray", refresh=True)
             (ref,), _ = ray.wait(list(pending), num_returns=1)
             config = pending.pop(ref)
             try:
