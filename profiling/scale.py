@@ -2,7 +2,9 @@
 
 Runs three sweeps (inner steps, hidden layers, hidden units; the others at their
 defaults) for every method, one worker process per (method, sweep), each configuration
-measured as in :mod:`profiling.measure`. Writes to the output folder as it goes:
+measured as in :mod:`profiling.measure`; with ``--executor ray``, one Ray task per
+configuration instead, on a local Ray or the cluster at ``--address``
+(:mod:`profiling.ray_executor`). Writes to the output folder as it goes:
 
 - ``scale.csv``: one row per configuration (appended and flushed as soon as measured);
 - ``runtime_vs_{steps,layers,units}.png``, ``memory_vs_{…}.png`` and ``combined.png``;

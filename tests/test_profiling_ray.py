@@ -1,6 +1,7 @@
 """The study on Ray (``--executor ray``): a local 2-CPU Ray measures what the local executor measures."""
 
 import os
+import subprocess
 import sys
 
 import pytest
@@ -67,3 +68,8 @@ def test_missing_ray_is_one_error_line_naming_the_extra(tmp_path, monkeypatch, c
 def test_study_config_rejects_bad_executor_settings(fields, message):
     with pytest.raises(ValueError, match=message):
         StudyConfig(device="cpu", **fields)
+
+
+def test_the_local_study_never_imports_ray():
+    code = "import sys, profiling, profiling.scale; assert 'ray' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
