@@ -2,7 +2,7 @@
 
 ``python scripts/doc_tables.py`` (``make docs``) rewrites, in place, every region between
 
-    <!-- table:NAME -->            a whole Markdown table, from ``tables()[NAME]``
+    <!-- table:NAME -->            a whole Markdown table, from ``tables()[NAME]`` (indented as the marker)
     ...
     <!-- /table -->
 
@@ -11,7 +11,9 @@ spec such as ``.3f``), from ``values()[KEY]``. Every table and number comes from
 committed under docs/: the demo (docs/demo/summary.json), the long run
 (docs/long/metrics.json), the SVI benchmark (docs/benchmarks/svi_cpu.txt), the
 nlschools comparison (docs/nlschools/*.csv), the grouped-data runs of ``fit --tasks
-nlschools|sleepstudy`` (docs/own_data/*/metrics.json), and the profiling study
+nlschools|sleepstudy`` (docs/own_data/*/metrics.json), the model-quality sweep
+(docs/quality/*/metrics.json, docs/quality/benchmark_svi*.txt, docs/quality/nlschools_heteroscedastic/,
+the bounds of tests/test_fit_quality.py), and the profiling study
 (docs/profiling/scale.csv through ``profiling.growth``, docs/profiling/benchmark_cpu*.txt).
 ``--check`` writes nothing and exits 1 naming each doc that differs (tests/test_docs.py).
 """
@@ -19,6 +21,7 @@ nlschools|sleepstudy`` (docs/own_data/*/metrics.json), and the profiling study
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import json
 import math
@@ -35,14 +38,34 @@ from profiling.study import SWEEP_PARAMETER, read_rows  # noqa: E402
 
 __all__ = ["DOCS", "values", "tables", "render", "expected", "main"]
 
-DOCS = ["README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))]
-TABLE = re.compile(r"(<!-- table:([\w-]+) -->\n)(.*?)(<!-- /table -->)", re.DOTALL)
+DOCS = ["README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md")),
+        "docs/quality/README.md"]
+TABLE = re.compile(r"^([ \t]*)(<!-- table:([\w-]+) -->\n)(.*?)^[ \t]*(<!-- /table -->)", re.DOTALL | re.MULTILINE)
 VALUE = re.compile(r"<!--v:([\w.-]+)(?::([^>]*?))?-->(.*?)<!--/v-->")
 SHOTS = (0, 1, 2, 5, 10)
 OWN_DATA = ("nlschools", "sleepstudy")  # the committed runs under docs/own_data/
 OWN_MODELS = {"model": "model", "no_metadata": "model, m withheld", "mixed_model": "mixed model (BLUP)",
               "pooled": "pooled regression"}
 COVERAGE = (0.85, 0.95)       # the calibration band the docs hold coverage90 to
+QUALITY_RUNS = {              # docs/quality/<folder>/ -> its label in the sweep's table, in the table's order
+    "base": "lr 3e-3, 32 tasks (the old defaults), seed 0",
+    "base_s1": "same, seed 1",
+    "lr6": "lr 6e-3, seed 0",
+    "lr6_s1": "lr 6e-3, seed 1",
+    "lr10": "lr 1e-2",
+    "lr6_a300": "lr 6e-3, KL annealing over 300 steps",
+    "b64": "lr 3e-3, 64 tasks",
+    "lr6_b64": "**lr 6e-3, 64 tasks (the new defaults), seed 0**",
+    "lr6_b64_s1": "**the new defaults, seed 1**",
+    "mix2": "lr 3e-3, 32 tasks, mixture guide J = 2",
+    "mix2_lr6_b64": "the new defaults, mixture guide J = 2",
+    "het": "lr 3e-3, 32 tasks, heteroscedastic noise",
+    "nls_const": None,        # nlschools runs (no exact Bayes): quoted in the prose, not in the table
+    "nls_het": None,
+}
+DEFAULTS = ("lr6_b64", "lr6_b64_s1")   # the sweep's runs at TrainConfig's defaults, two seeds
+GAP_TARGET = 0.15             # the demo-budget target on the gap to exact Bayes (docs/quality/README.md)
+NLS_TARGET = 0.025            # the nlschools target on Δ loglik over the mixed model
 
 
 # ---- formatting -------------------------------------------------------------------------
@@ -63,6 +86,12 @@ def ks(shots) -> str:
     if not shots:
         raise ValueError("no K to name")
     return "K = " + (shots[0] if len(shots) == 1 else ", ".join(shots[:-1]) + " and " + shots[-1])
+
+
+def ks_or_none(shots) -> str:
+    """ks(shots), or 'no K' for none."""
+    shots = list(shots)
+    return ks(shots) if shots else "no K"
 
 
 def and_list(items) -> str:
@@ -108,6 +137,29 @@ def per_k(run: dict) -> dict[int, dict]:
     return out
 
 
+def quality_runs() -> dict[str, dict]:
+    """Every run folder of docs/quality/ with a metrics.json, in QUALITY_RUNS's order; an unlisted one raises."""
+    found = {p.parent.name for p in (ROOT / "docs/quality").glob("*/metrics.json")}
+    if found != set(QUALITY_RUNS):
+        raise ValueError(f"docs/quality/ run folders {sorted(found)} are not QUALITY_RUNS's {sorted(QUALITY_RUNS)}: "
+                         "add (or remove) the folder's label in scripts/doc_tables.py")
+    return {name: read_json(f"docs/quality/{name}/metrics.json") for name in QUALITY_RUNS}
+
+
+def module_constant(path: str, name: str):
+    """The literal a module assigns to ``name`` (read, not imported)."""
+    for node in ast.parse((ROOT / path).read_text()).body:
+        if isinstance(node, ast.Assign) and [t.id for t in node.targets if isinstance(t, ast.Name)] == [name]:
+            return ast.literal_eval(node.value)
+    raise ValueError(f"{path} assigns no literal {name}")
+
+
+def sci(x: float) -> str:
+    """0.003 -> '3e-3'."""
+    mantissa, exponent = f"{x:e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
 def own_data_run(name: str) -> dict[str, dict]:
     """A committed grouped-data run: model name -> its scores (``{"shots": {K: ...}}``), the model first."""
     metrics = read_json(f"docs/own_data/{name}/metrics.json")
@@ -130,10 +182,13 @@ def read_svi_benchmark(path: str) -> dict:
     """``examples/benchmark_svi.py`` output: the setting line and ms, tasks/s per variant."""
     lines = (ROOT / path).read_text().splitlines()
     setting, load = re.fullmatch(r"(.*), \d+ thread\(s\), load average ([\d.]+)", lines[0]).groups()
-    numbers = [re.findall(r"[\d.]+", line) for line in lines[1:3]]
-    return {"setting": setting.replace(" x ", " × "), "load": float(load),
-            "vectorized": [float(v) for v in numbers[0]], "loop": [float(v) for v in numbers[1]],
-            "speedup": float(re.search(r"([\d.]+)x", lines[3]).group(1))}
+    numbers = [[float(v) for v in re.findall(r"(\d[\d.]*) (?:ms|tasks)", line)] for line in lines[1:]]
+    speedups = [float(re.search(r"([\d.]+)x$", line).group(1)) for line in lines[3::2]]
+    out = {"setting": setting.replace(" x ", " × "), "load": float(load),
+           "vectorized": numbers[0], "loop": numbers[1], "speedup": speedups[0]}
+    if len(lines) > 4:  # the fast path (hierarchical_meta/bound.py) against the vectorized Pyro step
+        out["fast"], out["fast_speedup"] = numbers[3], speedups[1]
+    return out
 
 
 # ---- values and tables -------------------------------------------------------------------
@@ -142,7 +197,9 @@ def values() -> dict[str, object]:
     """Every quotable number (float or int, formatted by the marker's spec) or phrase (str)."""
     v: dict[str, object] = {}
     runs = sinusoid_runs()
-    for name, run in runs.items():
+    sweep = quality_runs()
+    labelled = {f"quality.{name}": run for name, run in sweep.items() if QUALITY_RUNS[name]}
+    for name, run in {**runs, **labelled}.items():
         scores = per_k(run)
         for k, at_k in scores.items():
             for metric, value in at_k.items():
@@ -161,12 +218,14 @@ def values() -> dict[str, object]:
         v[f"{name}.coverage_inside"] = ks(inside) if inside else "no K"
         worst = max(SHOTS, key=lambda k: scores[k]["gap"])
         v[f"{name}.max_gap"], v[f"{name}.max_gap_k"] = scores[worst]["gap"], ks([worst])
-        v[f"{name}.gap_within_0.1"] = ks([k for k in SHOTS if scores[k]["gap"] <= 0.1])
+        v[f"{name}.gap_within_0.1"] = ks_or_none(k for k in SHOTS if scores[k]["gap"] <= 0.1)
     demo, no_m = per_k(runs["demo"]), per_k(runs["demo_no_m"])
     v["demo.metadata_gain.0"] = demo[0]["loglik"] - no_m[0]["loglik"]
 
     svi = read_svi_benchmark("docs/benchmarks/svi_cpu.txt")
     v["svi.load"] = svi["load"]
+
+    v.update(quality_values(sweep))
 
     comparison = {(r["model"], int(r["K"])): r for r in read_csv("docs/nlschools/comparison.csv")}
     ours = [float(r["loglik_minus_mixed"]) for (model, _), r in comparison.items() if model == "ours"]
@@ -222,6 +281,87 @@ def values() -> dict[str, object]:
     return v
 
 
+def quality_values(sweep: dict[str, dict]) -> dict[str, object]:
+    """The numbers docs/quality/README.md quotes beyond each run's own (which values() gives as quality.RUN.*)."""
+    v: dict[str, object] = {}
+    for name, run in sweep.items():
+        for key, value in run["train"].items():
+            v[f"quality.{name}.train.{key}"] = value
+        v[f"quality.{name}.logliks"] = minus(" / ".join(f"{run['shots'][str(k)]['loglik']:.3f}" for k in SHOTS))
+    for a, run_a in sweep.items():  # every pair: a's loglik minus b's per K (the same held-out tasks)
+        for b, run_b in sweep.items():
+            if a == b:
+                continue
+            delta = {k: run_a["shots"][str(k)]["loglik"] - run_b["shots"][str(k)]["loglik"] for k in SHOTS}
+            key = f"quality.{a}.vs.{b}"
+            v[f"{key}.better"] = ks_or_none(k for k in SHOTS if delta[k] > 0)
+            v[f"{key}.worse"] = ks_or_none(k for k in SHOTS if delta[k] < 0)
+            v[f"{key}.min_delta"], v[f"{key}.max_delta"] = min(delta.values()), max(delta.values())
+            v[f"{key}.max_abs_delta"] = max(abs(d) for d in delta.values())
+            v[f"{key}.abs_delta_range"] = f"{min(map(abs, delta.values())):.3f}–{max(map(abs, delta.values())):.3f}"
+            v[f"{key}.time_ratio"] = run_a["train_seconds"] / run_b["train_seconds"]
+    sinusoid = [run for name, run in sweep.items() if QUALITY_RUNS[name]]
+    common = {"steps": {r["train"]["steps"] for r in sinusoid},
+              "num_tasks": {r["eval"]["num_tasks"] for r in sinusoid},
+              "num_query": {r["eval"]["num_query"] for r in sinusoid},
+              "num_samples": {r["num_samples"] for r in sinusoid},
+              "shots": {tuple(r["eval"]["shots"]) for r in sinusoid}}
+    for key, found in common.items():
+        if len(found) != 1:
+            raise ValueError(f"the docs/quality/ runs differ in {key} ({sorted(found)}); the README quotes one")
+    v["quality.steps"] = grouped(common["steps"].pop())
+    v["quality.num_tasks"], v["quality.num_query"] = common["num_tasks"].pop(), common["num_query"].pop()
+    v["quality.num_samples"], v["quality.shots"] = common["num_samples"].pop(), ks(common["shots"].pop())
+
+    gaps = {name: per_k(sweep[name]) for name in DEFAULTS}
+    worst = {name: max(SHOTS, key=lambda k, s=s: s[k]["gap"]) for name, s in gaps.items()}
+    v["quality.gap_target"], v["quality.coverage_low"], v["quality.coverage_high"] = GAP_TARGET, *COVERAGE
+    v["quality.defaults.max_gap_k"] = ks(sorted(set(worst.values())))
+    v["quality.defaults.other_max_gap"] = max(s[k]["gap"] for name, s in gaps.items()
+                                              for k in SHOTS if k != worst[name])
+    missed = [k for k in SHOTS if any(s[k]["gap"] > GAP_TARGET for s in gaps.values())]
+    v["quality.defaults.gap_missed"] = ks_or_none(missed)
+    wide = [k for k in SHOTS if any(s[k]["coverage90"] > COVERAGE[1] for s in gaps.values())]
+    inside = [k for k in SHOTS if all(COVERAGE[0] <= s[k]["coverage90"] <= COVERAGE[1] for s in gaps.values())]
+    v["quality.defaults.too_wide"], v["quality.defaults.coverage_inside"] = ks_or_none(wide), ks_or_none(inside)
+    if wide:
+        coverage = [s[k]["coverage90"] for s in gaps.values() for k in wide]
+        v["quality.defaults.too_wide_range"] = f"{min(coverage):.3f}–{max(coverage):.3f}"
+
+    for name, path in (("svi32", "docs/quality/benchmark_svi.txt"), ("svi64", "docs/quality/benchmark_svi_64.txt")):
+        svi = read_svi_benchmark(path)
+        v[f"quality.{name}.pyro_ms"], v[f"quality.{name}.fast_ms"] = svi["vectorized"][0], svi["fast"][0]
+        v[f"quality.{name}.fast_speedup"], v[f"quality.{name}.load"] = svi["fast_speedup"], svi["load"]
+        v[f"quality.{name}.overhead_ms"] = svi["vectorized"][0] - svi["fast"][0]
+        v[f"quality.{name}.half_pyro_ms"] = svi["vectorized"][0] / 2
+
+    het = {int(r["K"]): r for r in read_csv("docs/quality/nlschools_heteroscedastic/comparison.csv")
+           if r["model"] == "ours"}
+    args = read_json("docs/quality/nlschools_heteroscedastic/fits.json")["args"]
+    v["quality.nls.target"] = NLS_TARGET
+    v["quality.nls.splits"] = len(args["splits"])
+    v["quality.nls.steps"], v["quality.nls.batch_tasks"] = grouped(args["steps"]), args["batch_tasks"]
+    v["quality.nls.lr"] = sci(args["lr"])
+    met = [k for k, r in het.items() if float(r["loglik_minus_mixed"]) >= NLS_TARGET]
+    missed = [k for k in het if k not in met]
+    v["quality.nls.met"], v["quality.nls.missed"] = ks_or_none(met), ks_or_none(missed)
+    if missed:
+        sds = [float(het[k]["loglik_minus_mixed_sd"]) for k in missed]
+        v["quality.nls.missed_sd_range"] = f"{min(sds):.3f}–{max(sds):.3f}"
+
+    gap_bounds = module_constant("tests/test_fit_quality.py", "GAP_BOUNDS")
+    coverage_bounds = module_constant("tests/test_fit_quality.py", "COVERAGE_BOUNDS")
+    highs = {high for _, high in coverage_bounds.values()}
+    if len(highs) != 1:
+        raise ValueError(f"tests/test_fit_quality.py has several coverage upper bounds {sorted(highs)}; "
+                         "the README quotes one")
+    v["quality.fit_test.shots"] = ks(int(k) for k in gap_bounds)
+    v["quality.fit_test.gap_bounds"] = " / ".join(f"{b:g}" for b in gap_bounds.values())
+    v["quality.fit_test.coverage_low"] = " / ".join(f"{low:g}" for low, _ in coverage_bounds.values())
+    v["quality.fit_test.coverage_high"] = highs.pop()
+    return v
+
+
 def tables() -> dict[str, str]:
     """Every generated table, by the name its marker gives."""
     out = {}
@@ -265,6 +405,24 @@ def tables() -> dict[str, str]:
               *(f"{minus(format(s['shots'][k]['loglik'], '.3f'))} ({s['shots'][k]['coverage90']:.2f})"
                 for s in run.values())] for k in shots])
 
+    out["quality-sinusoid"] = table(
+        ["run", "folder", "gap (nats)", "coverage90", "held-out ELBO", "train s"],
+        [[QUALITY_RUNS[name], f"`{name}`", " / ".join(f"{s['gap']:.3f}" for s in per_k(run).values()),
+          " / ".join(f"{s['coverage90']:.3f}" for s in per_k(run).values()), f"{run['elbo']:.3f}",
+          f"{run['train_seconds']:.0f}"] for name, run in quality_runs().items() if QUALITY_RUNS[name]])
+
+    def delta(path):
+        return {r["K"]: pm(r, "loglik_minus_mixed", "+") for r in read_csv(path) if r["model"] == "ours"}
+
+    constant = delta("docs/nlschools/comparison.csv")
+    het = delta("docs/quality/nlschools_heteroscedastic/comparison.csv")
+    if set(constant) != set(het):
+        raise ValueError(f"the nlschools comparisons have other K: {sorted(constant)} and {sorted(het)}")
+    out["quality-nlschools"] = table(
+        ["K", "Δ vs mixed, constant noise (docs/nlschools)",
+         "Δ vs mixed, heteroscedastic (`nlschools_heteroscedastic/`)"],
+        [[k, constant[k], het[k]] for k in het])
+
     two, one = (read_benchmark(f"docs/profiling/benchmark_cpu{s}.txt")["rows"] for s in ("", "_1thread"))
     names = {"maml": "MAML", "fomaml": "first-order MAML", "es": "ES"}
     shown = [("maml", "batched"), ("maml", "vmap"), ("maml", "loop"), ("fomaml", "batched"),
@@ -284,11 +442,12 @@ def tables() -> dict[str, str]:
 
 def render(text: str, values: dict, tables: dict, where: str = "a doc") -> str:
     """``text`` with every table region and inline value rewritten; unknown names raise ValueError."""
-    def put_table(match):
-        name = match.group(2)
+    def put_table(match):  # indented as its opening marker (a table inside a list item)
+        indent, name = match.group(1), match.group(3)
         if name not in tables:
             raise ValueError(f"{where}: no table named {name!r}; known: {sorted(tables)}")
-        return match.group(1) + tables[name] + match.group(4)
+        rows = "".join(indent + line for line in tables[name].splitlines(keepends=True))
+        return indent + match.group(2) + rows + indent + match.group(5)
 
     def put_value(match):
         key, spec = match.group(1), match.group(2)

@@ -28,7 +28,7 @@ def test_doc_is_what_make_docs_writes(path):
 
 
 def test_every_result_doc_has_generated_numbers():
-    for path in ("README.md", "docs/model.md", "docs/nlschools.md", "docs/profiling.md"):
+    for path in ("README.md", "docs/model.md", "docs/nlschools.md", "docs/profiling.md", "docs/quality/README.md"):
         assert "<!--v:" in EXPECTED[path], path
     tables = "".join(EXPECTED.values())
     for name in doc_tables.tables():
@@ -44,6 +44,26 @@ def test_quoted_gaps_are_the_committed_runs_rounded():
     long = json.loads((ROOT / "docs/long/metrics.json").read_text())["shots"]
     worst = max(e["oracle_loglik"] - e["loglik"] for e in long.values())
     assert f"<!--v:long.max_gap:.3f-->{worst:.3f}<!--/v-->" in EXPECTED["docs/model.md"]
+
+
+def test_quality_table_has_one_row_per_sinusoid_run_folder():
+    """Every docs/quality/<run>/metrics.json with an exact-Bayes reference is a row, with its largest gap."""
+    import json
+    table = doc_tables.tables()["quality-sinusoid"]
+    runs = {p.parent.name: json.loads(p.read_text())["shots"] for p in (ROOT / "docs/quality").glob("*/metrics.json")}
+    sinusoid = {name: shots for name, shots in runs.items() if "oracle_loglik" in shots["0"]}
+    assert len(sinusoid) >= 12 and len(table.splitlines()) == 2 + len(sinusoid)
+    for name, shots in sinusoid.items():
+        gaps = " / ".join(f"{e['oracle_loglik'] - e['loglik']:.3f}" for e in shots.values())
+        assert f"| `{name}` | {gaps} |" in table, name
+    worst = max(e["oracle_loglik"] - e["loglik"] for e in sinusoid["lr6_b64"].values())
+    assert f"<!--v:quality.lr6_b64.max_gap:.3f-->{worst:.3f}<!--/v-->" in EXPECTED["docs/quality/README.md"]
+
+
+def test_render_keeps_an_indented_table_inside_its_list_item():
+    text = "- item\n\n  <!-- table:t -->\n  | old |\n  <!-- /table -->\n"
+    assert doc_tables.render(text, {}, {"t": "| a |\n|---|\n"}) == (
+        "- item\n\n  <!-- table:t -->\n  | a |\n  |---|\n  <!-- /table -->\n")
 
 
 def test_render_rewrites_values_and_tables_and_refuses_unknown_names():
