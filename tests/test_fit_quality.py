@@ -4,7 +4,7 @@ The model is trained for 400 SVI steps (the demo takes 8000) on sinusoid tasks w
 default TrainConfig otherwise, and scored with the evaluation protocol on 40 held-out tasks
 (256 importance samples) against exact Bayes. At this budget the model is far from
 converged (its intervals are still too wide at K = 5), so the bounds are loose, but set
-from measured values (seeds 0-2, docs/quality/README.md) with a margin:
+from values measured when the test was written (seeds 0-2) with a margin:
 
     measured          gap K=0      gap K=1      gap K=5      coverage90 K=0 / 1 / 5
     seeds 0, 1, 2     0.16-0.22    0.91-0.94    1.29-1.39    0.87-0.90 / 0.89-0.92 / 0.98-0.99
