@@ -14,7 +14,9 @@ nlschools comparison (docs/nlschools/*.csv), the grouped-data runs of ``fit --ta
 nlschools|sleepstudy`` (docs/own_data/*/metrics.json), the model-quality sweep
 (docs/quality/*/metrics.json, docs/quality/benchmark_svi*.txt, docs/quality/nlschools_heteroscedastic/,
 the bounds of tests/test_fit_quality.py), and the profiling study
-(docs/profiling/scale.csv through ``profiling.growth``, docs/profiling/benchmark_cpu*.txt).
+(docs/profiling/scale.csv through ``profiling.growth``, docs/profiling/benchmark_cpu*.txt, the two exact
+MAMLs' steps sweep docs/profiling/checkpointed/scale.csv, and the accuracy study's CSVs under
+docs/profiling/accuracy/ through ``profiling.accuracy_study``).
 ``--check`` writes nothing and exits 1 naming each doc that differs (tests/test_docs.py).
 """
 
@@ -33,7 +35,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from profiling.growth import growth_table  # noqa: E402  (the repository root is on the path only now)
+from profiling.accuracy_study import (  # noqa: E402  (the repository root is on the path only now)
+    CURVE_COLUMNS,
+    QUALITY_COLUMNS,
+    RUN_COLUMNS,
+    AccuracyConfig,
+    chosen_noise_std,
+    summary_markdown,
+    targets,
+    time_to_target_table,
+)
+from profiling.accuracy_study import read_csv as read_study_csv  # noqa: E402
+from profiling.algorithms.maml_checkpointed import default_segment_steps  # noqa: E402
+from profiling.growth import growth_table  # noqa: E402
 from profiling.study import SWEEP_PARAMETER, read_rows  # noqa: E402
 
 __all__ = ["DOCS", "values", "tables", "render", "expected", "main"]
@@ -66,6 +80,9 @@ QUALITY_RUNS = {              # docs/quality/<folder>/ -> its label in the sweep
 DEFAULTS = ("lr6_b64", "lr6_b64_s1")   # the sweep's runs at TrainConfig's defaults, two seeds
 GAP_TARGET = 0.15             # the demo-budget target on the gap to exact Bayes (docs/quality/README.md)
 NLS_TARGET = 0.025            # the nlschools target on Δ loglik over the mixed model
+CHECKPOINTED_SHOWN = (1, 4, 16, 32, 64, 128)   # the L of docs/profiling/checkpointed/ the steps table shows
+CHECKPOINTED_TARGETS = {32: 0.5, 128: 0.25}    # L -> the most of MAML's memory the checkpointed MAML may use
+SEGMENT_LS = (5, 32, 64, 128)                  # the L whose default segment length docs/profiling.md names
 
 
 # ---- formatting -------------------------------------------------------------------------
@@ -191,6 +208,174 @@ def read_svi_benchmark(path: str) -> dict:
     return out
 
 
+def checkpointed_rows() -> dict[tuple[str, int], dict]:
+    """docs/profiling/checkpointed/scale.csv: (method, L) -> its measured row (every row must be ok)."""
+    rows = read_rows(ROOT / "docs/profiling/checkpointed/scale.csv")
+    bad = [r for r in rows if r["status"] != "ok"]
+    if bad:
+        raise ValueError(f"docs/profiling/checkpointed/scale.csv has {len(bad)} rows not ok: rerun the sweep")
+    return {(r["method"], r["inner_steps"]): r for r in rows}
+
+
+def markdown_tables(text: str) -> list[list[str]]:
+    """The Markdown tables of ``text``, each as its lines (header, rule, rows)."""
+    out, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            out.append(current)
+            current = []
+    return out
+
+
+def accuracy_study() -> dict:
+    """The accuracy study's committed CSVs, read and summarized by ``profiling.accuracy_study``."""
+    folder = ROOT / "docs/profiling/accuracy"
+    runs = read_study_csv(folder / "runs.csv", RUN_COLUMNS)
+    curves = read_study_csv(folder / "curves.csv", CURVE_COLUMNS)
+    quality = read_study_csv(folder / "quality.csv", QUALITY_COLUMNS)
+    config = AccuracyConfig()
+    for name in ("layers", "hidden", "inner_steps", "num_tasks", "outer_lr"):
+        found = {r[name] for r in runs}
+        if found != {getattr(config, name)}:
+            raise ValueError(f"docs/profiling/accuracy/runs.csv has {name} {sorted(found)}, not AccuracyConfig's "
+                             f"{getattr(config, name)}: rerun the study with the defaults")
+    goals = targets(runs, curves, config.seconds / 2)
+    table = time_to_target_table(runs, curves, goals)
+    noise, targets_md, quality_md = markdown_tables(
+        summary_markdown(config, runs, curves, quality, goals, table, command=""))
+    return {"config": config, "runs": runs, "curves": curves, "quality": quality, "goals": goals,
+            "noise_std": chosen_noise_std([r for r in runs if r["phase"] == "search"], curves),
+            "table": {(r["target"], r["label"]): r for r in table},
+            "noise_md": noise, "targets_md": targets_md, "quality_md": quality_md}
+
+
+def cells(line: str) -> list[str]:
+    """'| a | b |' -> ['a', 'b']."""
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def collapses(curves: list[dict], method: str) -> list[dict]:
+    """Per seed of ``method``'s comparison runs: the largest rise of the meta-test MSE between two evaluations."""
+    out = []
+    for seed in sorted({c["seed"] for c in curves if c["phase"] == "compare" and c["method"] == method}):
+        points = sorted((c for c in curves if c["phase"] == "compare" and c["method"] == method
+                         and c["seed"] == seed), key=lambda c: c["outer_step"])
+        before, after = max(zip(points, points[1:], strict=False),
+                            key=lambda pair: pair[1]["meta_test_mse"] - pair[0]["meta_test_mse"])
+        out.append({"before": before["meta_test_mse"], "after": after["meta_test_mse"],
+                    "outer_step": after["outer_step"], "seconds": after["seconds"]})
+    return out
+
+
+def span(xs, spec: str) -> str:
+    """[0.07, 0.08] -> '0.07–0.08' (one number if all round alike)."""
+    low, high = format(min(xs), spec), format(max(xs), spec)
+    return low if low == high else f"{low}–{high}"
+
+
+def profiling_extra_values() -> dict[str, object]:
+    """The numbers of docs/profiling.md's checkpointed-MAML and accuracy-matched sections."""
+    v: dict[str, object] = {}
+    ck = checkpointed_rows()
+    first = next(iter(ck.values()))
+    v["ckpt.layers"], v["ckpt.hidden"], v["ckpt.num_tasks"] = first["layers"], first["hidden"], int(first["num_tasks"])
+    for L in SEGMENT_LS:
+        v[f"ckpt.segment_steps.{L}"] = default_segment_steps(L)
+    v["ckpt.segment_steps_list"] = and_list(str(default_segment_steps(L)) for L in SEGMENT_LS)
+    v["ckpt.segment_ls"] = ", ".join(str(L) for L in SEGMENT_LS)
+    v["ckpt.segments.5"] = math.ceil(5 / default_segment_steps(5))
+    growth = {(g["method"], g["quantity"]): g["value"] for g in growth_table(list(ck.values()))}
+    step_mb = growth["maml", "peak_mb"]
+    checkpoint_mb = int(first["num_tasks"]) * int(first["num_params"]) * 4 / 2**20  # float32 adapted weights of every task
+    v["ckpt.checkpoint_mb"], v["ckpt.step_mb"] = checkpoint_mb, step_mb
+    v["ckpt.best_segment_factor"] = math.sqrt(checkpoint_mb / step_mb)  # argmin of (L/s)·c + s·k is √(c L / k)
+    v["ckpt.maml_slope"] = step_mb
+    v["ckpt.checkpointed_slope"] = growth["maml_checkpointed", "peak_mb"]
+    for (method, L), r in ck.items():
+        for quantity in ("peak_mb", "saved_peak_mb", "time_median_ms"):
+            v[f"ckpt.{method}.{L}.{quantity}"] = r[quantity]
+    for L in sorted({L for _, L in ck}):
+        for quantity in ("peak_mb", "saved_peak_mb", "time_median_ms"):
+            v[f"ckpt.ratio.{L}.{quantity}"] = ck["maml_checkpointed", L][quantity] / ck["maml", L][quantity]
+    for L, share in CHECKPOINTED_TARGETS.items():
+        v[f"ckpt.target.{L}"] = {0.5: "half", 0.25: "a quarter"}.get(share, f"{share:g}")
+    v["ckpt.max_time_ratio"] = max(v[f"ckpt.ratio.{L}.time_median_ms"] for L in sorted({L for _, L in ck}))
+    for method in ("maml", "maml_checkpointed"):
+        v[f"ckpt.{method}.saved_growth.16.64"] = ck[method, 64]["saved_peak_mb"] / ck[method, 16]["saved_peak_mb"]
+    loads = [r["load_1min"] for r in ck.values()]
+    v["ckpt.load_min"], v["ckpt.load_max"] = min(loads), max(loads)
+    v["ckpt.saved.32"] = ck["maml", 32]["peak_mb"] - ck["maml_checkpointed", 32]["peak_mb"]
+    v["ckpt.saved.128"] = ck["maml", 128]["peak_mb"] - ck["maml_checkpointed", 128]["peak_mb"]
+
+    study = accuracy_study()
+    config, runs, goals, by = study["config"], study["runs"], study["goals"], study["table"]
+    compare = [r for r in runs if r["phase"] == "compare"]
+    search = [r for r in runs if r["phase"] == "search"]
+    v["acc.outer_lr"] = sci(config.outer_lr)
+    v["acc.inner_steps"], v["acc.inner_lr"] = config.inner_steps, config.inner_lr
+    v["acc.seconds"], v["acc.half_seconds"] = config.seconds, config.seconds / 2
+    v["acc.seeds"] = len({r["seed"] for r in compare})
+    v["acc.load_range"] = span([r["load_1min"] for r in runs], ".1f")
+    v["acc.search_pairs"], v["acc.search_steps"] = search[0]["pairs"], search[0]["outer_steps"]
+    v["acc.search_seed"] = search[0]["seed"]
+    v["acc.noise_stds"] = ", ".join(sci(r["noise_std"]) for r in sorted(search, key=lambda r: r["noise_std"]))
+    scores = [cells(line) for line in study["noise_md"][2:]]
+    v["acc.noise_scores"] = and_list(f"**{score}**" if "chosen" in sigma else score for sigma, score in scores)
+    v["acc.noise_std"] = sci(study["noise_std"])
+    for name, goal in goals.items():
+        v[f"acc.{name}"] = f"{goal:.3g}"
+    v["acc.initial_mse"] = statistics.median(r["initial_mse"] for r in compare if r["method"] == "maml")
+    for (name, label), r in by.items():
+        for key in ("seconds_median", "seconds_min", "seconds_max", "peak_mb", "saved_peak_mb", "step_ms",
+                    "final_mse_median", "reached"):
+            v[f"acc.{name}.{label}.{key}"] = r[key]
+    peak = {label: by["T1", label]["peak_mb"] for _, label in by}
+    v["acc.saved.5"] = peak["maml"] - peak["maml_checkpointed"]
+    v["acc.step_ratio"] = by["T1", "maml_checkpointed"]["step_ms"] / by["T1", "maml"]["step_ms"]
+    fo = collapses(study["curves"], "fomaml")
+    v["acc.fomaml.collapse_before"] = span([c["before"] for c in fo], ".2f")
+    v["acc.fomaml.collapse_after"] = span([c["after"] for c in fo], ".2f")
+    v["acc.fomaml.collapse_step"] = span([c["outer_step"] for c in fo], "d")
+    v["acc.fomaml.collapse_seconds"] = span([c["seconds"] for c in fo], ".0f")
+    v["acc.fomaml.seeds"] = len(fo)
+    v["acc.fomaml.missed_T1"] = by["T1", "fomaml"]["seeds"] - by["T1", "fomaml"]["reached"]
+    es = [label for _, label in by if label.startswith("es")]
+    es = list(dict.fromkeys(es))
+    v["acc.es.pairs"] = and_list(label.split("=")[1] for label in es)
+    v["acc.es.T3"] = and_list(f"{by['T3', label]['seconds_median']:.1f}" for label in es)
+    v["acc.es.peaks"] = " → ".join(f"{peak[label]:.0f}" for label in es)
+    finals = {label: by["T1", label]["final_mse_median"] for label in es}
+    best, worst = min(finals, key=finals.get), max(finals, key=finals.get)
+    v["acc.es.best_pairs"], v["acc.es.worst_pairs"] = best.split("=")[1], worst.split("=")[1]
+    v["acc.es.best_final"], v["acc.es.worst_final"] = finals[best], finals[worst]
+
+    quality = study["quality"]
+    rows = [cells(line) for line in study["quality_md"][2:]]  # P, σ, cosine, relative error, √(D/P), law
+    v["q.dim"] = grouped(quality[0]["dim"]).replace(" ", ",")
+    v["q.draws"] = len({q["draw"] for q in quality})
+    pairs = sorted({q["pairs"] for q in quality})
+    v["q.pairs_min"], v["q.pairs_max"] = pairs[0], pairs[-1]
+    v["q.noise_stds"] = " and ".join(sci(s) for s in sorted({q["noise_std"] for q in quality}))
+    low = min(q["noise_std"] for q in quality)
+    v["q.low_noise_std"] = sci(low)
+    coarse = {int(P): float(rel) / float(root) for P, sigma, _, rel, root, _ in rows if float(sigma) == low}
+    v["q.coarse_under.min_pairs"] = coarse[pairs[0]]
+    v["q.coarse_under.large"] = span([x for P, x in coarse.items() if P >= 64], ".1f")
+    rel = {int(P): float(r) for P, sigma, _, r, _, _ in rows if float(sigma) == low}
+    v["q.rel_errors"] = " → ".join(f"{rel[P]:.0f}" for P in pairs if P >= 64)
+    P, _, _, _, root, law = rows[-1]
+    v["q.law_factor"] = float(law) / float(root)
+    v["q.excess"] = span([float(r[3]) / float(r[5]) for r in rows], ".2f")
+    medians = [float(r[2].split()[0]) for r in rows]
+    v["q.cosine_min"], v["q.cosine_max"] = min(medians), max(medians)
+    v["q.max_pairs_loops"] = 2 * pairs[-1]
+    v["q.degrees_from_orthogonal"] = 90 - math.degrees(math.acos(max(medians)))
+    v["q.num_tasks"] = config.num_tasks
+    return v
+
+
 # ---- values and tables -------------------------------------------------------------------
 
 def values() -> dict[str, object]:
@@ -278,6 +463,7 @@ def values() -> dict[str, object]:
         for (method, impl), (median, ratio) in bench["rows"].items():
             v[f"bench{threads}.{method}.{impl}.median"], v[f"bench{threads}.{method}.{impl}.ratio"] = median, ratio
         v[f"bench{threads}.load_min"], v[f"bench{threads}.load_max"] = min(bench["loads"]), max(bench["loads"])
+    v.update(profiling_extra_values())
     return v
 
 
@@ -435,6 +621,31 @@ def tables() -> dict[str, str]:
     out["profiling-benchmark"] = table(
         ["median ms (loop / this)", "2 threads", "1 thread"],
         [[f"{names[m]} {impl}", cell(two, (m, impl)), cell(one, (m, impl))] for m, impl in shown])
+
+    ck = checkpointed_rows()
+
+    def ratio(L, quantity):
+        r = ck["maml_checkpointed", L][quantity] / ck["maml", L][quantity]
+        return f"**{r:.2f}**" if L in CHECKPOINTED_TARGETS else f"{r:.2f}"
+
+    out["profiling-checkpointed"] = table(
+        ["L", "MAML ms", "checkpointed ms", "MAML peak MB", "checkpointed peak MB", "ratio", "MAML saved MB",
+         "checkpointed saved MB", "ratio"],
+        [[L, f"{ck['maml', L]['time_median_ms']:.1f}", f"{ck['maml_checkpointed', L]['time_median_ms']:.1f}",
+          f"{ck['maml', L]['peak_mb']:.1f}", f"{ck['maml_checkpointed', L]['peak_mb']:.1f}", ratio(L, "peak_mb"),
+          f"{ck['maml', L]['saved_peak_mb']:.1f}", f"{ck['maml_checkpointed', L]['saved_peak_mb']:.1f}",
+          ratio(L, "saved_peak_mb")] for L in CHECKPOINTED_SHOWN])
+
+    study = accuracy_study()
+    header, *rows = study["targets_md"]
+    named = [f"{c} = {study['goals'][c]:.3g}" if c in study["goals"] else c for c in cells(header)]
+    out["profiling-accuracy"] = "\n".join([row(named), *rows]) + "\n"
+    header, rule, *rows = study["quality_md"]   # every P at the lower σ, and the largest P at the chosen σ
+    low = min(q["noise_std"] for q in study["quality"])
+    top = max(q["pairs"] for q in study["quality"])
+    out["profiling-es-quality"] = "\n".join(
+        [header, rule, *(line for line in rows if float(cells(line)[1]) == low
+                         or (int(cells(line)[0]) == top and float(cells(line)[1]) == study["noise_std"]))]) + "\n"
     return out
 
 
