@@ -288,7 +288,8 @@ def profiling_extra_values() -> dict[str, object]:
     v["ckpt.segments.5"] = math.ceil(5 / default_segment_steps(5))
     growth = {(g["method"], g["quantity"]): g["value"] for g in growth_table(list(ck.values()))}
     step_mb = growth["maml", "peak_mb"]
-    checkpoint_mb = int(first["num_tasks"]) * int(first["num_params"]) * 4 / 2**20  # float32 adapted weights of every task
+    # a checkpoint: the float32 adapted weights of every task
+    checkpoint_mb = int(first["num_tasks"]) * int(first["num_params"]) * 4 / 2**20
     v["ckpt.checkpoint_mb"], v["ckpt.step_mb"] = checkpoint_mb, step_mb
     v["ckpt.best_segment_factor"] = math.sqrt(checkpoint_mb / step_mb)  # argmin of (L/s)·c + s·k is √(c L / k)
     v["ckpt.maml_slope"] = step_mb
@@ -357,7 +358,8 @@ def profiling_extra_values() -> dict[str, object]:
     v["q.draws"] = len({q["draw"] for q in quality})
     pairs = sorted({q["pairs"] for q in quality})
     v["q.pairs_min"], v["q.pairs_max"] = pairs[0], pairs[-1]
-    v["q.noise_stds"] = " and ".join(sci(s) for s in sorted({q["noise_std"] for q in quality}))
+    v["q.noise_stds"] = and_list(("the chosen " if s == study["noise_std"] else "") + sci(s)
+                                 for s in sorted({q["noise_std"] for q in quality}))
     low = min(q["noise_std"] for q in quality)
     v["q.low_noise_std"] = sci(low)
     coarse = {int(P): float(rel) / float(root) for P, sigma, _, rel, root, _ in rows if float(sigma) == low}

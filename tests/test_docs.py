@@ -5,6 +5,7 @@ a doc edited by hand, or a committed run replaced without rerunning it, fails he
 """
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,19 @@ def test_quality_table_has_one_row_per_sinusoid_run_folder():
         assert f"| `{name}` | {gaps} |" in table, name
     worst = max(e["oracle_loglik"] - e["loglik"] for e in sinusoid["lr6_b64"].values())
     assert f"<!--v:quality.lr6_b64.max_gap:.3f-->{worst:.3f}<!--/v-->" in EXPECTED["docs/quality/README.md"]
+
+
+def test_profiling_tables_are_the_rows_the_studies_wrote():
+    """The accuracy and ES-quality tables (from the CSVs) hold the rows of the committed summary.md."""
+    summary = (ROOT / "docs/profiling/accuracy/summary.md").read_text().splitlines()
+    tables = doc_tables.tables()
+    for name in ("profiling-accuracy", "profiling-es-quality"):
+        rows = tables[name].splitlines()[2:]
+        assert len(rows) >= 6 and all(line in summary for line in rows), name
+    checkpointed = (ROOT / "docs/profiling/checkpointed/summary.txt").read_text()
+    slope = EXPECTED["docs/profiling.md"].split("<!--v:ckpt.maml_slope:.2f-->")[1].split("<")[0]
+    written = re.search(r"steps +maml +peak_mb +([\d.]+) MB", checkpointed).group(1)
+    assert f"{float(slope):.2f}" == f"{float(written):.2f}"
 
 
 def test_render_keeps_an_indented_table_inside_its_list_item():
