@@ -1,6 +1,7 @@
 # Two commands on a fresh machine: `make demo` and `make test` (ruff, then the suite).
 # `make docs` rewrites the result tables and quoted numbers of README.md and docs/*.md
-# from the committed CSV/JSON under docs/; `make mutation` runs mutmut (pyproject.toml).
+# from the committed CSV/JSON under docs/; `make mutation` runs mutmut (pyproject.toml;
+# MUTANTS="hierarchical_meta.evaluate*" runs one module's).
 # Each builds the virtual environment in .venv (pinned versions below, ranges in
 # setup.cfg) and checks for Graphviz's `dot`, installing it from the system packages
 # where it can.
@@ -51,10 +52,13 @@ test: $(STAMP) dot
 docs: $(STAMP)
 	$(PY) scripts/doc_tables.py
 
+# mutmut runs on a copy in build/mutation (scripts/mutation_tree.py: it skips decorated
+# functions, so there @torch.no_grad() is applied after each module's code).
 mutation: $(STAMP)
 	$(PY) -m pip install --quiet $(MUTMUT)
-	$(VENV)/bin/mutmut run
-	$(VENV)/bin/mutmut results
+	$(PY) scripts/mutation_tree.py
+	cd build/mutation && $(abspath $(VENV))/bin/mutmut run $(MUTANTS)
+	cd build/mutation && $(abspath $(VENV))/bin/mutmut results
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache mutants
+	rm -rf $(VENV) runs .pytest_cache mutants build/mutation
