@@ -1,9 +1,12 @@
-"""SVI throughput: tasks per second of one vectorized SVI step, against a per-task loop.
+"""SVI throughput: tasks per second of one vectorized SVI step, against a per-task loop and the fast path.
 
 The vectorized step handles a whole batch of tasks in one Pyro trace (plate ``tasks``);
 the reference takes one SVI step per task over the same tasks, as a model without a
-task plate would. Both run in this process, one after the other, so the printed ratio
-is robust to the machine's load; absolute figures are printed with the load average.
+task plate would. The fast path (``TrainConfig(elbo="fast")``, the default of ``fit``)
+takes the same step on the hand-written bound without Pyro's trace. All run in this
+process, interleaved, so the printed ratios are robust to the machine's load; absolute
+figures are printed with the load average. Each uses the optimizer ``fit`` uses
+(:func:`hierarchical_meta.train.make_svi`).
 
     python examples/benchmark_svi.py                # defaults: 32 tasks, 20 points
     python examples/benchmark_svi.py --repeats 3 --batch-tasks 8   # quick
@@ -19,21 +22,18 @@ import time
 
 import pyro
 import torch
-from pyro.infer import SVI, Trace_ELBO
 
 from hierarchical_meta import HierarchicalMetaModel, SinusoidTasks
 from hierarchical_meta.errors import report_errors
+from hierarchical_meta.train import TrainConfig, make_svi
 
 
-def time_steps(svi, batches, repeats):
-    """Median seconds over ``repeats`` passes of one SVI step per batch in ``batches``."""
-    times = []
-    for _ in range(repeats + 1):  # the first pass warms up
-        tic = time.perf_counter()
-        for b in batches:
-            svi.step(b.x_support, b.metadata, b.y_support, b.support_mask)
-        times.append(time.perf_counter() - tic)
-    return statistics.median(times[1:])
+def pass_seconds(svi, batches) -> float:
+    """Seconds of one SVI step per batch in ``batches``."""
+    tic = time.perf_counter()
+    for b in batches:
+        svi.step(b.x_support, b.metadata, b.y_support, b.support_mask, latent_scale=1.0)
+    return time.perf_counter() - tic
 
 
 def main(argv=None) -> dict:
@@ -52,20 +52,28 @@ def main(argv=None) -> dict:
     family = SinusoidTasks()
     batch = family.sample(args.batch_tasks, args.points, 0, generator=torch.Generator().manual_seed(0))
     singles = [batch.subset([t]) for t in range(batch.num_tasks)]
-    results = {}
-    for name, batches in (("vectorized", [batch]), ("per-task loop", singles)):
+    variants = {"vectorized": ("pyro", [batch]), "per-task loop": ("pyro", singles), "fast": ("fast", [batch])}
+    steppers = {}
+    for name, (elbo, _) in variants.items():
         pyro.clear_param_store()
         meta_model = HierarchicalMetaModel(metadata_dim=family.metadata_dim)
-        svi = SVI(meta_model.model, meta_model.guide, pyro.optim.Adam({"lr": 1e-3}),
-                  Trace_ELBO(num_particles=args.particles, vectorize_particles=True, max_plate_nesting=2))
-        results[name] = time_steps(svi, batches, args.repeats)
-    vec, loop = results["vectorized"], results["per-task loop"]
+        steppers[name] = make_svi(meta_model, TrainConfig(num_particles=args.particles, lr=1e-3, elbo=elbo))
+    times = {name: [] for name in variants}
+    for repeat in range(args.repeats + 1):  # interleaved passes; the first warms up
+        for name, (_, batches) in variants.items():
+            seconds = pass_seconds(steppers[name], batches)
+            if repeat > 0:
+                times[name].append(seconds)
+    vec, loop, fast = (statistics.median(times[name]) for name in variants)
     print(f"{args.batch_tasks} tasks x {args.points} points, {args.particles} particles, "
           f"{torch.get_num_threads()} thread(s), load average {os.getloadavg()[0]:.2f}")
     print(f"vectorized SVI step : {vec * 1e3:8.1f} ms  {args.batch_tasks / vec:8.0f} tasks/s")
     print(f"per-task loop       : {loop * 1e3:8.1f} ms  {args.batch_tasks / loop:8.0f} tasks/s")
     print(f"speed-up (loop / vectorized): {loop / vec:.1f}x")
-    return {"vectorized_tasks_per_s": args.batch_tasks / vec, "loop_tasks_per_s": args.batch_tasks / loop}
+    print(f"fast path (bound.py): {fast * 1e3:8.1f} ms  {args.batch_tasks / fast:8.0f} tasks/s")
+    print(f"speed-up (vectorized Pyro step / fast path): {vec / fast:.2f}x")
+    return {"vectorized_tasks_per_s": args.batch_tasks / vec, "loop_tasks_per_s": args.batch_tasks / loop,
+            "fast_tasks_per_s": args.batch_tasks / fast}
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ def parse_args(argv=None):
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--prior", default="mlp", help="p(phi2 | phi1, m): 'mlp' or 'linear'")
     p.add_argument("--decoder", default="features", help="'features' or 'mlp'")
+    p.add_argument("--noise", default="constant", help="'constant' or 'heteroscedastic' (s(x, phi2))")
     p.add_argument("--num-samples", type=int, default=1024,
                    help="importance samples per class for our model's predictive")
     p.add_argument("--out", default="runs/nlschools", help="output folder")
@@ -98,7 +99,7 @@ def run_split(args, split_seed, log):
     for name, use_metadata in (("ours", True), ("ours_no_metadata", False)):
         config = ModelConfig(x_dim=family.x_dim, y_dim=family.y_dim, metadata_dim=family.metadata_dim,
                              latent_dim=args.latent_dim, hidden=args.hidden, layers=args.layers,
-                             prior=args.prior, decoder=args.decoder, use_metadata=use_metadata)
+                             prior=args.prior, decoder=args.decoder, noise=args.noise, use_metadata=use_metadata)
         torch.manual_seed(split_seed)  # the initial weights (fit() seeds the training itself)
         model = HierarchicalMetaModel(config)
         train_config = TrainConfig(steps=args.steps, batch_tasks=args.batch_tasks, lr=args.lr,
@@ -107,8 +108,9 @@ def run_split(args, split_seed, log):
                                    checkpoint_every=args.steps, seed=split_seed)
         tic = time.perf_counter()
         history = fit(model, family, train_config, progress=args.progress)
-        fits[name] = {"seconds": time.perf_counter() - tic, "final_eval": history["eval"][-1],
-                      "noise_std": model.model.noise_std().tolist()}
+        fits[name] = {"seconds": time.perf_counter() - tic, "final_eval": history["eval"][-1]}
+        if args.noise == "constant":
+            fits[name]["noise_std"] = model.model.noise_std().tolist()
         log(f"split {split_seed}: trained {name} in {fits[name]['seconds']:.0f} s, "
             f"val ELBO/point {history['eval'][-1]['elbo_per_point']:.3f}")
         predictors[name] = lambda b, model=model: model.predict(b, num_samples=args.num_samples)[0]

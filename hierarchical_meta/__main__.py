@@ -17,13 +17,13 @@ import torch
 from .errors import DEBUG_ENV, report_errors
 from .evaluate import EvalConfig
 from .meta_model import ModelConfig
-from .model import DECODERS, PRIORS
+from .model import DECODERS, NOISES, PRIORS
 from .pipeline import PREDICT_CHUNK, run_demo, run_fit, run_predict
 from .predict import NUM_SAMPLES
 from .runfiles import check_output_file
 from .tasks import FAMILIES, TabularTasks, TaskFamily, make_family
 from .tasks.tabular import TEST_FRACTION, VAL_FRACTION
-from .train import TrainConfig
+from .train import ELBOS, TrainConfig
 
 TRAIN, MODEL, EVAL = TrainConfig(), ModelConfig(), EvalConfig()
 
@@ -104,6 +104,9 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
                    help="fraction of training tasks whose metadata is dropped (read as missing)")
     g.add_argument("--metadata-swap", type=float, default=TRAIN.metadata_swap,
                    help="fraction of training tasks given another task's metadata (teaches how far to trust m)")
+    g.add_argument("--elbo", choices=ELBOS, default=TRAIN.elbo,
+                   help="'fast' differentiates the hand-written bound (bound.py); 'pyro' runs Pyro's SVI on "
+                        "Trace_ELBO (the reference: same draws, same gradients)")
     m = p.add_argument_group("model")
     m.add_argument("--latent-dim", type=positive_int, default=MODEL.latent_dim, help="dimension D of φ1 and φ2")
     m.add_argument("--hidden", type=positive_int, default=MODEL.hidden, help="hidden units per layer")
@@ -113,6 +116,10 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--guide", choices=("data", "data+metadata"),
                    default="data+metadata" if MODEL.guide_sees_metadata else "data",
                    help="what q(φ2 | ...) sees: the support set, or the support set and m")
+    m.add_argument("--noise", choices=NOISES, default=MODEL.noise,
+                   help="observation noise of p(y | φ2, x): one learned s, or s(x, φ2) (heteroscedastic)")
+    m.add_argument("--guide-components", type=positive_int, default=MODEL.guide_components,
+                   help="q(φ2 | ...) is a mixture of this many Gaussians (1: one Gaussian)")
     e = p.add_argument_group("evaluation")
     e.add_argument("--eval-tasks", type=positive_int, default=EVAL.num_tasks, help="held-out tasks for metrics.json")
     e.add_argument("--eval-draws", type=positive_int, default=EVAL.draws,
@@ -178,11 +185,13 @@ def configs(args, family: TaskFamily):
     model = ModelConfig(x_dim=family.x_dim, y_dim=family.y_dim, metadata_dim=family.metadata_dim,
                         latent_dim=args.latent_dim, hidden=args.hidden, layers=args.layers,
                         prior=args.prior, decoder=args.decoder,
-                        guide_sees_metadata=args.guide == "data+metadata", use_metadata=use_metadata)
+                        guide_sees_metadata=args.guide == "data+metadata", use_metadata=use_metadata,
+                        guide_components=args.guide_components, noise=args.noise)
     train = TrainConfig(steps=args.steps, batch_tasks=args.batch_tasks, max_points=args.max_points,
                         min_points=args.min_points, lr=args.lr, lr_decay=args.lr_decay, clip_norm=args.clip_norm,
                         anneal_steps=args.anneal_steps, metadata_dropout=args.metadata_dropout,
-                        metadata_swap=args.metadata_swap, seed=args.seed, checkpoint_every=args.checkpoint_every)
+                        metadata_swap=args.metadata_swap, seed=args.seed, checkpoint_every=args.checkpoint_every,
+                        elbo=args.elbo)
     return model, train, EvalConfig(num_tasks=args.eval_tasks, draws=args.eval_draws)
 
 

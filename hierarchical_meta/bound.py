@@ -7,7 +7,10 @@ With X = x_1:N, Y = y_1:N and q = q(φ2 | X, Y) q(φ1 | φ2, m)::
 
 The φ1 KL is closed-form (both Gaussian); the φ2 terms are Monte Carlo because φ1 is
 drawn given φ2. With ``analytic_phi1_kl=False`` every term is Monte Carlo, which is
-exactly what Pyro's ``Trace_ELBO`` estimates (same draws, same value).
+exactly what Pyro's ``Trace_ELBO`` estimates (same draws, same value). For a mixture
+q(φ2 | X, Y) (``AmortizedGuide(components=J)``) the expectation over q(φ2) is taken per
+component, Σ_j π_j E_{q_j}[·], with S draws from each: Pyro, which cannot reparameterize a
+mixture, estimates the same bound with a score-function term (same mean, more variance).
 
 :func:`importance_log_evidence` is the importance-weighted (tighter) estimate
 log (1/S) Σ_s p(φ1_s) p(φ2_s | φ1_s, m) p(Y | φ2_s, X) / q(φ2_s, φ1_s).
@@ -19,25 +22,43 @@ guide, or an exact posterior in tests).
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch.distributions import kl_divergence
+
+from .guide import GaussianMixture
 
 __all__ = ["elbo_terms", "elbo", "importance_log_evidence"]
 
 
+def _draw_phi2(q2, num_particles):
+    """Reparameterized draws of φ2 and their weights in the expectation, [S', T, 1, D] and [S', T].
+
+    A Gaussian: S' = S draws, each of weight 1/S. A :class:`~hierarchical_meta.guide.GaussianMixture`
+    of J components: S draws from every component (S' = J S), each of weight π_j / S, so that
+    E_q[f] = Σ_j π_j E_{q_j}[f] is estimated without a draw of the component and its gradient
+    reaches the weights π exactly.
+    """
+    if isinstance(q2, GaussianMixture):
+        draws = q2.components.rsample((num_particles,))  # [S, T, 1, J, D]
+        phi2 = draws.movedim(-2, 1).flatten(0, 1)  # [S J, T, 1, D], component-major within a particle
+        weights = q2.log_weights.exp()[..., 0, :].T.repeat(num_particles, 1) / num_particles  # [S J, T]
+        return phi2, weights
+    phi2 = q2.rsample((num_particles,))  # [S, T, 1, D]
+    return phi2, phi2.new_full(phi2.shape[:2], 1.0 / num_particles)
+
+
 def _joint_terms(model, guide, x, y, metadata, mask, num_particles):
-    """Draw φ2 then φ1 from the guide; return the log-densities per draw, each [S, T]."""
+    """Draw φ2 then φ1 from the guide; return the log-densities per draw, each [S', T], and
+    ``weight`` [S', T], each draw's weight in the expectation (:func:`_draw_phi2`)."""
     if mask is None:
         mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
     m = metadata[:, None, :]  # [T, 1, Dm]
     q2 = guide.phi2_posterior(x, y, metadata, mask)  # batch [T, 1]
-    phi2 = q2.rsample((num_particles,))  # [S, T, 1, D]
-    q1 = guide.phi1_posterior(phi2, m)  # batch [S, T, 1]
-    phi1 = q1.rsample()  # [S, T, 1, D]
-    loglik = torch.where(mask, model.likelihood(phi2, x).log_prob(y), 0.0).sum(-1)  # [S, T]
-    return dict(q1=q1, phi1=phi1, phi2=phi2, loglik=loglik,
+    phi2, weight = _draw_phi2(q2, num_particles)  # [S', T, 1, D], [S', T]
+    q1 = guide.phi1_posterior(phi2, m)  # batch [S', T, 1]
+    phi1 = q1.rsample()  # [S', T, 1, D]
+    loglik = torch.where(mask, model.likelihood(phi2, x).log_prob(y), 0.0).sum(-1)  # [S', T]
+    return dict(q1=q1, phi1=phi1, phi2=phi2, loglik=loglik, weight=weight,
                 log_p1=model.phi1_prior(phi1.shape[:-1]).log_prob(phi1)[..., 0],
                 log_p2=model.phi2_prior(phi1, m).log_prob(phi2)[..., 0],
                 log_q2=q2.log_prob(phi2)[..., 0],
@@ -58,20 +79,28 @@ def elbo_terms(model, guide, x: torch.Tensor, y: torch.Tensor, metadata: torch.T
     else:
         kl1 = t["log_q1"] - t["log_p1"]
     kl2 = t["log_q2"] - t["log_p2"]
-    terms = {"loglik": t["loglik"].mean(0), "kl_phi2": kl2.mean(0), "kl_phi1": kl1.mean(0)}
+    w = t["weight"]
+    terms = {"loglik": (w * t["loglik"]).sum(0), "kl_phi2": (w * kl2).sum(0), "kl_phi1": (w * kl1).sum(0)}
     terms["elbo"] = terms["loglik"] - terms["kl_phi2"] - terms["kl_phi1"]
     return terms
 
 
 def elbo(model, guide, x, y, metadata, mask=None, num_particles: int = 1,
-         analytic_phi1_kl: bool = True) -> torch.Tensor:
-    """The bound summed over tasks (a scalar; Pyro's loss is its negative)."""
-    return elbo_terms(model, guide, x, y, metadata, mask, num_particles, analytic_phi1_kl)["elbo"].sum()
+         analytic_phi1_kl: bool = True, latent_scale: float = 1.0) -> torch.Tensor:
+    """The bound summed over tasks (a scalar; Pyro's loss is its negative).
+
+    ``latent_scale`` = β gives the annealed objective loglik − β (kl_phi2 + kl_phi1), what
+    Pyro estimates when the model and guide scale their latent sites by β. With
+    ``analytic_phi1_kl=False`` it equals ``Trace_ELBO`` on the same draws, value and gradients
+    (the training fast path, :mod:`hierarchical_meta.train`).
+    """
+    terms = elbo_terms(model, guide, x, y, metadata, mask, num_particles, analytic_phi1_kl)
+    return (terms["loglik"] - latent_scale * (terms["kl_phi2"] + terms["kl_phi1"])).sum()
 
 
 def importance_log_evidence(model, guide, x, y, metadata, mask=None,
                             num_samples: int = 256) -> torch.Tensor:
     """Importance-weighted estimate of log p(Y | X, m) per task, [T] (a bound in expectation)."""
     t = _joint_terms(model, guide, x, y, metadata, mask, num_samples)
-    log_w = t["log_p1"] + t["log_p2"] + t["loglik"] - t["log_q2"] - t["log_q1"]  # [S, T]
-    return log_w.logsumexp(0) - math.log(num_samples)
+    log_w = t["log_p1"] + t["log_p2"] + t["loglik"] - t["log_q2"] - t["log_q1"]  # [S', T]
+    return (log_w + t["weight"].log()).logsumexp(0)

@@ -38,6 +38,8 @@ class ModelConfig:
 
     ``use_metadata=False`` is the ablation that withholds m (fed as missing everywhere).
     ``guide_sees_metadata`` selects q(φ2 | X, Y, m) instead of q(φ2 | X, Y).
+    ``guide_components`` = J > 1 makes q(φ2 | ...) a mixture of J Gaussians (guide.py).
+    ``noise="heteroscedastic"`` lets the observation noise depend on x and the task (model.py).
     ``likelihood="categorical"`` with ``num_classes`` = C (and y_dim = 1) makes it a
     classifier: y holds class indices and :meth:`HierarchicalMetaModel.predict` returns a
     ``CategoricalMixturePredictive``.
@@ -52,13 +54,15 @@ class ModelConfig:
     prior: str = "mlp"
     decoder: str = "features"
     guide_sees_metadata: bool = True
+    guide_components: int = 1
     use_metadata: bool = True
     noise_std: float | None = None
+    noise: str = "constant"
     likelihood: str = "normal"
     num_classes: int | None = None
 
     def __post_init__(self):
-        for name in ("x_dim", "y_dim", "latent_dim", "hidden"):
+        for name in ("x_dim", "y_dim", "latent_dim", "hidden", "guide_components"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.metadata_dim < 0:
@@ -71,7 +75,7 @@ class ModelConfig:
             raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
         if self.noise_std is not None and not (math.isfinite(self.noise_std) and self.noise_std > 0):
             raise ValueError(f"noise_std must be a finite number > 0 (or None to learn it), got {self.noise_std}")
-        check_likelihood(self.likelihood, self.num_classes, self.y_dim, self.noise_std)
+        check_likelihood(self.likelihood, self.num_classes, self.y_dim, self.noise_std, self.noise)
 
 
 class HierarchicalMetaModel(nn.Module):
@@ -86,9 +90,10 @@ class HierarchicalMetaModel(nn.Module):
         c = self.config
         shared = dict(x_dim=c.x_dim, y_dim=c.y_dim, metadata_dim=c.metadata_dim,
                       latent_dim=c.latent_dim, hidden=c.hidden, layers=c.layers)
-        self.model = GenerativeModel(prior=c.prior, decoder=c.decoder, noise_std=c.noise_std,
+        self.model = GenerativeModel(prior=c.prior, decoder=c.decoder, noise_std=c.noise_std, noise=c.noise,
                                      likelihood=c.likelihood, num_classes=c.num_classes, **shared)
-        self.guide = AmortizedGuide(sees_metadata=c.guide_sees_metadata, num_classes=c.num_classes, **shared)
+        self.guide = AmortizedGuide(sees_metadata=c.guide_sees_metadata, num_classes=c.num_classes,
+                                    components=c.guide_components, **shared)
 
     # -- inputs --------------------------------------------------------------------------
     def check_batch(self, batch: TaskBatch) -> None:

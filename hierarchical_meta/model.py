@@ -8,7 +8,9 @@ Per task t (plate ``tasks``) and point n (plate ``points``, nested)::
     y_tn ~ p_θ(y | φ2_t, x_tn) = Cat(softmax f_θ(x_tn, φ2_t))      (likelihood "categorical")
 
 Likelihood (``likelihood``): ``"normal"`` (regression, f has Dy outputs, learned or fixed
-noise s) or ``"categorical"`` (classification into ``num_classes`` = C classes, f gives C
+noise s; with ``noise="heteroscedastic"`` the noise depends on the input and the task,
+s(x, φ2) = softplus(⟨h_s(x), φ2⟩ + c_s(x)) + 10⁻³ per output dim, starting at 0.3
+everywhere) or ``"categorical"`` (classification into ``num_classes`` = C classes, f gives C
 logits). Categorical y is stored like a regression target, a float tensor [T, N, 1]
 holding the class index (as the memorization scenarios store labels), so every caller
 passes y the same way; ``Categorical.log_prob`` reads it as an index. Padded slots of a
@@ -46,18 +48,25 @@ from torch import nn
 
 from .networks import MLP, cat_broadcast, metadata_features, positive
 
-__all__ = ["GenerativeModel", "check_likelihood"]
+__all__ = ["GenerativeModel", "check_likelihood", "NOISES"]
 
 PRIORS = ("linear", "mlp")
 DECODERS = ("features", "mlp")
 LIKELIHOODS = ("normal", "categorical")
+NOISES = ("constant", "heteroscedastic")
+INITIAL_NOISE = 0.3  # s at initialization, learned from there
 
 
 def check_likelihood(likelihood: str, num_classes: int | None, y_dim: int,
-                     noise_std: float | None = None) -> None:
+                     noise_std: float | None = None, noise: str = "constant") -> None:
     """Raise ``ValueError`` unless the likelihood options fit together (shared by the config)."""
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+    if noise not in NOISES:
+        raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
+    if noise == "heteroscedastic" and (likelihood != "normal" or noise_std is not None):
+        raise ValueError("noise='heteroscedastic' learns s(x, φ2) of likelihood='normal': it takes no fixed "
+                         f"noise_std (got {noise_std}) and no categorical likelihood (got {likelihood!r})")
     if likelihood == "normal":
         if num_classes is not None:
             raise ValueError(f"num_classes={num_classes} needs likelihood='categorical' "
@@ -76,15 +85,15 @@ class GenerativeModel(nn.Module):
     def __init__(self, x_dim: int = 1, y_dim: int = 1, metadata_dim: int = 2, latent_dim: int = 4,
                  hidden: int = 64, layers: int = 2, prior: str = "mlp", decoder: str = "features",
                  noise_std: float | None = None, likelihood: str = "normal",
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, noise: str = "constant"):
         super().__init__()
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
-        check_likelihood(likelihood, num_classes, y_dim, noise_std)
+        check_likelihood(likelihood, num_classes, y_dim, noise_std, noise)
         self.x_dim, self.y_dim, self.metadata_dim, self.latent_dim = x_dim, y_dim, metadata_dim, latent_dim
-        self.prior, self.decoder = prior, decoder
+        self.prior, self.decoder, self.noise = prior, decoder, noise
         self.likelihood_name, self.num_classes = likelihood, num_classes
         D, M = latent_dim, 2 * metadata_dim  # metadata features carry missing flags
         out = y_dim if likelihood == "normal" else num_classes  # Dout: outputs of f
@@ -102,8 +111,15 @@ class GenerativeModel(nn.Module):
             self.net = MLP(x_dim + D, out, hidden, layers)
         if likelihood == "categorical":
             return  # no observation noise
-        if noise_std is None:  # learned observation noise s, one per output dim
-            self.raw_noise = nn.Parameter(torch.full((y_dim,), math.log(math.expm1(0.3))))
+        raw_initial = math.log(math.expm1(INITIAL_NOISE))
+        if noise == "heteroscedastic":  # h_s(x) [Dy D] and c_s(x) [Dy], starting at s = 0.3 everywhere
+            self.noise_features = MLP(x_dim, y_dim * (D + 1), hidden, layers)
+            last = self.noise_features[-1]
+            nn.init.zeros_(last.weight)
+            nn.init.constant_(last.bias, 0.0)
+            last.bias.data[y_dim * D:] = raw_initial
+        elif noise_std is None:  # learned observation noise s, one per output dim
+            self.raw_noise = nn.Parameter(torch.full((y_dim,), raw_initial))
         else:
             if noise_std <= 0:
                 raise ValueError(f"noise_std must be > 0 (or None to learn it), got {noise_std}")
@@ -111,10 +127,20 @@ class GenerativeModel(nn.Module):
 
     # -- conditional distributions (broadcast over leading dims) ------------------------
     def noise_std(self) -> torch.Tensor:
-        """s [Dy] of the normal likelihood."""
-        if self.likelihood_name != "normal":
-            raise ValueError(f"noise_std is defined for likelihood='normal', not {self.likelihood_name!r}")
+        """s [Dy] of the normal likelihood with constant noise."""
+        if self.likelihood_name != "normal" or self.noise != "constant":
+            raise ValueError(f"noise_std is the constant noise of likelihood='normal'; this model has "
+                             f"likelihood={self.likelihood_name!r}, noise={self.noise!r} (use scale(phi2, x))")
         return positive(self.raw_noise) if hasattr(self, "raw_noise") else self.fixed_noise
+
+    def scale(self, phi2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """s(x, φ2) of the normal likelihood: phi2 [..., T, 1, D], x [T, N, Dx] -> [..., T, N, Dy]."""
+        if self.noise == "constant":
+            shape = torch.broadcast_shapes(phi2.shape[:-1], x.shape[:-1])  # [..., T, N]
+            return self.noise_std().expand(*shape, self.y_dim)
+        h, c = self.noise_features(x).split([self.y_dim * self.latent_dim, self.y_dim], -1)
+        h = h.unflatten(-1, (self.y_dim, self.latent_dim))  # [T, N, Dy, D]
+        return positive((h * phi2[..., None, :]).sum(-1) + c)
 
     def phi1_prior(self, shape) -> dist.Distribution:
         """p(φ1) = N(0, I_D) with batch shape ``shape``."""
@@ -152,7 +178,7 @@ class GenerativeModel(nn.Module):
         f = self.decode(phi2, x)
         if self.likelihood_name == "categorical":
             return dist.Categorical(logits=f[..., None, :]).to_event(1)  # logits [..., T, N, 1, C]
-        return dist.Normal(f, self.noise_std().expand(f.shape)).to_event(1)
+        return dist.Normal(f, self.scale(phi2, x).expand(f.shape)).to_event(1)
 
     # -- the Pyro model -------------------------------------------------------------------
     def forward(self, x: torch.Tensor, metadata: torch.Tensor, y: torch.Tensor | None = None,

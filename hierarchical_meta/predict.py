@@ -83,7 +83,7 @@ def posterior_predictive(model, guide, x_support, y_support, metadata, support_m
     f = model.decode(phi2, x_query)  # mean [S, T, Q, Dy] or logits [S, T, Q, C]
     if model.likelihood_name == "categorical":
         return CategoricalMixturePredictive(log_w.T, f.transpose(0, 1)), log_evidence
-    mean, std = f, model.noise_std().expand(f.shape)
+    mean, std = f, model.scale(phi2, x_query).expand(f.shape)
     predictive = MixturePredictive(log_w.T, mean.transpose(0, 1), std.transpose(0, 1))
     return predictive, log_evidence
 

@@ -2,7 +2,9 @@
 
 Runs three sweeps (inner steps, hidden layers, hidden units; the others at their
 defaults) for every method, one worker process per (method, sweep), each configuration
-measured as in :mod:`profiling.measure`. Writes to the output folder as it goes:
+measured as in :mod:`profiling.measure`; with ``--executor ray``, one Ray task per
+configuration instead, on a local Ray or the cluster at ``--address``
+(:mod:`profiling.ray_executor`). Writes to the output folder as it goes:
 
 - ``scale.csv``: one row per configuration (appended and flushed as soon as measured);
 - ``runtime_vs_{steps,layers,units}.png``, ``memory_vs_{…}.png`` and ``combined.png``;
@@ -40,6 +42,8 @@ from .lock import hold_folder
 from .measure import resolve_device
 from .plots import draw_all
 from .study import (
+    EXECUTORS,
+    RAY_INSTALL,
     REPEATS,
     SECONDS_PER_CONFIG,
     SWEEP_PARAMETER,
@@ -129,6 +133,13 @@ def parse_args(argv=None) -> tuple[StudyConfig, argparse.Namespace]:
                         help="'process': a fresh worker process per method and sweep, so no configuration shares an "
                              f"allocator or CUDA context with another sweep; 'none': all in this process "
                              f"(default {d.isolation})")
+    parser.add_argument("--executor", choices=EXECUTORS, default=d.executor,
+                        help="'local': worker processes on this machine (default); 'ray': one Ray task per "
+                             "configuration, each in a fresh worker process with one GPU on CUDA, on a local Ray "
+                             f"or the cluster at --address (needs {RAY_INSTALL})")
+    parser.add_argument("--address", default=d.address,
+                        help="address of an existing Ray cluster, e.g. 'ray://head:10001' or 'auto' "
+                             "(with --executor ray; default: start a local Ray with this machine's cores)")
     parser.add_argument("--threads", type=int, default=d.threads,
                         help="torch threads in each worker (default: 1 on the CPU, where a second thread on a shared "
                              "2-core machine mostly adds contention; torch's default on CUDA)")
@@ -236,13 +247,18 @@ def run_study(config: StudyConfig, out_dir: str, command: str) -> str:
         spec = {"device": str(device), **config.timing}
         with tqdm(total=len(todo), initial=len(todo) - len(todo_left), desc="configurations", unit="cfg",
                   dynamic_ncols=True) as bar:
-            for sweep in config.sweeps:
-                for method in config.methods:
-                    group = [c for c in todo_left if c.sweep == sweep and c.method == method]
-                    if group and config.isolation == "process":
-                        _run_worker(group, csv_path, device, spec, bar)
-                    elif group:
-                        _run_in_process(group, csv_path, device, spec, bar)
+            if config.executor == "ray":
+                if todo_left:
+                    from .ray_executor import run_on_ray  # Ray is an optional extra: imported only when asked for
+                    run_on_ray(todo_left, csv_path, device, config.timing, bar, address=config.address)
+            else:
+                for sweep in config.sweeps:
+                    for method in config.methods:
+                        group = [c for c in todo_left if c.sweep == sweep and c.method == method]
+                        if group and config.isolation == "process":
+                            _run_worker(group, csv_path, device, spec, bar)
+                        elif group:
+                            _run_in_process(group, csv_path, device, spec, bar)
         return write_report(config, out_dir, command)
 
 

@@ -16,6 +16,7 @@ and removed (:func:`drop_torn_row`), so its configuration is measured again.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import math
 import os
@@ -30,8 +31,8 @@ from .mlp import build_mlp
 from .tasks import sample_sinusoid_tasks
 
 __all__ = ["StudyConfig", "Config", "configurations", "measure_config", "failed_row", "read_rows", "append_row",
-           "drop_torn_row", "row_key", "DEFAULTS", "SWEEP_PARAMETER", "SWEEPS", "REPEATS", "SECONDS_PER_CONFIG",
-           "WARMUP"]
+           "drop_torn_row", "row_key", "DEFAULTS", "EXECUTORS", "SWEEP_PARAMETER", "SWEEPS", "REPEATS",
+           "SECONDS_PER_CONFIG", "WARMUP"]
 
 DEFAULTS = {"inner_steps": 5, "layers": 2, "hidden": 128}
 NUM_TASKS, INNER_LR = 32, 1e-2
@@ -60,6 +61,10 @@ REPEATS = {"full": 15, "quick": 3}
 SECONDS_PER_CONFIG = {"full": 20.0, "quick": 1.0}
 WARMUP = 2
 ISOLATIONS = ("process", "none")
+#: Where the configurations run: worker processes on this machine, or Ray tasks
+#: (:mod:`profiling.ray_executor`), on a local Ray or an existing cluster.
+EXECUTORS = ("local", "ray")
+RAY_INSTALL = "pip install 'hierarchical-meta[cluster]'"
 
 COLUMNS = [
     "method", "impl", "sweep", "inner_steps", "layers", "hidden", "num_params", "status",
@@ -92,6 +97,8 @@ class StudyConfig:
     :data:`SECONDS_PER_CONFIG` of the run) size the timing; ``isolation="process"`` measures each
     (method, sweep) in a fresh worker process; ``threads`` (None: 1 on the CPU, torch's default
     on CUDA) sets torch's threads in each; ``device`` None is CUDA if present, else the CPU.
+    ``executor="ray"`` runs each configuration as a Ray task in a fresh worker process instead
+    (:mod:`profiling.ray_executor`), on the Ray cluster at ``address`` (None: a local Ray).
     """
 
     methods: tuple = tuple(METHODS)
@@ -110,6 +117,8 @@ class StudyConfig:
     isolation: str = "process"
     threads: int | None = None
     device: str | None = None
+    executor: str = "local"
+    address: str | None = None
 
     def __post_init__(self):
         for name in ("methods", "sweeps", "steps", "layers", "units"):
@@ -125,6 +134,15 @@ class StudyConfig:
             raise ValueError(f"seconds_per_config={self.seconds_per_config}: it must be positive")
         if self.isolation not in ISOLATIONS:
             raise ValueError(f"isolation={self.isolation!r}: choose from {ISOLATIONS}")
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor={self.executor!r}: choose from {EXECUTORS}")
+        if self.address is not None and self.executor != "ray":
+            raise ValueError(f"address={self.address!r} is the address of a Ray cluster: use it with executor='ray'")
+        if self.executor == "ray" and self.isolation != "process":
+            raise ValueError(f"isolation={self.isolation!r} with executor='ray': Ray runs every configuration in a "
+                             "fresh worker process; use isolation='process' or executor='local'")
+        if self.executor == "ray" and importlib.util.find_spec("ray") is None:
+            raise ValueError(f"executor='ray' needs Ray, which is not installed: {RAY_INSTALL}")
         resolve_device(self.device)
         self.configurations()  # checks methods, sweeps, their values and the base
 

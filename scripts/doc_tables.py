@@ -2,7 +2,7 @@
 
 ``python scripts/doc_tables.py`` (``make docs``) rewrites, in place, every region between
 
-    <!-- table:NAME -->            a whole Markdown table, from ``tables()[NAME]``
+    <!-- table:NAME -->            a whole Markdown table, from ``tables()[NAME]`` (indented as the marker)
     ...
     <!-- /table -->
 
@@ -11,14 +11,19 @@ spec such as ``.3f``), from ``values()[KEY]``. Every table and number comes from
 committed under docs/: the demo (docs/demo/summary.json), the long run
 (docs/long/metrics.json), the SVI benchmark (docs/benchmarks/svi_cpu.txt), the
 nlschools comparison (docs/nlschools/*.csv), the grouped-data runs of ``fit --tasks
-nlschools|sleepstudy`` (docs/own_data/*/metrics.json), and the profiling study
-(docs/profiling/scale.csv through ``profiling.growth``, docs/profiling/benchmark_cpu*.txt).
+nlschools|sleepstudy`` (docs/own_data/*/metrics.json), the model-quality sweep
+(docs/quality/*/metrics.json, docs/quality/benchmark_svi*.txt, docs/quality/nlschools_heteroscedastic/,
+the bounds of tests/test_fit_quality.py), and the profiling study
+(docs/profiling/scale.csv through ``profiling.growth``, docs/profiling/benchmark_cpu*.txt, the two exact
+MAMLs' steps sweep docs/profiling/checkpointed/scale.csv, and the accuracy study's CSVs under
+docs/profiling/accuracy/ through ``profiling.accuracy_study``).
 ``--check`` writes nothing and exits 1 naming each doc that differs (tests/test_docs.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import json
 import math
@@ -30,19 +35,54 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from profiling.growth import growth_table  # noqa: E402  (the repository root is on the path only now)
+from profiling.accuracy_study import (  # noqa: E402  (the repository root is on the path only now)
+    CURVE_COLUMNS,
+    QUALITY_COLUMNS,
+    RUN_COLUMNS,
+    AccuracyConfig,
+    chosen_noise_std,
+    summary_markdown,
+    targets,
+    time_to_target_table,
+)
+from profiling.accuracy_study import read_csv as read_study_csv  # noqa: E402
+from profiling.algorithms.maml_checkpointed import default_segment_steps  # noqa: E402
+from profiling.growth import growth_table  # noqa: E402
 from profiling.study import SWEEP_PARAMETER, read_rows  # noqa: E402
 
 __all__ = ["DOCS", "values", "tables", "render", "expected", "main"]
 
-DOCS = ["README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))]
-TABLE = re.compile(r"(<!-- table:([\w-]+) -->\n)(.*?)(<!-- /table -->)", re.DOTALL)
+DOCS = ["README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md")),
+        "docs/quality/README.md"]
+TABLE = re.compile(r"^([ \t]*)(<!-- table:([\w-]+) -->\n)(.*?)^[ \t]*(<!-- /table -->)", re.DOTALL | re.MULTILINE)
 VALUE = re.compile(r"<!--v:([\w.-]+)(?::([^>]*?))?-->(.*?)<!--/v-->")
 SHOTS = (0, 1, 2, 5, 10)
 OWN_DATA = ("nlschools", "sleepstudy")  # the committed runs under docs/own_data/
 OWN_MODELS = {"model": "model", "no_metadata": "model, m withheld", "mixed_model": "mixed model (BLUP)",
               "pooled": "pooled regression"}
 COVERAGE = (0.85, 0.95)       # the calibration band the docs hold coverage90 to
+QUALITY_RUNS = {              # docs/quality/<folder>/ -> its label in the sweep's table, in the table's order
+    "base": "lr 3e-3, 32 tasks (the old defaults), seed 0",
+    "base_s1": "same, seed 1",
+    "lr6": "lr 6e-3, seed 0",
+    "lr6_s1": "lr 6e-3, seed 1",
+    "lr10": "lr 1e-2",
+    "lr6_a300": "lr 6e-3, KL annealing over 300 steps",
+    "b64": "lr 3e-3, 64 tasks",
+    "lr6_b64": "**lr 6e-3, 64 tasks (the new defaults), seed 0**",
+    "lr6_b64_s1": "**the new defaults, seed 1**",
+    "mix2": "lr 3e-3, 32 tasks, mixture guide J = 2",
+    "mix2_lr6_b64": "the new defaults, mixture guide J = 2",
+    "het": "lr 3e-3, 32 tasks, heteroscedastic noise",
+    "nls_const": None,        # nlschools runs (no exact Bayes): quoted in the prose, not in the table
+    "nls_het": None,
+}
+DEFAULTS = ("lr6_b64", "lr6_b64_s1")   # the sweep's runs at TrainConfig's defaults, two seeds
+GAP_TARGET = 0.15             # the demo-budget target on the gap to exact Bayes (docs/quality/README.md)
+NLS_TARGET = 0.025            # the nlschools target on Δ loglik over the mixed model
+CHECKPOINTED_SHOWN = (1, 4, 16, 32, 64, 128)   # the L of docs/profiling/checkpointed/ the steps table shows
+CHECKPOINTED_TARGETS = {32: 0.5, 128: 0.25}    # L -> the most of MAML's memory the checkpointed MAML may use
+SEGMENT_LS = (5, 32, 64, 128)                  # the L whose default segment length docs/profiling.md names
 
 
 # ---- formatting -------------------------------------------------------------------------
@@ -63,6 +103,12 @@ def ks(shots) -> str:
     if not shots:
         raise ValueError("no K to name")
     return "K = " + (shots[0] if len(shots) == 1 else ", ".join(shots[:-1]) + " and " + shots[-1])
+
+
+def ks_or_none(shots) -> str:
+    """ks(shots), or 'no K' for none."""
+    shots = list(shots)
+    return ks(shots) if shots else "no K"
 
 
 def and_list(items) -> str:
@@ -108,6 +154,29 @@ def per_k(run: dict) -> dict[int, dict]:
     return out
 
 
+def quality_runs() -> dict[str, dict]:
+    """Every run folder of docs/quality/ with a metrics.json, in QUALITY_RUNS's order; an unlisted one raises."""
+    found = {p.parent.name for p in (ROOT / "docs/quality").glob("*/metrics.json")}
+    if found != set(QUALITY_RUNS):
+        raise ValueError(f"docs/quality/ run folders {sorted(found)} are not QUALITY_RUNS's {sorted(QUALITY_RUNS)}: "
+                         "add (or remove) the folder's label in scripts/doc_tables.py")
+    return {name: read_json(f"docs/quality/{name}/metrics.json") for name in QUALITY_RUNS}
+
+
+def module_constant(path: str, name: str):
+    """The literal a module assigns to ``name`` (read, not imported)."""
+    for node in ast.parse((ROOT / path).read_text()).body:
+        if isinstance(node, ast.Assign) and [t.id for t in node.targets if isinstance(t, ast.Name)] == [name]:
+            return ast.literal_eval(node.value)
+    raise ValueError(f"{path} assigns no literal {name}")
+
+
+def sci(x: float) -> str:
+    """0.003 -> '3e-3'."""
+    mantissa, exponent = f"{x:e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
 def own_data_run(name: str) -> dict[str, dict]:
     """A committed grouped-data run: model name -> its scores (``{"shots": {K: ...}}``), the model first."""
     metrics = read_json(f"docs/own_data/{name}/metrics.json")
@@ -130,10 +199,183 @@ def read_svi_benchmark(path: str) -> dict:
     """``examples/benchmark_svi.py`` output: the setting line and ms, tasks/s per variant."""
     lines = (ROOT / path).read_text().splitlines()
     setting, load = re.fullmatch(r"(.*), \d+ thread\(s\), load average ([\d.]+)", lines[0]).groups()
-    numbers = [re.findall(r"[\d.]+", line) for line in lines[1:3]]
-    return {"setting": setting.replace(" x ", " × "), "load": float(load),
-            "vectorized": [float(v) for v in numbers[0]], "loop": [float(v) for v in numbers[1]],
-            "speedup": float(re.search(r"([\d.]+)x", lines[3]).group(1))}
+    numbers = [[float(v) for v in re.findall(r"(\d[\d.]*) (?:ms|tasks)", line)] for line in lines[1:]]
+    speedups = [float(re.search(r"([\d.]+)x$", line).group(1)) for line in lines[3::2]]
+    out = {"setting": setting.replace(" x ", " × "), "load": float(load),
+           "vectorized": numbers[0], "loop": numbers[1], "speedup": speedups[0]}
+    if len(lines) > 4:  # the fast path (hierarchical_meta/bound.py) against the vectorized Pyro step
+        out["fast"], out["fast_speedup"] = numbers[3], speedups[1]
+    return out
+
+
+def checkpointed_rows() -> dict[tuple[str, int], dict]:
+    """docs/profiling/checkpointed/scale.csv: (method, L) -> its measured row (every row must be ok)."""
+    rows = read_rows(ROOT / "docs/profiling/checkpointed/scale.csv")
+    bad = [r for r in rows if r["status"] != "ok"]
+    if bad:
+        raise ValueError(f"docs/profiling/checkpointed/scale.csv has {len(bad)} rows not ok: rerun the sweep")
+    return {(r["method"], r["inner_steps"]): r for r in rows}
+
+
+def markdown_tables(text: str) -> list[list[str]]:
+    """The Markdown tables of ``text``, each as its lines (header, rule, rows)."""
+    out, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            out.append(current)
+            current = []
+    return out
+
+
+def accuracy_study() -> dict:
+    """The accuracy study's committed CSVs, read and summarized by ``profiling.accuracy_study``."""
+    folder = ROOT / "docs/profiling/accuracy"
+    runs = read_study_csv(folder / "runs.csv", RUN_COLUMNS)
+    curves = read_study_csv(folder / "curves.csv", CURVE_COLUMNS)
+    quality = read_study_csv(folder / "quality.csv", QUALITY_COLUMNS)
+    config = AccuracyConfig()
+    for name in ("layers", "hidden", "inner_steps", "num_tasks", "outer_lr"):
+        found = {r[name] for r in runs}
+        if found != {getattr(config, name)}:
+            raise ValueError(f"docs/profiling/accuracy/runs.csv has {name} {sorted(found)}, not AccuracyConfig's "
+                             f"{getattr(config, name)}: rerun the study with the defaults")
+    goals = targets(runs, curves, config.seconds / 2)
+    table = time_to_target_table(runs, curves, goals)
+    noise, targets_md, quality_md = markdown_tables(
+        summary_markdown(config, runs, curves, quality, goals, table, command=""))
+    return {"config": config, "runs": runs, "curves": curves, "quality": quality, "goals": goals,
+            "noise_std": chosen_noise_std([r for r in runs if r["phase"] == "search"], curves),
+            "table": {(r["target"], r["label"]): r for r in table},
+            "noise_md": noise, "targets_md": targets_md, "quality_md": quality_md}
+
+
+def cells(line: str) -> list[str]:
+    """'| a | b |' -> ['a', 'b']."""
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def collapses(curves: list[dict], method: str) -> list[dict]:
+    """Per seed of ``method``'s comparison runs: the largest rise of the meta-test MSE between two evaluations."""
+    out = []
+    for seed in sorted({c["seed"] for c in curves if c["phase"] == "compare" and c["method"] == method}):
+        points = sorted((c for c in curves if c["phase"] == "compare" and c["method"] == method
+                         and c["seed"] == seed), key=lambda c: c["outer_step"])
+        before, after = max(zip(points, points[1:], strict=False),
+                            key=lambda pair: pair[1]["meta_test_mse"] - pair[0]["meta_test_mse"])
+        out.append({"before": before["meta_test_mse"], "after": after["meta_test_mse"],
+                    "outer_step": after["outer_step"], "seconds": after["seconds"]})
+    return out
+
+
+def span(xs, spec: str) -> str:
+    """[0.07, 0.08] -> '0.07–0.08' (one number if all round alike)."""
+    low, high = format(min(xs), spec), format(max(xs), spec)
+    return low if low == high else f"{low}–{high}"
+
+
+def profiling_extra_values() -> dict[str, object]:
+    """The numbers of docs/profiling.md's checkpointed-MAML and accuracy-matched sections."""
+    v: dict[str, object] = {}
+    ck = checkpointed_rows()
+    first = next(iter(ck.values()))
+    v["ckpt.layers"], v["ckpt.hidden"], v["ckpt.num_tasks"] = first["layers"], first["hidden"], int(first["num_tasks"])
+    for L in SEGMENT_LS:
+        v[f"ckpt.segment_steps.{L}"] = default_segment_steps(L)
+    v["ckpt.segment_steps_list"] = and_list(str(default_segment_steps(L)) for L in SEGMENT_LS)
+    v["ckpt.segment_ls"] = ", ".join(str(L) for L in SEGMENT_LS)
+    v["ckpt.segments.5"] = math.ceil(5 / default_segment_steps(5))
+    growth = {(g["method"], g["quantity"]): g["value"] for g in growth_table(list(ck.values()))}
+    step_mb = growth["maml", "peak_mb"]
+    # a checkpoint: the float32 adapted weights of every task
+    checkpoint_mb = int(first["num_tasks"]) * int(first["num_params"]) * 4 / 2**20
+    v["ckpt.checkpoint_mb"], v["ckpt.step_mb"] = checkpoint_mb, step_mb
+    v["ckpt.best_segment_factor"] = math.sqrt(checkpoint_mb / step_mb)  # argmin of (L/s)·c + s·k is √(c L / k)
+    v["ckpt.maml_slope"] = step_mb
+    v["ckpt.checkpointed_slope"] = growth["maml_checkpointed", "peak_mb"]
+    for (method, L), r in ck.items():
+        for quantity in ("peak_mb", "saved_peak_mb", "time_median_ms"):
+            v[f"ckpt.{method}.{L}.{quantity}"] = r[quantity]
+    for L in sorted({L for _, L in ck}):
+        for quantity in ("peak_mb", "saved_peak_mb", "time_median_ms"):
+            v[f"ckpt.ratio.{L}.{quantity}"] = ck["maml_checkpointed", L][quantity] / ck["maml", L][quantity]
+    for L, share in CHECKPOINTED_TARGETS.items():
+        v[f"ckpt.target.{L}"] = {0.5: "half", 0.25: "a quarter"}.get(share, f"{share:g}")
+    v["ckpt.max_time_ratio"] = max(v[f"ckpt.ratio.{L}.time_median_ms"] for L in sorted({L for _, L in ck}))
+    for method in ("maml", "maml_checkpointed"):
+        v[f"ckpt.{method}.saved_growth.16.64"] = ck[method, 64]["saved_peak_mb"] / ck[method, 16]["saved_peak_mb"]
+    loads = [r["load_1min"] for r in ck.values()]
+    v["ckpt.load_min"], v["ckpt.load_max"] = min(loads), max(loads)
+    v["ckpt.saved.32"] = ck["maml", 32]["peak_mb"] - ck["maml_checkpointed", 32]["peak_mb"]
+    v["ckpt.saved.128"] = ck["maml", 128]["peak_mb"] - ck["maml_checkpointed", 128]["peak_mb"]
+
+    study = accuracy_study()
+    config, runs, goals, by = study["config"], study["runs"], study["goals"], study["table"]
+    compare = [r for r in runs if r["phase"] == "compare"]
+    search = [r for r in runs if r["phase"] == "search"]
+    v["acc.outer_lr"] = sci(config.outer_lr)
+    v["acc.inner_steps"], v["acc.inner_lr"] = config.inner_steps, config.inner_lr
+    v["acc.seconds"], v["acc.half_seconds"] = config.seconds, config.seconds / 2
+    v["acc.seeds"] = len({r["seed"] for r in compare})
+    v["acc.load_range"] = span([r["load_1min"] for r in runs], ".1f")
+    v["acc.search_pairs"], v["acc.search_steps"] = search[0]["pairs"], search[0]["outer_steps"]
+    v["acc.search_seed"] = search[0]["seed"]
+    v["acc.noise_stds"] = ", ".join(sci(r["noise_std"]) for r in sorted(search, key=lambda r: r["noise_std"]))
+    scores = [cells(line) for line in study["noise_md"][2:]]
+    v["acc.noise_scores"] = and_list(f"**{score}**" if "chosen" in sigma else score for sigma, score in scores)
+    v["acc.noise_std"] = sci(study["noise_std"])
+    for name, goal in goals.items():
+        v[f"acc.{name}"] = f"{goal:.3g}"
+    v["acc.initial_mse"] = statistics.median(r["initial_mse"] for r in compare if r["method"] == "maml")
+    for (name, label), r in by.items():
+        for key in ("seconds_median", "seconds_min", "seconds_max", "peak_mb", "saved_peak_mb", "step_ms",
+                    "final_mse_median", "reached"):
+            v[f"acc.{name}.{label}.{key}"] = r[key]
+    peak = {label: by["T1", label]["peak_mb"] for _, label in by}
+    v["acc.saved.5"] = peak["maml"] - peak["maml_checkpointed"]
+    v["acc.step_ratio"] = by["T1", "maml_checkpointed"]["step_ms"] / by["T1", "maml"]["step_ms"]
+    fo = collapses(study["curves"], "fomaml")
+    v["acc.fomaml.collapse_before"] = span([c["before"] for c in fo], ".2f")
+    v["acc.fomaml.collapse_after"] = span([c["after"] for c in fo], ".2f")
+    v["acc.fomaml.collapse_step"] = span([c["outer_step"] for c in fo], "d")
+    v["acc.fomaml.collapse_seconds"] = span([c["seconds"] for c in fo], ".0f")
+    v["acc.fomaml.seeds"] = len(fo)
+    v["acc.fomaml.missed_T1"] = by["T1", "fomaml"]["seeds"] - by["T1", "fomaml"]["reached"]
+    es = [label for _, label in by if label.startswith("es")]
+    es = list(dict.fromkeys(es))
+    v["acc.es.pairs"] = and_list(label.split("=")[1] for label in es)
+    v["acc.es.T3"] = and_list(f"{by['T3', label]['seconds_median']:.1f}" for label in es)
+    v["acc.es.peaks"] = " → ".join(f"{peak[label]:.0f}" for label in es)
+    finals = {label: by["T1", label]["final_mse_median"] for label in es}
+    best, worst = min(finals, key=finals.get), max(finals, key=finals.get)
+    v["acc.es.best_pairs"], v["acc.es.worst_pairs"] = best.split("=")[1], worst.split("=")[1]
+    v["acc.es.best_final"], v["acc.es.worst_final"] = finals[best], finals[worst]
+
+    quality = study["quality"]
+    rows = [cells(line) for line in study["quality_md"][2:]]  # P, σ, cosine, relative error, √(D/P), law
+    v["q.dim"] = grouped(quality[0]["dim"]).replace(" ", ",")
+    v["q.draws"] = len({q["draw"] for q in quality})
+    pairs = sorted({q["pairs"] for q in quality})
+    v["q.pairs_min"], v["q.pairs_max"] = pairs[0], pairs[-1]
+    v["q.noise_stds"] = and_list(("the chosen " if s == study["noise_std"] else "") + sci(s)
+                                 for s in sorted({q["noise_std"] for q in quality}))
+    low = min(q["noise_std"] for q in quality)
+    v["q.low_noise_std"] = sci(low)
+    coarse = {int(P): float(rel) / float(root) for P, sigma, _, rel, root, _ in rows if float(sigma) == low}
+    v["q.coarse_under.min_pairs"] = coarse[pairs[0]]
+    v["q.coarse_under.large"] = span([x for P, x in coarse.items() if P >= 64], ".1f")
+    rel = {int(P): float(r) for P, sigma, _, r, _, _ in rows if float(sigma) == low}
+    v["q.rel_errors"] = " → ".join(f"{rel[P]:.0f}" for P in pairs if P >= 64)
+    P, _, _, _, root, law = rows[-1]
+    v["q.law_factor"] = float(law) / float(root)
+    v["q.excess"] = span([float(r[3]) / float(r[5]) for r in rows], ".2f")
+    medians = [float(r[2].split()[0]) for r in rows]
+    v["q.cosine_min"], v["q.cosine_max"] = min(medians), max(medians)
+    v["q.max_pairs_loops"] = 2 * pairs[-1]
+    v["q.degrees_from_orthogonal"] = 90 - math.degrees(math.acos(max(medians)))
+    v["q.num_tasks"] = config.num_tasks
+    return v
 
 
 # ---- values and tables -------------------------------------------------------------------
@@ -142,7 +384,9 @@ def values() -> dict[str, object]:
     """Every quotable number (float or int, formatted by the marker's spec) or phrase (str)."""
     v: dict[str, object] = {}
     runs = sinusoid_runs()
-    for name, run in runs.items():
+    sweep = quality_runs()
+    labelled = {f"quality.{name}": run for name, run in sweep.items() if QUALITY_RUNS[name]}
+    for name, run in {**runs, **labelled}.items():
         scores = per_k(run)
         for k, at_k in scores.items():
             for metric, value in at_k.items():
@@ -161,12 +405,14 @@ def values() -> dict[str, object]:
         v[f"{name}.coverage_inside"] = ks(inside) if inside else "no K"
         worst = max(SHOTS, key=lambda k: scores[k]["gap"])
         v[f"{name}.max_gap"], v[f"{name}.max_gap_k"] = scores[worst]["gap"], ks([worst])
-        v[f"{name}.gap_within_0.1"] = ks([k for k in SHOTS if scores[k]["gap"] <= 0.1])
+        v[f"{name}.gap_within_0.1"] = ks_or_none(k for k in SHOTS if scores[k]["gap"] <= 0.1)
     demo, no_m = per_k(runs["demo"]), per_k(runs["demo_no_m"])
     v["demo.metadata_gain.0"] = demo[0]["loglik"] - no_m[0]["loglik"]
 
     svi = read_svi_benchmark("docs/benchmarks/svi_cpu.txt")
     v["svi.load"] = svi["load"]
+
+    v.update(quality_values(sweep))
 
     comparison = {(r["model"], int(r["K"])): r for r in read_csv("docs/nlschools/comparison.csv")}
     ours = [float(r["loglik_minus_mixed"]) for (model, _), r in comparison.items() if model == "ours"]
@@ -219,6 +465,88 @@ def values() -> dict[str, object]:
         for (method, impl), (median, ratio) in bench["rows"].items():
             v[f"bench{threads}.{method}.{impl}.median"], v[f"bench{threads}.{method}.{impl}.ratio"] = median, ratio
         v[f"bench{threads}.load_min"], v[f"bench{threads}.load_max"] = min(bench["loads"]), max(bench["loads"])
+    v.update(profiling_extra_values())
+    return v
+
+
+def quality_values(sweep: dict[str, dict]) -> dict[str, object]:
+    """The numbers docs/quality/README.md quotes beyond each run's own (which values() gives as quality.RUN.*)."""
+    v: dict[str, object] = {}
+    for name, run in sweep.items():
+        for key, value in run["train"].items():
+            v[f"quality.{name}.train.{key}"] = value
+        v[f"quality.{name}.logliks"] = minus(" / ".join(f"{run['shots'][str(k)]['loglik']:.3f}" for k in SHOTS))
+    for a, run_a in sweep.items():  # every pair: a's loglik minus b's per K (the same held-out tasks)
+        for b, run_b in sweep.items():
+            if a == b:
+                continue
+            delta = {k: run_a["shots"][str(k)]["loglik"] - run_b["shots"][str(k)]["loglik"] for k in SHOTS}
+            key = f"quality.{a}.vs.{b}"
+            v[f"{key}.better"] = ks_or_none(k for k in SHOTS if delta[k] > 0)
+            v[f"{key}.worse"] = ks_or_none(k for k in SHOTS if delta[k] < 0)
+            v[f"{key}.min_delta"], v[f"{key}.max_delta"] = min(delta.values()), max(delta.values())
+            v[f"{key}.max_abs_delta"] = max(abs(d) for d in delta.values())
+            v[f"{key}.abs_delta_range"] = f"{min(map(abs, delta.values())):.3f}–{max(map(abs, delta.values())):.3f}"
+            v[f"{key}.time_ratio"] = run_a["train_seconds"] / run_b["train_seconds"]
+    sinusoid = [run for name, run in sweep.items() if QUALITY_RUNS[name]]
+    common = {"steps": {r["train"]["steps"] for r in sinusoid},
+              "num_tasks": {r["eval"]["num_tasks"] for r in sinusoid},
+              "num_query": {r["eval"]["num_query"] for r in sinusoid},
+              "num_samples": {r["num_samples"] for r in sinusoid},
+              "shots": {tuple(r["eval"]["shots"]) for r in sinusoid}}
+    for key, found in common.items():
+        if len(found) != 1:
+            raise ValueError(f"the docs/quality/ runs differ in {key} ({sorted(found)}); the README quotes one")
+    v["quality.steps"] = grouped(common["steps"].pop())
+    v["quality.num_tasks"], v["quality.num_query"] = common["num_tasks"].pop(), common["num_query"].pop()
+    v["quality.num_samples"], v["quality.shots"] = common["num_samples"].pop(), ks(common["shots"].pop())
+
+    gaps = {name: per_k(sweep[name]) for name in DEFAULTS}
+    worst = {name: max(SHOTS, key=lambda k, s=s: s[k]["gap"]) for name, s in gaps.items()}
+    v["quality.gap_target"], v["quality.coverage_low"], v["quality.coverage_high"] = GAP_TARGET, *COVERAGE
+    v["quality.defaults.max_gap_k"] = ks(sorted(set(worst.values())))
+    v["quality.defaults.other_max_gap"] = max(s[k]["gap"] for name, s in gaps.items()
+                                              for k in SHOTS if k != worst[name])
+    missed = [k for k in SHOTS if any(s[k]["gap"] > GAP_TARGET for s in gaps.values())]
+    v["quality.defaults.gap_missed"] = ks_or_none(missed)
+    wide = [k for k in SHOTS if any(s[k]["coverage90"] > COVERAGE[1] for s in gaps.values())]
+    inside = [k for k in SHOTS if all(COVERAGE[0] <= s[k]["coverage90"] <= COVERAGE[1] for s in gaps.values())]
+    v["quality.defaults.too_wide"], v["quality.defaults.coverage_inside"] = ks_or_none(wide), ks_or_none(inside)
+    if wide:
+        coverage = [s[k]["coverage90"] for s in gaps.values() for k in wide]
+        v["quality.defaults.too_wide_range"] = f"{min(coverage):.3f}–{max(coverage):.3f}"
+
+    for name, path in (("svi32", "docs/quality/benchmark_svi.txt"), ("svi64", "docs/quality/benchmark_svi_64.txt")):
+        svi = read_svi_benchmark(path)
+        v[f"quality.{name}.pyro_ms"], v[f"quality.{name}.fast_ms"] = svi["vectorized"][0], svi["fast"][0]
+        v[f"quality.{name}.fast_speedup"], v[f"quality.{name}.load"] = svi["fast_speedup"], svi["load"]
+        v[f"quality.{name}.overhead_ms"] = svi["vectorized"][0] - svi["fast"][0]
+        v[f"quality.{name}.half_pyro_ms"] = svi["vectorized"][0] / 2
+
+    het = {int(r["K"]): r for r in read_csv("docs/quality/nlschools_heteroscedastic/comparison.csv")
+           if r["model"] == "ours"}
+    args = read_json("docs/quality/nlschools_heteroscedastic/fits.json")["args"]
+    v["quality.nls.target"] = NLS_TARGET
+    v["quality.nls.splits"] = len(args["splits"])
+    v["quality.nls.steps"], v["quality.nls.batch_tasks"] = grouped(args["steps"]), args["batch_tasks"]
+    v["quality.nls.lr"] = sci(args["lr"])
+    met = [k for k, r in het.items() if float(r["loglik_minus_mixed"]) >= NLS_TARGET]
+    missed = [k for k in het if k not in met]
+    v["quality.nls.met"], v["quality.nls.missed"] = ks_or_none(met), ks_or_none(missed)
+    if missed:
+        sds = [float(het[k]["loglik_minus_mixed_sd"]) for k in missed]
+        v["quality.nls.missed_sd_range"] = f"{min(sds):.3f}–{max(sds):.3f}"
+
+    gap_bounds = module_constant("tests/test_fit_quality.py", "GAP_BOUNDS")
+    coverage_bounds = module_constant("tests/test_fit_quality.py", "COVERAGE_BOUNDS")
+    highs = {high for _, high in coverage_bounds.values()}
+    if len(highs) != 1:
+        raise ValueError(f"tests/test_fit_quality.py has several coverage upper bounds {sorted(highs)}; "
+                         "the README quotes one")
+    v["quality.fit_test.shots"] = ks(int(k) for k in gap_bounds)
+    v["quality.fit_test.gap_bounds"] = " / ".join(f"{b:g}" for b in gap_bounds.values())
+    v["quality.fit_test.coverage_low"] = " / ".join(f"{low:g}" for low, _ in coverage_bounds.values())
+    v["quality.fit_test.coverage_high"] = highs.pop()
     return v
 
 
@@ -265,6 +593,24 @@ def tables() -> dict[str, str]:
               *(f"{minus(format(s['shots'][k]['loglik'], '.3f'))} ({s['shots'][k]['coverage90']:.2f})"
                 for s in run.values())] for k in shots])
 
+    out["quality-sinusoid"] = table(
+        ["run", "folder", "gap (nats)", "coverage90", "held-out ELBO", "train s"],
+        [[QUALITY_RUNS[name], f"`{name}`", " / ".join(f"{s['gap']:.3f}" for s in per_k(run).values()),
+          " / ".join(f"{s['coverage90']:.3f}" for s in per_k(run).values()), f"{run['elbo']:.3f}",
+          f"{run['train_seconds']:.0f}"] for name, run in quality_runs().items() if QUALITY_RUNS[name]])
+
+    def delta(path):
+        return {r["K"]: pm(r, "loglik_minus_mixed", "+") for r in read_csv(path) if r["model"] == "ours"}
+
+    constant = delta("docs/nlschools/comparison.csv")
+    het = delta("docs/quality/nlschools_heteroscedastic/comparison.csv")
+    if set(constant) != set(het):
+        raise ValueError(f"the nlschools comparisons have other K: {sorted(constant)} and {sorted(het)}")
+    out["quality-nlschools"] = table(
+        ["K", "Δ vs mixed, constant noise (docs/nlschools)",
+         "Δ vs mixed, heteroscedastic (`nlschools_heteroscedastic/`)"],
+        [[k, constant[k], het[k]] for k in het])
+
     two, one = (read_benchmark(f"docs/profiling/benchmark_cpu{s}.txt")["rows"] for s in ("", "_1thread"))
     names = {"maml": "MAML", "fomaml": "first-order MAML", "es": "ES"}
     shown = [("maml", "batched"), ("maml", "vmap"), ("maml", "loop"), ("fomaml", "batched"),
@@ -277,6 +623,31 @@ def tables() -> dict[str, str]:
     out["profiling-benchmark"] = table(
         ["median ms (loop / this)", "2 threads", "1 thread"],
         [[f"{names[m]} {impl}", cell(two, (m, impl)), cell(one, (m, impl))] for m, impl in shown])
+
+    ck = checkpointed_rows()
+
+    def ratio(L, quantity):
+        r = ck["maml_checkpointed", L][quantity] / ck["maml", L][quantity]
+        return f"**{r:.2f}**" if L in CHECKPOINTED_TARGETS else f"{r:.2f}"
+
+    out["profiling-checkpointed"] = table(
+        ["L", "MAML ms", "checkpointed ms", "MAML peak MB", "checkpointed peak MB", "ratio", "MAML saved MB",
+         "checkpointed saved MB", "ratio"],
+        [[L, f"{ck['maml', L]['time_median_ms']:.1f}", f"{ck['maml_checkpointed', L]['time_median_ms']:.1f}",
+          f"{ck['maml', L]['peak_mb']:.1f}", f"{ck['maml_checkpointed', L]['peak_mb']:.1f}", ratio(L, "peak_mb"),
+          f"{ck['maml', L]['saved_peak_mb']:.1f}", f"{ck['maml_checkpointed', L]['saved_peak_mb']:.1f}",
+          ratio(L, "saved_peak_mb")] for L in CHECKPOINTED_SHOWN])
+
+    study = accuracy_study()
+    header, *rows = study["targets_md"]
+    named = [f"{c} = {study['goals'][c]:.3g}" if c in study["goals"] else c for c in cells(header)]
+    out["profiling-accuracy"] = "\n".join([row(named), *rows]) + "\n"
+    header, rule, *rows = study["quality_md"]   # every P at the lower σ, and the largest P at the chosen σ
+    low = min(q["noise_std"] for q in study["quality"])
+    top = max(q["pairs"] for q in study["quality"])
+    out["profiling-es-quality"] = "\n".join(
+        [header, rule, *(line for line in rows if float(cells(line)[1]) == low
+                         or (int(cells(line)[0]) == top and float(cells(line)[1]) == study["noise_std"]))]) + "\n"
     return out
 
 
@@ -284,11 +655,12 @@ def tables() -> dict[str, str]:
 
 def render(text: str, values: dict, tables: dict, where: str = "a doc") -> str:
     """``text`` with every table region and inline value rewritten; unknown names raise ValueError."""
-    def put_table(match):
-        name = match.group(2)
+    def put_table(match):  # indented as its opening marker (a table inside a list item)
+        indent, name = match.group(1), match.group(3)
         if name not in tables:
             raise ValueError(f"{where}: no table named {name!r}; known: {sorted(tables)}")
-        return match.group(1) + tables[name] + match.group(4)
+        rows = "".join(indent + line for line in tables[name].splitlines(keepends=True))
+        return indent + match.group(2) + rows + indent + match.group(5)
 
     def put_value(match):
         key, spec = match.group(1), match.group(2)

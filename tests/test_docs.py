@@ -5,6 +5,7 @@ a doc edited by hand, or a committed run replaced without rerunning it, fails he
 """
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ def test_doc_is_what_make_docs_writes(path):
 
 
 def test_every_result_doc_has_generated_numbers():
-    for path in ("README.md", "docs/model.md", "docs/nlschools.md", "docs/profiling.md"):
+    for path in ("README.md", "docs/model.md", "docs/nlschools.md", "docs/profiling.md", "docs/quality/README.md"):
         assert "<!--v:" in EXPECTED[path], path
     tables = "".join(EXPECTED.values())
     for name in doc_tables.tables():
@@ -44,6 +45,39 @@ def test_quoted_gaps_are_the_committed_runs_rounded():
     long = json.loads((ROOT / "docs/long/metrics.json").read_text())["shots"]
     worst = max(e["oracle_loglik"] - e["loglik"] for e in long.values())
     assert f"<!--v:long.max_gap:.3f-->{worst:.3f}<!--/v-->" in EXPECTED["docs/model.md"]
+
+
+def test_quality_table_has_one_row_per_sinusoid_run_folder():
+    """Every docs/quality/<run>/metrics.json with an exact-Bayes reference is a row, with its largest gap."""
+    import json
+    table = doc_tables.tables()["quality-sinusoid"]
+    runs = {p.parent.name: json.loads(p.read_text())["shots"] for p in (ROOT / "docs/quality").glob("*/metrics.json")}
+    sinusoid = {name: shots for name, shots in runs.items() if "oracle_loglik" in shots["0"]}
+    assert len(sinusoid) >= 12 and len(table.splitlines()) == 2 + len(sinusoid)
+    for name, shots in sinusoid.items():
+        gaps = " / ".join(f"{e['oracle_loglik'] - e['loglik']:.3f}" for e in shots.values())
+        assert f"| `{name}` | {gaps} |" in table, name
+    worst = max(e["oracle_loglik"] - e["loglik"] for e in sinusoid["lr6_b64"].values())
+    assert f"<!--v:quality.lr6_b64.max_gap:.3f-->{worst:.3f}<!--/v-->" in EXPECTED["docs/quality/README.md"]
+
+
+def test_profiling_tables_are_the_rows_the_studies_wrote():
+    """The accuracy and ES-quality tables (from the CSVs) hold the rows of the committed summary.md."""
+    summary = (ROOT / "docs/profiling/accuracy/summary.md").read_text().splitlines()
+    tables = doc_tables.tables()
+    for name in ("profiling-accuracy", "profiling-es-quality"):
+        rows = tables[name].splitlines()[2:]
+        assert len(rows) >= 6 and all(line in summary for line in rows), name
+    checkpointed = (ROOT / "docs/profiling/checkpointed/summary.txt").read_text()
+    slope = EXPECTED["docs/profiling.md"].split("<!--v:ckpt.maml_slope:.2f-->")[1].split("<")[0]
+    written = re.search(r"steps +maml +peak_mb +([\d.]+) MB", checkpointed).group(1)
+    assert f"{float(slope):.2f}" == f"{float(written):.2f}"
+
+
+def test_render_keeps_an_indented_table_inside_its_list_item():
+    text = "- item\n\n  <!-- table:t -->\n  | old |\n  <!-- /table -->\n"
+    assert doc_tables.render(text, {}, {"t": "| a |\n|---|\n"}) == (
+        "- item\n\n  <!-- table:t -->\n  | a |\n  |---|\n  <!-- /table -->\n")
 
 
 def test_render_rewrites_values_and_tables_and_refuses_unknown_names():

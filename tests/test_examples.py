@@ -55,7 +55,7 @@ def check_sample_data(paths, tmp_path):
 
 
 def check_benchmark_svi(result, tmp_path):
-    assert set(result) == {"vectorized_tasks_per_s", "loop_tasks_per_s"}
+    assert set(result) == {"vectorized_tasks_per_s", "loop_tasks_per_s", "fast_tasks_per_s"}
     assert all(math.isfinite(v) and v > 0 for v in result.values()), result
 
 

@@ -15,13 +15,14 @@ import pyro.distributions as dist
 import pytest
 import torch
 
+from hierarchical_meta import train
 from hierarchical_meta.bound import elbo_terms
 from hierarchical_meta.evaluate import EvalConfig, evaluate, heldout_tasks, shuffle_metadata
 from hierarchical_meta.meta_model import HierarchicalMetaModel, ModelConfig, load_checkpoint
 from hierarchical_meta.predict import posterior_predictive, predict_in_chunks
 from hierarchical_meta.predictive import MixturePredictive, point_metrics
 from hierarchical_meta.tasks import BasisFunctionTasks, SinusoidTasks, TabularTasks
-from hierarchical_meta.train import TrainConfig, corrupt_metadata, fit, heldout_elbo, resume_conflicts
+from hierarchical_meta.train import ELBOS, TrainConfig, corrupt_metadata, fit, heldout_elbo, resume_conflicts
 
 ROUNDING = dict(rel=1e-5, abs=1e-6)
 
@@ -205,21 +206,29 @@ def tiny_config(**options):
                           "num_particles": 1, **options})
 
 
-def test_each_training_step_feeds_the_model_the_safeguarded_batch(monkeypatch):
+@pytest.mark.parametrize("elbo", ELBOS)
+def test_each_training_step_feeds_the_model_the_safeguarded_batch(monkeypatch, elbo):
     """Ragged masks keep min_points..max_points of each task's points (a prefix), a share
     metadata_dropout of tasks lose their metadata (NaN; 5 binomial se), and the latent sites
-    are scaled by β = kl_weight(step)."""
+    are scaled by β = kl_weight(step): what each step hands the stepper, on either ELBO path."""
     meta = tiny_model()
     config = tiny_config(steps=30, min_points=2, metadata_dropout=0.5, metadata_swap=0.0, anneal_steps=20,
-                         eval_every=100)
+                         eval_every=100, elbo=elbo)
     calls = []
-    forward = meta.guide.forward
+    make_stepper = train.make_svi
 
-    def recording(x, metadata, y=None, mask=None, latent_scale=1.0):
-        calls.append((x.shape, metadata.clone(), None if mask is None else mask.clone(), latent_scale))
-        return forward(x, metadata, y, mask, latent_scale)
+    def recording_stepper(meta_model, train_config):
+        stepper = make_stepper(meta_model, train_config)
+        step = stepper.step
 
-    monkeypatch.setattr(meta.guide, "forward", recording)
+        def recording(x, metadata, y, mask, latent_scale):
+            calls.append((x.shape, metadata.clone(), mask.clone(), latent_scale))
+            return step(x, metadata, y, mask, latent_scale=latent_scale)
+
+        stepper.step = recording
+        return stepper
+
+    monkeypatch.setattr(train, "make_svi", recording_stepper)
     fit(meta, SinusoidTasks(), config, progress=False)
     assert len(calls) == 30
     kept = torch.stack([mask.sum(1) for _, _, mask, _ in calls])  # [steps, tasks]
@@ -232,7 +241,7 @@ def test_each_training_step_feeds_the_model_the_safeguarded_batch(monkeypatch):
 
 
 def test_the_learning_rate_decays_to_lr_over_lr_decay_with_clipping(tmp_path):
-    config = tiny_config(steps=5, lr=0.01, lr_decay=4.0, clip_norm=3.0)
+    config = tiny_config(steps=5, lr=0.01, lr_decay=4.0, clip_norm=3.0, elbo="pyro")  # ClippedAdam's state
     fit(tiny_model(), SinusoidTasks(), config, out_dir=str(tmp_path), progress=False)
     _, state = load_checkpoint(str(tmp_path / "model.pt"))
     groups = [group for optim in state["optimizer"].values() for group in optim["param_groups"]]

@@ -166,7 +166,7 @@ def test_a_checkpoint_of_another_version_stops_with_a_message(tmp_path):
     path = str(tmp_path / "old.pt")
     model = HierarchicalMetaModel(ModelConfig(hidden=4, latent_dim=2))
     model.save(path)
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=True)
     state["config"]["task_family"] = "sinusoid"  # a field an older version wrote
     torch.save(state, path)
     with pytest.raises(ValueError, match="another version"):

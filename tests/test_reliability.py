@@ -446,7 +446,7 @@ CLI_CASES = [
          2, "cannot create"),
     # fit: resuming a finished folder
     Case("resume-other-seed", rerun("--seed", "1"), 2, "seed 0 (now 1)"),
-    Case("resume-other-lr", rerun("--lr", "0.01"), 2, "lr 0.003 (now 0.01)"),
+    Case("resume-other-lr", rerun("--lr", "0.01"), 2, f"lr {TrainConfig().lr!r} (now 0.01)"),
     Case("resume-more-steps-without-extend", rerun(steps="8"), 2, "--extend"),
     Case("resume-fewer-steps", rerun(steps="4"), 2, "fewer than the 6"),
     Case("resume-other-model", rerun("--hidden", "16"), 2, "model hidden 8 (now 16)"),
