@@ -52,7 +52,7 @@ import torch
 
 from .baselines import MixedModel, PooledRegression
 from .evaluate import EvalConfig, Predictor, evaluate
-from .meta_model import HierarchicalMetaModel, ModelConfig, load_checkpoint
+from .meta_model import HierarchicalMetaModel, ModelConfig
 from .pipeline import PREDICT_CHUNK, Log, importance_metrics
 from .predict import NUM_SAMPLES, predict_in_chunks
 from .predictive import point_metrics
@@ -162,8 +162,6 @@ def _train(tasks: TabularTasks, config: ModelConfig, train_config: TrainConfig, 
     """Train (or resume) one model into ``out_dir/model.pt``, the schema stored beside the weights."""
     schema = tasks.schema.to_dict()
     path = os.path.join(out_dir, "model.pt")
-    if os.path.exists(path) and load_checkpoint(path)[1].get("schema") != schema:
-        raise ValueError(f"{path} was trained on other data or columns; use a new --out folder")
     torch.manual_seed(train_config.seed)  # the initial weights
     meta_model = HierarchicalMetaModel(config)
     tic = time.perf_counter()

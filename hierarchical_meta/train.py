@@ -281,6 +281,8 @@ def fit(meta_model: HierarchicalMetaModel, family: TaskFamily, config: TrainConf
         saved, state = load_checkpoint(path)
         try:
             conflicts = resume_conflicts(state, meta_model, family, config, extend)
+            conflicts += [f"{key} (another data set, or other columns)" for key, value in
+                          (checkpoint_extra or {}).items() if state.get(key) != value]
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from None
         if conflicts:

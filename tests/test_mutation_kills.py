@@ -340,3 +340,16 @@ def test_train_config_accepts_its_edges_and_rejects_just_beyond():
                         r"metadata_dropout \+ metadata_swap must be <= 1")]:
         with pytest.raises(ValueError, match=match):
             TrainConfig(**bad)
+
+
+def test_a_resume_refuses_a_checkpoint_trained_on_other_data(tmp_path):
+    """What checkpoint_extra stores (a grouped data set's schema) must match on resume."""
+    config = tiny_config(steps=2)
+    fit(tiny_model(), SinusoidTasks(), config, out_dir=str(tmp_path), progress=False,
+        checkpoint_extra={"schema": {"y": ["growth"]}})
+    with pytest.raises(ValueError, match="schema \\(another data set"):
+        fit(tiny_model(), SinusoidTasks(), config, out_dir=str(tmp_path), progress=False,
+            checkpoint_extra={"schema": {"y": ["yield"]}})
+    history = fit(tiny_model(), SinusoidTasks(), config, out_dir=str(tmp_path), progress=False,
+                  checkpoint_extra={"schema": {"y": ["growth"]}})
+    assert history["trained_steps"] == 0
