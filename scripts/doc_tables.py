@@ -16,7 +16,9 @@ nlschools|sleepstudy`` (docs/own_data/*/metrics.json), the model-quality sweep
 the bounds of tests/test_fit_quality.py), and the profiling study
 (docs/profiling/scale.csv through ``profiling.growth``, docs/profiling/benchmark_cpu*.txt, the two exact
 MAMLs' steps sweep docs/profiling/checkpointed/scale.csv, and the accuracy study's CSVs under
-docs/profiling/accuracy/ through ``profiling.accuracy_study``).
+docs/profiling/accuracy/ through ``profiling.accuracy_study``), and the memorization study
+(docs/memorization/results.csv and beta.csv, the commands its results.md lists, and the
+scenarios' parameters in examples/memorization/scenarios.py).
 ``--check`` writes nothing and exits 1 naming each doc that differs (tests/test_docs.py).
 """
 
@@ -25,9 +27,11 @@ from __future__ import annotations
 import argparse
 import ast
 import csv
+import inspect
 import json
 import math
 import re
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -35,7 +39,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from profiling.accuracy_study import (  # noqa: E402  (the repository root is on the path only now)
+from examples.memorization.results import previous_commands  # noqa: E402  (the repository root is on the path only now)
+from examples.memorization.scenarios import DiseaseTasks, TaskIdBasisTasks  # noqa: E402
+from profiling.accuracy_study import (  # noqa: E402
     CURVE_COLUMNS,
     QUALITY_COLUMNS,
     RUN_COLUMNS,
@@ -83,6 +89,9 @@ NLS_TARGET = 0.025            # the nlschools target on Δ loglik over the mixed
 CHECKPOINTED_SHOWN = (1, 4, 16, 32, 64, 128)   # the L of docs/profiling/checkpointed/ the steps table shows
 CHECKPOINTED_TARGETS = {32: 0.5, 128: 0.25}    # L -> the most of MAML's memory the checkpointed MAML may use
 SEGMENT_LS = (5, 32, 64, 128)                  # the L whose default segment length docs/profiling.md names
+MEMORIZATION = "docs/memorization"             # the memorization study's committed results
+DISEASE_SCENARIOS = ("disease-shared", "disease-disjoint")
+BETA_LARGE = 1.0              # the β from which docs/memorization.md says the CNP's encoding collapses
 
 
 # ---- formatting -------------------------------------------------------------------------
@@ -378,6 +387,103 @@ def profiling_extra_values() -> dict[str, object]:
     return v
 
 
+def zero_unsigned(x: float, digits: int) -> float:
+    """``x`` rounded to ``digits`` decimals, with −0 as 0 (so -0.0003 prints as 0.00, not -0.00)."""
+    return round(x, digits) + 0.0
+
+
+def memorization_rows(path: str) -> list[dict]:
+    """A memorization CSV (``python -m examples.memorization``): numbers parsed, split without its "meta-"."""
+    rows = read_csv(path)
+    text = {"scenario", "learner", "split", "metric_name", "chosen"}
+    for r in rows:
+        r.update({k: float(value) for k, value in r.items() if k not in text})
+        r["split"] = r["split"].removeprefix("meta-")
+    return rows
+
+
+def updated_pairs(command: str) -> set[tuple[str, str]]:
+    """The (scenario, learner) pairs an ``--update`` command of the memorization study ran."""
+    args = shlex.split(command)
+    named = {flag: [b for a, b in zip(args, args[1:], strict=False) if a == flag]
+             for flag in ("--scenario", "--learner")}
+    if not all(named.values()):
+        raise ValueError(f"{command!r} names no --scenario or no --learner: say which rows it replaced")
+    return {(s, learner) for s in named["--scenario"] for learner in named["--learner"]}
+
+
+def memorization_values() -> dict[str, object]:
+    """The numbers of docs/memorization.md: every score of results.csv and beta.csv, and what follows from them.
+
+    ``mem.SCENARIO.LEARNER.SPLIT.COLUMN`` (SPLIT train, test or val), ``mem.beta.LEARNER.BETA.SPLIT.COLUMN``
+    and ``mem.beta.LEARNER.chosen.SPLIT.COLUMN`` (the β chosen by meta-val follow).
+    """
+    v: dict[str, object] = {}
+    results = memorization_rows(f"{MEMORIZATION}/results.csv")
+    beta = memorization_rows(f"{MEMORIZATION}/beta.csv")
+    by = {(r["scenario"], r["learner"], r["split"]): r for r in results}
+    for (scenario, learner, split), r in by.items():
+        key = f"mem.{scenario}.{learner}.{split}"
+        for column, value in r.items():
+            if isinstance(value, float):
+                v[f"{key}.{column}"] = value
+        v[f"{key}.gain_vs_none_pm"] = minus(f"{r['gain_vs_none']:.3f} ± {r['gain_vs_none_se']:.3f}")
+        v[f"{key}.support_gain"] = r["metric"] - r["metric_none"]
+        oracle = by.get((scenario, "oracle", split))
+        if r["metric_name"] == "mse" and oracle:
+            v[f"{key}.vs_oracle"] = r["metric"] / oracle["metric"]
+    for scenario, learner in dict.fromkeys((r["scenario"], r["learner"]) for r in results):
+        v[f"mem.{scenario}.{learner}.metric_range"] = span(
+            [r["metric"] for r in results if (r["scenario"], r["learner"]) == (scenario, learner)], ".2f")
+    common = {"probe_tasks": {int(r["num_tasks"]) for r in results + beta},
+              "chance_accuracy": {r["chance_metric"] for r in results if r["metric_name"] == "accuracy"}}
+    for name, found in common.items():
+        if len(found) != 1:
+            raise ValueError(f"{MEMORIZATION}/ has several {name} {sorted(found)}; docs/memorization.md quotes one")
+        v[f"mem.{name}"] = found.pop()
+
+    disease = [r for r in results if r["scenario"] in DISEASE_SCENARIOS]
+    for learner in dict.fromkeys(r["learner"] for r in disease):
+        mine = [r for r in disease if r["learner"] == learner]
+        for column in ("metric", "follow"):
+            v[f"mem.disease.{learner}.{column}_range"] = span([zero_unsigned(r[column], 2) for r in mine], ".2f")
+            for split in dict.fromkeys(r["split"] for r in mine):
+                v[f"mem.disease.{learner}.{split}.{column}_range"] = span(
+                    [zero_unsigned(r[column], 2) for r in mine if r["split"] == split], ".2f")
+    shifts = inspect.signature(DiseaseTasks).parameters
+    shift = math.hypot(shifts["common_shift"].default, shifts["specific_shift"].default)
+    v["mem.disease.bayes_accuracy"] = statistics.NormalDist().cdf(shift / 2)  # known disease: Φ(|μ|/2)
+    v["mem.basis-task-id.noise_variance"] = inspect.signature(TaskIdBasisTasks).parameters["noise_std"].default ** 2
+
+    label = {r["beta"]: f"{r['beta']:g}" for r in beta}
+    for r in beta:
+        keys = [f"mem.beta.{r['learner']}.{label[r['beta']]}.{r['split']}"]
+        if r["chosen"] == "True":
+            keys.append(f"mem.beta.{r['learner']}.chosen.{r['split']}")
+            v[f"mem.beta.{r['learner']}.chosen"] = r["beta"]
+        for key in keys:
+            v.update({f"{key}.{column}": value for column, value in r.items() if isinstance(value, float)})
+    for learner in dict.fromkeys(r["learner"] for r in beta):
+        mine = sorted((r for r in beta if r["learner"] == learner), key=lambda r: r["beta"])
+        v[f"mem.beta.{learner}.betas"] = " / ".join(dict.fromkeys(label[r["beta"]] for r in mine))
+        for split in dict.fromkeys(r["split"] for r in mine):
+            at = [r for r in mine if r["split"] == split]
+            v[f"mem.beta.{learner}.{split}.follows"] = " / ".join(f"{zero_unsigned(r['follow'], 2):.2f}" for r in at)
+            v[f"mem.beta.{learner}.{split}.metrics"] = " / ".join(f"{r['metric']:.3f}" for r in at)
+            v[f"mem.beta.{learner}.large.{split}.metric_range"] = span(
+                [r["metric"] for r in at if r["beta"] >= BETA_LARGE], ".3f")
+    v["mem.beta.large"] = BETA_LARGE
+
+    # training time per command: a (scenario, learner) pair's two rows share one train_seconds
+    commands = previous_commands(ROOT / MEMORIZATION / "results.md")
+    updated = set().union(*(updated_pairs(c) for c in commands[1:]))  # the first command ran every pair
+    seconds = {(r["scenario"], r["learner"]): r["train_seconds"] for r in results}
+    v["mem.minutes.first"] = sum(s for pair, s in seconds.items() if pair not in updated) / 60
+    v["mem.minutes.update"] = sum(s for pair, s in seconds.items() if pair in updated) / 60
+    v["mem.minutes.beta"] = sum({(r["learner"], r["beta"]): r["train_seconds"] for r in beta}.values()) / 60
+    return v
+
+
 # ---- values and tables -------------------------------------------------------------------
 
 def values() -> dict[str, object]:
@@ -466,6 +572,7 @@ def values() -> dict[str, object]:
             v[f"bench{threads}.{method}.{impl}.median"], v[f"bench{threads}.{method}.{impl}.ratio"] = median, ratio
         v[f"bench{threads}.load_min"], v[f"bench{threads}.load_max"] = min(bench["loads"]), max(bench["loads"])
     v.update(profiling_extra_values())
+    v.update(memorization_values())
     return v
 
 

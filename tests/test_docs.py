@@ -29,7 +29,8 @@ def test_doc_is_what_make_docs_writes(path):
 
 
 def test_every_result_doc_has_generated_numbers():
-    for path in ("README.md", "docs/model.md", "docs/nlschools.md", "docs/profiling.md", "docs/quality/README.md"):
+    for path in ("README.md", "docs/model.md", "docs/nlschools.md", "docs/profiling.md", "docs/quality/README.md",
+                 "docs/memorization.md"):
         assert "<!--v:" in EXPECTED[path], path
     tables = "".join(EXPECTED.values())
     for name in doc_tables.tables():
@@ -45,6 +46,18 @@ def test_quoted_gaps_are_the_committed_runs_rounded():
     long = json.loads((ROOT / "docs/long/metrics.json").read_text())["shots"]
     worst = max(e["oracle_loglik"] - e["loglik"] for e in long.values())
     assert f"<!--v:long.max_gap:.3f-->{worst:.3f}<!--/v-->" in EXPECTED["docs/model.md"]
+
+
+def test_memorization_numbers_are_the_committed_rows():
+    """docs/memorization.md's task-identifier factor is the two rows' meta-test MSE ratio, not their rounded ratio."""
+    import csv
+    with open(ROOT / "docs/memorization/results.csv", newline="") as f:
+        mse = {r["learner"]: float(r["metric"]) for r in csv.DictReader(f)
+               if r["scenario"] == "basis-task-id" and r["split"] == "meta-test"}
+    ratio = mse["maml"] / mse["oracle"]
+    assert f"<!--v:mem.basis-task-id.maml.test.vs_oracle:.1f-->{ratio:.1f}<!--/v-->" in EXPECTED["docs/memorization.md"]
+    assert f"<!--v:mem.basis-task-id.oracle.test.metric:.3f-->{mse['oracle']:.3f}<!--/v-->" in (
+        EXPECTED["docs/memorization.md"])
 
 
 def test_quality_table_has_one_row_per_sinusoid_run_folder():
