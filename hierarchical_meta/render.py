@@ -102,7 +102,7 @@ def param_dependencies(fn: Callable, module: nn.Module, args: Sequence, prefix: 
         used = []
         if log_prob.requires_grad:
             grads = torch.autograd.grad(log_prob, [p for _, p in named], allow_unused=True)
-            used = [f"{prefix}$$${n}" for (n, _), g in zip(named, grads, strict=False) if g is not None]
+            used = [f"{prefix}$$${n}" for (n, _), g in zip(named, grads, strict=True) if g is not None]
         found[name] = used
     return found
 

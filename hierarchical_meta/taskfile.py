@@ -77,7 +77,7 @@ def _number(text: str, where: str) -> float:
 
 def _same(a: list[float], b: list[float]) -> bool:
     """Equal metadata rows, NaN (missing) matching NaN."""
-    return all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(a, b, strict=False))
+    return all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(a, b, strict=True))
 
 
 def read_task_file(path: str, x_dim: int, y_dim: int, metadata_dim: int) -> tuple[TaskBatch, list[str], bool]:

@@ -52,11 +52,11 @@ def draw_curves(runs: list[dict], curves: list[dict], goals: dict[str, float], p
         points = sorted((c for c in curves if all(c[k] == run[k] for k in key)), key=lambda c: c["outer_step"])
         label = None if run["label"] in seen else _label(run)
         seen.add(run["label"])
-        for ax, x in zip(axes, ("outer_step", "seconds"), strict=False):
+        for ax, x in zip(axes, ("outer_step", "seconds"), strict=True):
             ax.plot([c[x] for c in points], [c["meta_test_mse"] for c in points],
                     color=color(run["method"], run["pairs"]),
                     linewidth=1, alpha=0.8, label=label if ax is axes[0] else None)
-    for ax, xlabel in zip(axes, ("outer steps", "training seconds (evaluation excluded)"), strict=False):
+    for ax, xlabel in zip(axes, ("outer steps", "training seconds (evaluation excluded)"), strict=True):
         for name, goal in goals.items():
             ax.axhline(goal, color="black", linestyle="--" if name == "T1" else ":", linewidth=0.8)
             ax.text(ax.get_xlim()[1], goal, f" {name}", va="center", fontsize=8)
@@ -78,7 +78,7 @@ def draw_pareto(table: list[dict], path: str, command: str) -> None:
     """Time to target against peak memory of one outer step; one panel per target."""
     names = list(dict.fromkeys(r["target"] for r in table))
     fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 5.5), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=False):
+    for ax, name in zip(axes[0], names, strict=True):
         rows = [r for r in table if r["target"] == name]
         for r in rows:
             c = color(r["method"], r["pairs"])
@@ -92,7 +92,8 @@ def draw_pareto(table: list[dict], path: str, command: str) -> None:
                 ax.plot([r["peak_mb"]], [top], marker="^", markersize=9, markerfacecolor="none", color=c,
                         linestyle="none", label=text)
         ax.set_xscale("log")
-        ax.set_yscale("log")
+        times = [r["seconds_median"] if math.isfinite(r["seconds_median"]) else r["budget_seconds"] for r in rows]
+        ax.set_yscale("log" if min(times) > 0 else "linear")  # 0 s: a seed's initial MSE already met it
         ax.set_xlabel("peak memory of one outer step, MB (above its start)")
         ax.set_ylabel("training seconds to target (median; bar: fastest–slowest seed)")
         ax.set_title(f"{name}: meta-test MSE ≤ {rows[0]['target_mse']:.3g}\n"
@@ -118,15 +119,15 @@ def draw_quality(quality: list[dict], path: str, command: str) -> None:
         axes[1].plot(pairs, [1 / math.sqrt(1 + dim / p) for p in pairs], "k--", label="1/√(1 + D/P)")
         axes[1].plot(pairs, [1 / math.sqrt(1 + r**2) for r in law], "k-", alpha=0.6, label="1/√(1 + law²)")
     for i, sigma in enumerate(sorted({q["noise_std"] for q in quality})):
-        for ax, field in zip(axes, ("rel_error", "cosine"), strict=False):
+        for ax, field in zip(axes, ("rel_error", "cosine"), strict=True):
             ps = [p for p in pairs if any(q["pairs"] == p and q["noise_std"] == sigma for q in quality)]
             values = [[q[field] for q in quality if q["pairs"] == p and q["noise_std"] == sigma] for p in ps]
             medians = [statistics.median(v) for v in values]
-            ax.errorbar(ps, medians, yerr=[[m - min(v) for m, v in zip(medians, values, strict=False)],
-                                           [max(v) - m for m, v in zip(medians, values, strict=False)]],
+            ax.errorbar(ps, medians, yerr=[[m - min(v) for m, v in zip(medians, values, strict=True)],
+                                           [max(v) - m for m, v in zip(medians, values, strict=True)]],
                         fmt="os"[i % 2] + "-", color=plt.cm.Blues(0.5 + 0.3 * i), capsize=3, markersize=5,
                         label=f"ES, σ = {sigma:g} (median, min–max of {len(values[0])} draws)")
-    for ax, ylabel in zip(axes, ("relative error |ĝ − g| / |g|", "cosine(ĝ, g)"), strict=False):
+    for ax, ylabel in zip(axes, ("relative error |ĝ − g| / |g|", "cosine(ĝ, g)"), strict=True):
         ax.set_xscale("log", base=2)
         if ax is axes[0]:  # a cosine can be negative: linear axis
             ax.set_yscale("log")

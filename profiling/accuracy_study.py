@@ -188,18 +188,22 @@ def targets(runs: list[dict], curves: list[dict], half_time: float, target: floa
     """``{"T1": …, "T2": …, "T3": …}``, the meta-test MSE targets of the comparison.
 
     T1: unless ``target`` is given, the best meta-test MSE that every MAML seed reaches
-    within ``half_time`` seconds of training (rounded up to 2 significant digits), so a
+    within ``half_time`` seconds of training (rounded up to 2 significant digits, or more where
+    that would reach the initial MSE), so a
     method up to twice as slow as MAML can still reach it within the budget. T2 and T3:
     half and a fifth of the way from the initial MSE (median over seeds) down to T1.
     """
     maml = [r for r in runs if r["phase"] == "compare" and r["method"] == "maml"]
     if not maml:
         raise ValueError("no finished MAML run in runs.csv: the targets are defined by MAML's runs")
+    initial = statistics.median(r["initial_mse"] for r in maml)
     if target is None:
         best = [min((c["meta_test_mse"] for c in curves if _key(c) == _key(r) and c["seconds"] <= half_time),
                     default=math.inf) for r in maml]
-        target = _round_up(max(best))
-    initial = statistics.median(r["initial_mse"] for r in maml)
+        digits = 2  # more digits where rounding up would put T1 at or above the initial MSE
+        while _round_up(max(best), digits) >= initial > max(best) and digits < 12:
+            digits += 1
+        target = _round_up(max(best), digits)
     out = {"T1": target}
     for name, fraction in GAIN_FRACTIONS.items():
         out[name] = round(initial - fraction * (initial - target), 12)

@@ -43,7 +43,7 @@ def layer_names(params: dict[str, torch.Tensor]) -> list[tuple[str, str]]:
         raise ValueError(
             f"params has keys {names}: expected weight/bias pairs as dict(build_mlp(...).named_parameters()) gives"
         )
-    pairs = list(zip(names[0::2], names[1::2], strict=False))
+    pairs = list(zip(names[0::2], names[1::2], strict=True))
     for w, b in pairs:
         if not (w.endswith("weight") and b.endswith("bias")):
             raise ValueError(f"params keys {w!r}, {b!r} are not a weight/bias pair of a linear layer")

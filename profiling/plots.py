@@ -90,7 +90,7 @@ def draw_all(rows: list[dict], out_dir: str, command: str) -> list[str]:
     for j, sweep in enumerate(SWEEP_PARAMETER):
         for i, quantity in enumerate(("time", "memory")):
             draw_panel(axes[i][j], rows, sweep, quantity)
-    for row, size in zip(axes, (8, 7), strict=False):  # one legend per row, in the first panel that has curves
+    for row, size in zip(axes, (8, 7), strict=True):  # one legend per row, in the first panel that has curves
         first = next((ax for ax in row if ax.get_legend_handles_labels()[0]), None)
         if first is not None:
             first.legend(fontsize=size)

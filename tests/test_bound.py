@@ -104,7 +104,7 @@ def test_bound_equals_trace_elbo_on_same_draws(prior, decoder):
     pyro_grads = torch.autograd.grad(loss, params)
     our_grads = torch.autograd.grad(-value, params)
     assert any(g.abs().max() > 1e-3 for g in our_grads)  # the comparison is not vacuous
-    for ours, theirs in zip(our_grads, pyro_grads, strict=False):
+    for ours, theirs in zip(our_grads, pyro_grads, strict=True):
         torch.testing.assert_close(ours, theirs, **EXACT)
 
 

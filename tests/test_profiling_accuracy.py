@@ -1,6 +1,7 @@
 """The accuracy-matched comparison: its pieces against references, and the study end to end (--quick)."""
 
 import csv
+import itertools
 import math
 import os
 
@@ -51,10 +52,10 @@ def test_meta_train_same_init_and_tasks_for_every_method():
     assert maml[0].meta_test_mse == checkpointed[0].meta_test_mse == fomaml[0].meta_test_mse
     assert maml[0].meta_test_mse == pytest.approx(meta_test_loss(params, test, 2, 0.05))
     # the same tasks and the same gradient: the same trajectory (float32 rounding only)
-    for a, b in zip(maml, checkpointed, strict=False):
+    for a, b in zip(maml, checkpointed, strict=True):
         assert a.meta_test_mse == pytest.approx(b.meta_test_mse, rel=1e-5)
     assert abs(fomaml[-1].meta_test_mse - maml[-1].meta_test_mse) > 1e-6  # a different gradient
-    assert all(b.seconds > a.seconds for a, b in zip(maml, maml[1:], strict=False))
+    assert all(b.seconds > a.seconds for a, b in itertools.pairwise(maml))
 
 
 def test_side_by_side_training_is_training_alone_interleaved():
@@ -151,6 +152,16 @@ def test_targets_and_time_to_target_table():
     assert table["T2", "es P=16"]["seconds_min"] == 2.0
     with pytest.raises(ValueError, match="no finished MAML run"):
         targets(runs[2:], curves, half_time=2.0)
+
+
+def test_target_stays_below_the_initial_mse():
+    """A short budget: rounding MAML's best 0.7951 up to 2 digits would give 0.8, the initial MSE,
+    which every run meets at step 0; T1 takes a third digit instead."""
+    runs = [run_row("maml", 0, 0.7951), run_row("maml", 1, 0.79)]
+    curves = curve(runs[0], [0.8, 0.7951]) + curve(runs[1], [0.8, 0.79])
+    assert targets(runs, curves, half_time=2.0)["T1"] == 0.796
+    table = time_to_target_table(runs, curves, targets(runs, curves, half_time=2.0))
+    assert all(r["seconds_median"] > 0 for r in table)
 
 
 @pytest.mark.parametrize("argv, message", [

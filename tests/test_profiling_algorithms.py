@@ -65,7 +65,7 @@ def test_handwritten_gradient_matches_autograd(layers):
     loss, grads = mse_and_grad(batched, batch.x_support, batch.y_support)
     reference = torch.autograd.grad(mse(batched, batch.x_support, batch.y_support).sum(), list(batched.values()))
     torch.testing.assert_close(loss, mse(batched, batch.x_support, batch.y_support))
-    for (_k, g), r in zip(grads.items(), reference, strict=False):
+    for (_k, g), r in zip(grads.items(), reference, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-14)  # float64, same math: rounding only
 
 
@@ -174,7 +174,7 @@ def test_fomaml_is_query_gradient_at_adapted_weights():
         fast = {k: fast[k] - 0.1 * g[k] for k in fast}
     fast = {k: v.requires_grad_() for k, v in fast.items()}
     ref = torch.autograd.grad(mse(fast, batch.x_query[0], batch.y_query[0]), list(fast.values()))
-    for k, r in zip(params, ref, strict=False):
+    for k, r in zip(params, ref, strict=True):
         torch.testing.assert_close(grads[k], r, rtol=1e-12, atol=1e-14)
 
 

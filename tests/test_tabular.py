@@ -128,7 +128,7 @@ def test_stored_rows_decode_to_the_users_values(family):
         keep = batch.query_mask[t]
         dose = batch.x_query[t, keep, 0].double() * family.schema.x[0].std + family.schema.x[0].mean
         response = family.schema.y_to_user(batch.y_query[t, keep].double())[:, 0]
-        got = sorted(zip(dose.tolist(), response.tolist(), strict=False))
+        got = sorted(zip(dose.tolist(), response.tolist(), strict=True))
         want = sorted(map(tuple, raw_rows(frame, family, c).tolist()))
         assert torch.allclose(torch.tensor(got), torch.tensor(want), atol=1e-4)  # float32 round trip
 

@@ -62,7 +62,7 @@ class MAMLRegressor(nn.Module):
         theta = {k: v.detach().requires_grad_(True) for k, v in self.params().items()}
         meta_loss = mse(self.adapt(theta, x_support, y_support), x_query, y_query).mean()
         grads = torch.autograd.grad(meta_loss, list(theta.values()))
-        return meta_loss.detach(), dict(zip(theta, grads, strict=False))
+        return meta_loss.detach(), dict(zip(theta, grads, strict=True))
 
     def forward(self, x_support, y_support, x_query, support_mask=None):
         with torch.enable_grad():

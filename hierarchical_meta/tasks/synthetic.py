@@ -69,7 +69,7 @@ def new_sites_frame(num_support=(0, 3, 8), num_query: int = 5, seed: int = 1):
                               for k, v in _sites(len(sizes), sizes, g).items()})
     frame.insert(0, "task", [f"new{i + 1}" for i in frame.pop("site")])
     rank = frame.groupby("task").cumcount()
-    support = rank < frame["task"].map(dict(zip(frame["task"].unique(), num_support, strict=False)))
+    support = rank < frame["task"].map(dict(zip(frame["task"].unique(), num_support, strict=True)))
     frame.insert(1, "role", ["support" if s else "query" for s in support])
     frame.loc[~support, "response"] = math.nan
     frame.loc[frame["task"] == f"new{len(sizes)}", "altitude"] = math.nan

@@ -231,7 +231,7 @@ class TabularTasks(TaskFamily):
                                  "belongs to one split: give all its rows the same value")
             first = frame.groupby(group, observed=True)[split_column].first()
             value = ["" if import_pandas().isna(first[g]) else level_name(first[g]) for g in groups]
-            bad = [(g, v) for g, v in zip(groups, value, strict=False) if v not in SPLITS]
+            bad = [(g, v) for g, v in zip(groups, value, strict=True) if v not in SPLITS]
             if bad:
                 raise ValueError(f"split column {split_column!r} holds {bad[0][1]!r} for group {bad[0][0]!r}; "
                                  f"use one of {list(SPLITS)} for every group")

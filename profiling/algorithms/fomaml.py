@@ -32,10 +32,10 @@ def loop(params, batch: SinusoidBatch, *, inner_steps: int, inner_lr: float):
         for _ in range(inner_steps):
             loss = mse(fast, batch.x_support[t], batch.y_support[t])
             g = torch.autograd.grad(loss, [fast[k] for k in names])
-            fast = {k: (fast[k] - inner_lr * gk).detach().requires_grad_(True) for k, gk in zip(names, g, strict=False)}
+            fast = {k: (fast[k] - inner_lr * gk).detach().requires_grad_(True) for k, gk in zip(names, g, strict=True)}
         query = mse(fast, batch.x_query[t], batch.y_query[t])
         g = torch.autograd.grad(query, [fast[k] for k in names])
-        for k, gk in zip(names, g, strict=False):
+        for k, gk in zip(names, g, strict=True):
             grads[k] += gk / batch.num_tasks
         meta_loss = meta_loss + query.detach() / batch.num_tasks
     return meta_loss, grads
@@ -52,7 +52,7 @@ def batched(params, batch: SinusoidBatch, *, inner_steps: int, inner_lr: float):
     adapted = {k: theta[k] + shift[k] for k in theta}  # φ_L with ∂φ_L/∂θ = I
     meta_loss = mse(adapted, batch.x_query, batch.y_query).mean()
     grads = torch.autograd.grad(meta_loss, list(theta.values()))
-    return meta_loss.detach(), dict(zip(theta, grads, strict=False))
+    return meta_loss.detach(), dict(zip(theta, grads, strict=True))
 
 
 def _adapt(theta, x_support, y_support, inner_steps, inner_lr):

@@ -40,10 +40,10 @@ def loop(params, batch: SinusoidBatch, *, inner_steps: int, inner_lr: float):
         for _ in range(inner_steps):
             loss = mse(fast, batch.x_support[t], batch.y_support[t])  # scalar
             g = torch.autograd.grad(loss, [fast[k] for k in names], create_graph=True)
-            fast = sgd_step(fast, dict(zip(names, g, strict=False)), inner_lr)
+            fast = sgd_step(fast, dict(zip(names, g, strict=True)), inner_lr)
         meta_loss = meta_loss + mse(fast, batch.x_query[t], batch.y_query[t]) / batch.num_tasks
     grads = torch.autograd.grad(meta_loss, [theta[k] for k in names])
-    return meta_loss.detach(), dict(zip(names, grads, strict=False))
+    return meta_loss.detach(), dict(zip(names, grads, strict=True))
 
 
 def batched(params, batch: SinusoidBatch, *, inner_steps: int, inner_lr: float):
@@ -54,7 +54,7 @@ def batched(params, batch: SinusoidBatch, *, inner_steps: int, inner_lr: float):
         fast = sgd_step(fast, g, inner_lr)
     meta_loss = mse(fast, batch.x_query, batch.y_query).mean()  # mean over tasks of [tasks]
     grads = torch.autograd.grad(meta_loss, list(theta.values()))
-    return meta_loss.detach(), dict(zip(theta, grads, strict=False))
+    return meta_loss.detach(), dict(zip(theta, grads, strict=True))
 
 
 def _adapted_query_loss(theta, x_support, y_support, x_query, y_query, inner_steps, inner_lr):
@@ -72,7 +72,7 @@ def vmapped(params, batch: SinusoidBatch, *, inner_steps: int, inner_lr: float):
     )  # [tasks]
     meta_loss = per_task.mean()
     grads = torch.autograd.grad(meta_loss, list(theta.values()))
-    return meta_loss.detach(), dict(zip(theta, grads, strict=False))
+    return meta_loss.detach(), dict(zip(theta, grads, strict=True))
 
 
 IMPLEMENTATIONS = {"batched": batched, "vmap": vmapped, "loop": loop}

@@ -65,7 +65,7 @@ def default_segment_steps(inner_steps: int) -> int:
 def _unroll(step: Step, names: list[str], n: int, phi: tuple[torch.Tensor, ...]):
     """From fresh leaves equal to ``phi``, n calls of ``step``: (leaves, φ after n steps)."""
     leaves = tuple(p.detach().requires_grad_(True) for p in phi)
-    fast = dict(zip(names, leaves, strict=False))
+    fast = dict(zip(names, leaves, strict=True))
     for _ in range(n):
         fast = step(fast)
     return leaves, tuple(fast[k] for k in names)
@@ -102,13 +102,13 @@ def checkpointed_unroll(step: Step, fast: dict[str, torch.Tensor], inner_steps: 
     phi = tuple(fast.values())
     for start in range(0, inner_steps, s):
         phi = _Segment.apply(step, names, min(s, inner_steps - start), *phi)
-    return dict(zip(names, phi, strict=False))
+    return dict(zip(names, phi, strict=True))
 
 
 def _meta_loss_and_grads(theta, fast, batch: SinusoidBatch):
     meta_loss = mse(fast, batch.x_query, batch.y_query).mean()  # mean over tasks of [tasks]
     grads = torch.autograd.grad(meta_loss, list(theta.values()))
-    return meta_loss.detach(), dict(zip(theta, grads, strict=False))
+    return meta_loss.detach(), dict(zip(theta, grads, strict=True))
 
 
 def batched(params, batch: SinusoidBatch, *, inner_steps: int, inner_lr: float, segment_steps: int | None = None):
@@ -138,12 +138,12 @@ def loop(params, batch: SinusoidBatch, *, inner_steps: int, inner_lr: float, seg
         def step(fast, t=t):  # one task: W: [out, in], b: [out]
             loss = mse(fast, batch.x_support[t], batch.y_support[t])  # scalar
             g = torch.autograd.grad(loss, [fast[k] for k in names], create_graph=True)
-            return sgd_step(fast, dict(zip(names, g, strict=False)), inner_lr)
+            return sgd_step(fast, dict(zip(names, g, strict=True)), inner_lr)
 
         fast = checkpointed_unroll(step, dict(theta), inner_steps, segment_steps)
         meta_loss = meta_loss + mse(fast, batch.x_query[t], batch.y_query[t]) / batch.num_tasks
     grads = torch.autograd.grad(meta_loss, [theta[k] for k in names])
-    return meta_loss.detach(), dict(zip(names, grads, strict=False))
+    return meta_loss.detach(), dict(zip(names, grads, strict=True))
 
 
 IMPLEMENTATIONS = {"batched": batched, "vmap": vmapped, "loop": loop}
