@@ -9,7 +9,9 @@ split (``--splits``), on the *training* classes this fits
 - ``mixed_model``: statsmodels' MixedLM with a random intercept and IQ slope per class,
   fixed effects IQ, SES, GS, COMB, IQ×GS, IQ×COMB, predicting from the BLUP given the
   support pupils (:mod:`hierarchical_meta.baselines.mixed_model`);
-- ``mixed_model_no_metadata``: the mixed model with fixed effects IQ and SES only,
+- ``mixed_model_no_metadata``: the mixed model with fixed effects IQ and SES only;
+- ``mixed_model_heteroscedastic``: ``mixed_model`` with a residual log-sd linear in IQ,
+  fitted by maximum likelihood (what a noise model varying with IQ is worth to a linear model),
 
 then scores every test class with more than K pupils: K random pupils are the support,
 the rest of the class the query; per query pupil the predictive log-likelihood (nats, in
@@ -47,7 +49,7 @@ from hierarchical_meta.runfiles import output_folder
 from hierarchical_meta.tasks.nlschools import NLSchoolsTasks
 from hierarchical_meta.train import TrainConfig, fit
 
-MODELS = ("ours", "ours_no_metadata", "mixed_model", "mixed_model_no_metadata")
+MODELS = ("ours", "ours_no_metadata", "mixed_model", "mixed_model_no_metadata", "mixed_model_heteroscedastic")
 METRICS = ("loglik", "mse", "coverage90")
 
 
@@ -89,12 +91,15 @@ def run_split(args, split_seed, log):
     rows, fits = [], {"split": split_seed, "classes": {s: len(family.groups(s)) for s in ("train", "val", "test")},
                       "sd_lang_train": family.schema.y[0].std}
 
-    x_names = family.schema.encoded_names("x")
-    mixed = MixedModel(x_names=x_names, metadata_names=family.schema.encoded_names("metadata")).fit(train)
-    mixed_plain = MixedModel(interactions=(), x_names=x_names).fit(without_metadata(train))
+    names = dict(x_names=family.schema.encoded_names("x"), metadata_names=family.schema.encoded_names("metadata"))
+    mixed = MixedModel(**names).fit(train)
+    mixed_plain = MixedModel(interactions=(), x_names=names["x_names"]).fit(without_metadata(train))
+    mixed_het = MixedModel(noise_slopes=(0,), reml=False, **names).fit(train)  # log-sd linear in IQ
     fits["mixed_model"], fits["mixed_model_no_metadata"] = mixed.summary(), mixed_plain.summary()
+    fits["mixed_model_heteroscedastic"] = mixed_het.summary()
     predictors = {"mixed_model": mixed.predict,
-                  "mixed_model_no_metadata": lambda b: mixed_plain.predict(without_metadata(b))}
+                  "mixed_model_no_metadata": lambda b: mixed_plain.predict(without_metadata(b)),
+                  "mixed_model_heteroscedastic": mixed_het.predict}
 
     for name, use_metadata in (("ours", True), ("ours_no_metadata", False)):
         config = ModelConfig(x_dim=family.x_dim, y_dim=family.y_dim, metadata_dim=family.metadata_dim,
@@ -189,10 +194,11 @@ def plot(summary, shots, path, note):
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     styles = {"ours": ("C0", "-o"), "ours_no_metadata": ("C0", "--s"),
-              "mixed_model": ("C3", "-^"), "mixed_model_no_metadata": ("C3", "--v")}
+              "mixed_model": ("C3", "-^"), "mixed_model_no_metadata": ("C3", "--v"),
+              "mixed_model_heteroscedastic": ("C2", "-D")}
     for i, name in enumerate(MODELS):
         rows = [r for r in summary if r["model"] == name]
-        ks = [r["K"] + 0.08 * (i - 1.5) for r in rows]  # dodge so the error bars do not overlap
+        ks = [r["K"] + 0.08 * (i - (len(MODELS) - 1) / 2) for r in rows]  # dodge so the error bars do not overlap
         color, fmt = styles[name]
         for ax, key in ((left, "loglik"), (right, "loglik_minus_mixed")):
             sd = [0.0 if math.isnan(r[f"{key}_sd"]) else r[f"{key}_sd"] for r in rows]

@@ -15,6 +15,13 @@ h_q has the predictive::
 
     y_q | y ~ N(h_qᵀ E[w | y],  h_qᵀ Cov[w | y] h_q + v_q)
 
+The evidence, the marginal density of the measurements, is
+y ~ N(H μ0, H Σ0 Hᵀ + diag v). With Σ0 = L Lᵀ and M = I + Lᵀ A L (the matrix
+determinant lemma and Woodbury's identity, again without inverting Σ0)::
+
+    log p(y) = -½ [N log 2π + Σ_n log v_n + log|M| + Σ_n r_n² / v_n - bᵀ L M⁻¹ Lᵀ b],
+    b = Σ_n h_n r_n / v_n
+
 Users: the basis-function family's exact posterior (its metadata are measurements of
 the first weights), the memorization probe's Bayesian-linear-regression learner, and the
 mixed-model baseline's random effects.
@@ -22,9 +29,11 @@ mixed-model baseline's random effects.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-__all__ = ["posterior", "predictive"]
+__all__ = ["log_evidence", "posterior", "predictive"]
 
 Variance = float | torch.Tensor
 
@@ -84,3 +93,46 @@ def predictive(features: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor,
     y_mean = (features @ mean[..., None])[..., 0]
     y_var = ((features @ cov) * features).sum(-1) + noise_var
     return y_mean, y_var
+
+
+def log_evidence(prior_factor: torch.Tensor, features: torch.Tensor, targets: torch.Tensor,
+                 noise_var: Variance, mask: torch.Tensor | None = None,
+                 prior_mean: torch.Tensor | None = None) -> torch.Tensor:
+    """log p(y) of the unmasked measurements, w integrated out (see the module docstring).
+
+    Args:
+        prior_factor: L with Σ0 = L Lᵀ, [B, B] or [..., B, B] (any square factor; a
+            singular one gives a singular Σ0).
+        features, targets, noise_var, mask, prior_mean: as in :func:`posterior`.
+
+    Returns:
+        log p(y) [...] (0 where no measurement is observed); differentiable.
+    """
+    B = features.shape[-1]
+    if targets.shape != features.shape[:-1]:
+        raise ValueError(f"targets {tuple(targets.shape)} must be features {tuple(features.shape)} "
+                         "without the last dimension")
+    if prior_factor.shape[-2:] != (B, B):
+        raise ValueError(f"prior_factor must be [..., {B}, {B}] for {B} features, "
+                         f"got {tuple(prior_factor.shape)}")
+    noise_var = torch.as_tensor(noise_var, dtype=features.dtype, device=features.device)
+    if not (noise_var > 0).all():
+        raise ValueError("noise_var must be > 0")
+    if mask is None:
+        mask = torch.ones(targets.shape, dtype=torch.bool, device=targets.device)
+    if prior_mean is None:
+        prior_mean = features.new_zeros(B)
+    v = torch.where(mask, noise_var.expand(targets.shape), 1.0)  # [..., N]
+    H = torch.where(mask[..., None], features, 0.0)  # [..., N, B]
+    residual = torch.where(mask, targets - (H @ prior_mean[..., None])[..., 0], 0.0)  # [..., N]
+    H_scaled = H / v[..., None]
+    HL = H @ prior_factor  # rows Lᵀ h_n, [..., N, B]
+    M = torch.eye(B, dtype=features.dtype, device=features.device) + \
+        (H_scaled @ prior_factor).transpose(-1, -2) @ HL  # I + Lᵀ A L
+    chol = torch.linalg.cholesky(M)
+    Lb = (HL.transpose(-1, -2) @ (residual / v)[..., None])  # Lᵀ b, [..., B, 1]
+    half_solve = torch.linalg.solve_triangular(chol, Lb, upper=False)[..., 0]  # chol⁻¹ Lᵀ b
+    quadratic = (residual ** 2 / v).sum(-1) - (half_solve ** 2).sum(-1)
+    log_det = torch.where(mask, v.log(), 0.0).sum(-1) + 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    n = mask.sum(-1).to(features.dtype)
+    return -0.5 * (n * math.log(2 * math.pi) + log_det + quadratic)

@@ -186,6 +186,19 @@ def sci(x: float) -> str:
     return f"{float(mantissa):g}e{int(exponent)}"
 
 
+NLS_HET = "docs/quality/nlschools_heteroscedastic"  # the heteroscedastic nlschools comparison
+
+
+def nls_paired(model: str, reference: str) -> dict[int, tuple[float, float]]:
+    """Per K: mean and sample sd over splits of model's loglik minus reference's, same split."""
+    loglik = {(r["split"], r["model"], int(r["K"])): float(r["loglik"])
+              for r in read_csv(f"{NLS_HET}/per_split.csv")}
+    splits = sorted({s for s, _, _ in loglik})
+    shots = sorted({k for _, m, k in loglik if m == model})
+    diffs = {k: [loglik[(s, model, k)] - loglik[(s, reference, k)] for s in splits] for k in shots}
+    return {k: (statistics.fmean(d), statistics.stdev(d)) for k, d in diffs.items()}
+
+
 def own_data_run(name: str) -> dict[str, dict]:
     """A committed grouped-data run: model name -> its scores (``{"shots": {K: ...}}``), the model first."""
     metrics = read_json(f"docs/own_data/{name}/metrics.json")
@@ -630,9 +643,9 @@ def quality_values(sweep: dict[str, dict]) -> dict[str, object]:
         v[f"quality.{name}.overhead_ms"] = svi["vectorized"][0] - svi["fast"][0]
         v[f"quality.{name}.half_pyro_ms"] = svi["vectorized"][0] / 2
 
-    het = {int(r["K"]): r for r in read_csv("docs/quality/nlschools_heteroscedastic/comparison.csv")
-           if r["model"] == "ours"}
-    args = read_json("docs/quality/nlschools_heteroscedastic/fits.json")["args"]
+    het = {int(r["K"]): r for r in read_csv(f"{NLS_HET}/comparison.csv") if r["model"] == "ours"}
+    het_fits = read_json(f"{NLS_HET}/fits.json")
+    args = het_fits["args"]
     v["quality.nls.target"] = NLS_TARGET
     v["quality.nls.splits"] = len(args["splits"])
     v["quality.nls.steps"], v["quality.nls.batch_tasks"] = grouped(args["steps"]), args["batch_tasks"]
@@ -643,6 +656,20 @@ def quality_values(sweep: dict[str, dict]) -> dict[str, object]:
     if missed:
         sds = [float(het[k]["loglik_minus_mixed_sd"]) for k in missed]
         v["quality.nls.missed_sd_range"] = f"{min(sds):.3f}–{max(sds):.3f}"
+    # the linear mixed model with the same IQ-dependent noise: what that noise is worth to it
+    het_mixed = nls_paired("mixed_model_heteroscedastic", "mixed_model")
+    v["quality.nls.het_mixed.gains"] = " / ".join(f"{m:+.3f}" for m, _ in het_mixed.values())
+    v["quality.nls.het_mixed.shots"] = ks(het_mixed)
+    v["quality.nls.het_mixed.below"] = ks_or_none(k for k, (m, _) in het_mixed.items() if m < NLS_TARGET)
+    v["quality.nls.het_mixed.max_gain"] = max(m for m, _ in het_mixed.values())
+    slopes = [s["mixed_model_heteroscedastic"]["log_sd_slopes"]["IQ"] for s in het_fits["splits"]]
+    v["quality.nls.het_mixed.slope_range"] = minus(f"{min(slopes):.3f} to {max(slopes):.3f}")
+    v["quality.nls.het_mixed.slope_sq_max"] = max(c * c for c in slopes)
+    ours_vs = nls_paired("ours", "mixed_model_heteroscedastic")
+    v["quality.nls.ours_vs_het_mixed"] = minus(" / ".join(f"{m:+.3f}" for m, _ in ours_vs.values()))
+    # at the missed K: what ours − het. mixed would need for the target, and what it gets
+    v["quality.nls.need_vs_het_mixed"] = minus(" / ".join(f"{NLS_TARGET - het_mixed[k][0]:+.3f}" for k in missed))
+    v["quality.nls.ours_vs_het_mixed.missed"] = minus(" / ".join(f"{ours_vs[k][0]:+.3f}" for k in missed))
 
     gap_bounds = module_constant("tests/test_fit_quality.py", "GAP_BOUNDS")
     coverage_bounds = module_constant("tests/test_fit_quality.py", "COVERAGE_BOUNDS")
@@ -713,10 +740,16 @@ def tables() -> dict[str, str]:
     het = delta("docs/quality/nlschools_heteroscedastic/comparison.csv")
     if set(constant) != set(het):
         raise ValueError(f"the nlschools comparisons have other K: {sorted(constant)} and {sorted(het)}")
+    het_mixed = nls_paired("mixed_model_heteroscedastic", "mixed_model")
+    ours_vs = nls_paired("ours", "mixed_model_heteroscedastic")
+    if {str(k) for k in het_mixed} != set(het):
+        raise ValueError(f"{NLS_HET}: the heteroscedastic mixed model has other K: {sorted(het_mixed)}")
     out["quality-nlschools"] = table(
-        ["K", "Δ vs mixed, constant noise (docs/nlschools)",
-         "Δ vs mixed, heteroscedastic (`nlschools_heteroscedastic/`)"],
-        [[k, constant[k], het[k]] for k in het])
+        ["K", "ours − mixed, constant noise (docs/nlschools)",
+         "ours − mixed, heteroscedastic (`nlschools_heteroscedastic/`)",
+         "het. mixed − mixed (same run)", "ours − het. mixed (same run)"],
+        [[k, constant[k], het[k], *(f"{d[int(k)][0]:+.3f} ± {d[int(k)][1]:.3f}" for d in (het_mixed, ours_vs))]
+         for k in het])
 
     two, one = (read_benchmark(f"docs/profiling/benchmark_cpu{s}.txt")["rows"] for s in ("", "_1thread"))
     names = {"maml": "MAML", "fomaml": "first-order MAML", "es": "ES"}

@@ -88,8 +88,8 @@ def check_memorization(rows, tmp_path):
 
 
 def check_nlschools_comparison(summary, tmp_path):
-    """Four models at K = 0 and 2 on one split: finite scores, coverage a probability."""
-    models = ("ours", "ours_no_metadata", "mixed_model", "mixed_model_no_metadata")
+    """Five models at K = 0 and 2 on one split: finite scores, coverage a probability."""
+    models = ("ours", "ours_no_metadata", "mixed_model", "mixed_model_no_metadata", "mixed_model_heteroscedastic")
     assert [(r["model"], r["K"]) for r in summary] == [(m, k) for m in models for k in (0, 2)]
     assert_finite(summary, ("loglik", "mse", "coverage90", "loglik_minus_mixed", "query_pupils"))
     assert all(r["mse"] > 0 and 0 <= r["coverage90"] <= 1 and r["test_classes"] > 0 for r in summary)

@@ -80,6 +80,24 @@ def test_predictive_equals_the_joint_gaussian_of_a_new_measurement():
         torch.testing.assert_close(var[t], torch.diagonal(Hq[t] @ cov_w[t] @ Hq[t].T) + 0.2, **TOL)
 
 
+@pytest.mark.parametrize("rank", [None, 2], ids=["full-rank", "singular-prior"])
+def test_log_evidence_equals_the_dense_multivariate_normal_density(rank):
+    """log N(y; H μ0, H L Lᵀ Hᵀ + diag v) per task, v varying per point, NaN in masked slots."""
+    prior_mean, _, H, y, _, mask = _problem(rank=rank, seed=4)
+    g = torch.Generator().manual_seed(5)
+    L = torch.randn(4, 4, generator=g, dtype=torch.float64)
+    if rank:
+        L[:, rank:] = 0.0  # Σ0 = L Lᵀ of rank 2
+    v = 0.05 + torch.rand(5, 7, generator=g, dtype=torch.float64)  # per task and point
+    y = torch.where(mask, y, torch.nan)
+    log_p = linear_gaussian.log_evidence(L, H, y, v, mask, prior_mean)
+    assert log_p.shape == (5,) and log_p[0] == 0.0  # no measurement: log 1
+    for t in range(1, 5):
+        h, v_t = H[t][mask[t]], v[t][mask[t]]
+        dense = torch.distributions.MultivariateNormal(h @ prior_mean, h @ L @ L.T @ h.T + torch.diag(v_t))
+        torch.testing.assert_close(log_p[t], dense.log_prob(y[t][mask[t]]), **TOL)
+
+
 def test_bad_arguments_raise():
     prior_mean, prior_cov, H, y, v, mask = _problem()
     with pytest.raises(ValueError, match="targets"):
@@ -88,3 +106,7 @@ def test_bad_arguments_raise():
         linear_gaussian.posterior(prior_cov[:3, :3], H, y, v)
     with pytest.raises(ValueError, match="noise_var must be > 0"):
         linear_gaussian.posterior(prior_cov, H, y, 0.0)
+    with pytest.raises(ValueError, match="prior_factor"):
+        linear_gaussian.log_evidence(prior_cov[:3, :3], H, y, v)
+    with pytest.raises(ValueError, match="noise_var must be > 0"):
+        linear_gaussian.log_evidence(prior_cov, H, y, -v)
