@@ -65,6 +65,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=2000, help="SVI steps per model and split")
     p.add_argument("--batch-tasks", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--metadata-swap", type=float, default=TrainConfig.metadata_swap,
+                   help="fraction of training classes given another class's metadata (fit's --metadata-swap)")
     p.add_argument("--latent-dim", type=int, default=4)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
@@ -108,6 +110,7 @@ def run_split(args, split_seed, log):
         torch.manual_seed(split_seed)  # the initial weights (fit() seeds the training itself)
         model = HierarchicalMetaModel(config)
         train_config = TrainConfig(steps=args.steps, batch_tasks=args.batch_tasks, lr=args.lr,
+                                   metadata_swap=args.metadata_swap,
                                    max_points=int(family.group_sizes.max()),
                                    eval_every=max(args.steps // 4, 1), eval_tasks=64,
                                    checkpoint_every=args.steps, seed=split_seed)

@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from examples.memorization.results import previous_commands  # noqa: E402  (the repository root is on the path only now)
 from examples.memorization.scenarios import DiseaseTasks, TaskIdBasisTasks  # noqa: E402
+from hierarchical_meta.train import TrainConfig  # noqa: E402
 from profiling.accuracy_study import (  # noqa: E402
     CURVE_COLUMNS,
     QUALITY_COLUMNS,
@@ -502,6 +503,11 @@ def memorization_values() -> dict[str, object]:
 def values() -> dict[str, object]:
     """Every quotable number (float or int, formatted by the marker's spec) or phrase (str)."""
     v: dict[str, object] = {}
+    train = TrainConfig()  # the defaults docs/model.md describes
+    for key in ("batch_tasks", "metadata_dropout", "metadata_swap", "initial_kl_weight", "anneal_steps",
+                "eval_every", "checkpoint_every"):
+        v[f"train.{key}"] = getattr(train, key)
+    v["train.lr"], v["train.points"] = sci(train.lr), f"{train.min_points}–{train.max_points}"
     runs = sinusoid_runs()
     sweep = quality_runs()
     labelled = {f"quality.{name}": run for name, run in sweep.items() if QUALITY_RUNS[name]}
