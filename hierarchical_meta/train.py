@@ -38,7 +38,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 from tqdm.auto import tqdm
 
-from .bound import elbo, elbo_terms
+from .bound import elbo_terms, fast_elbo
 from .meta_model import HierarchicalMetaModel, load_checkpoint
 from .tasks import TaskBatch, TaskFamily
 
@@ -174,8 +174,8 @@ class FastSVI:
         group["lr"] *= self.decay
         group["eps"] = self.EPS / math.sqrt(1.0 - group["betas"][1] ** t)
         with pyro.validation_enabled(False):  # a non-finite loss still stops fit
-            loss = -elbo(self.meta_model.model, self.meta_model.guide, x, y, metadata, mask,
-                         self.config.num_particles, analytic_phi1_kl=False, latent_scale=latent_scale)
+            loss = -fast_elbo(self.meta_model.model, self.meta_model.guide, x, y, metadata, mask,
+                              self.config.num_particles, latent_scale=latent_scale)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_value_(self.params, self.config.clip_norm, foreach=True)
