@@ -40,7 +40,10 @@ class MLP(nn.Sequential):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """[..., in_dim] -> [..., out_dim]."""
-        return super().forward(input.reshape(-1, input.shape[-1])).reshape(*input.shape[:-1], -1)
+        h = input.reshape(-1, input.shape[-1])
+        for layer in self:  # layer.forward: the layers have no hooks, and Module.__call__ costs more than a small layer
+            h = layer.forward(h)
+        return h.reshape(*input.shape[:-1], -1)
 
 
 def cat_broadcast(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
