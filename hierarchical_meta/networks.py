@@ -6,6 +6,7 @@ so Pyro's vectorized particles (an extra leading dim) pass straight through.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -40,10 +41,10 @@ class MLP(nn.Sequential):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """[..., in_dim] -> [..., out_dim]."""
-        h = input.reshape(-1, input.shape[-1])
+        h = input.reshape(math.prod(input.shape[:-1]), input.shape[-1])  # (sizes, not -1: in_dim may be 0)
         for layer in self:  # layer.forward: the layers have no hooks, and Module.__call__ costs more than a small layer
             h = layer.forward(h)
-        return h.reshape(*input.shape[:-1], -1)
+        return h.reshape(*input.shape[:-1], h.shape[-1])
 
 
 def cat_broadcast(tensors: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -176,9 +176,11 @@ class FastSVI:
         with pyro.validation_enabled(False):  # a non-finite loss still stops fit
             loss = -fast_elbo(self.meta_model.model, self.meta_model.guide, x, y, metadata, mask,
                               self.config.num_particles, latent_scale=latent_scale)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_value_(self.params, self.config.clip_norm, foreach=True)
+        grads = torch.autograd.grad(loss, self.params)  # fresh tensors: nothing to zero or accumulate into
+        torch._foreach_clamp_min_(grads, -self.config.clip_norm)  # clip_grad_value_, without its grouping
+        torch._foreach_clamp_max_(grads, self.config.clip_norm)
+        for p, grad in zip(self.params, grads, strict=True):
+            p.grad = grad
         self.optimizer.step()
         return float(loss.detach())
 
