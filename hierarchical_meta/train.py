@@ -6,9 +6,9 @@ by KL(q(φ2) || p(φ2 | φ1, m)), which is biased here (docs/derivation.md).
 
 Two ways to take a step (``TrainConfig.elbo``, :func:`make_svi`): ``"pyro"`` runs Pyro's
 ``SVI`` on ``Trace_ELBO`` with ``ClippedAdam`` (one optimizer per parameter); ``"fast"``
-differentiates the hand-written bound (:func:`hierarchical_meta.bound.elbo`, every term
+differentiates the hand-written bound (:func:`hierarchical_meta.bound.fast_elbo`, every term
 Monte Carlo), which is ``Trace_ELBO`` on the same draws with the same gradients
-(tests/test_bound.py), and updates all parameters with one Adam (elementwise clipping,
+(tests/test_bound.py, tests/test_fast_svi.py), and updates all parameters with one Adam (elementwise clipping,
 the same geometric decay), without Pyro's tracing. The Pyro model and guide stay the
 definition of the model.
 
@@ -151,7 +151,7 @@ class PyroSVI:
 class FastSVI:
     """A step on the hand-written bound with one Adam over all parameters (``TrainConfig.elbo="fast"``).
 
-    The loss is −:func:`~hierarchical_meta.bound.elbo` (every term Monte Carlo, β-annealed),
+    The loss is −:func:`~hierarchical_meta.bound.fast_elbo` (every term Monte Carlo, β-annealed),
     Pyro's ``Trace_ELBO`` on the same draws. The update is ``ClippedAdam``'s, computed by torch's
     fused Adam: gradient entries clamped to ±``clip_norm``, the learning rate multiplied by
     (1/``lr_decay``)^(1/``steps``) before every step, and ClippedAdam's ε (added before the
