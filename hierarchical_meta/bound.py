@@ -22,12 +22,16 @@ guide, or an exact posterior in tests).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.distributions import kl_divergence
 
 from .guide import GaussianMixture
 
-__all__ = ["elbo_terms", "elbo", "importance_log_evidence"]
+__all__ = ["elbo_terms", "elbo", "fast_elbo", "importance_log_evidence"]
+
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def _draw_phi2(q2, num_particles):
@@ -96,6 +100,58 @@ def elbo(model, guide, x, y, metadata, mask=None, num_particles: int = 1,
     """
     terms = elbo_terms(model, guide, x, y, metadata, mask, num_particles, analytic_phi1_kl)
     return (terms["loglik"] - latent_scale * (terms["kl_phi2"] + terms["kl_phi1"])).sum()
+
+
+def _gaussian_log_prob(z, half_log_det):
+    """log N(v; μ, S Sᵀ) from z = S⁻¹ (v − μ) [..., D] and log |det S| [...]: [...]."""
+    return -0.5 * (z ** 2).sum(-1) - half_log_det - z.shape[-1] * HALF_LOG_2PI
+
+
+def _normal_log_prob(value, loc, scale):
+    """log N(value; loc, diag scale²), the last dim summed: [..., D] -> [...] (arguments broadcast)."""
+    return _gaussian_log_prob((value - loc) / scale, scale.log().sum(-1))
+
+
+def fast_elbo(model, guide, x, y, metadata, mask=None, num_particles: int = 1,
+              latent_scale: float = 1.0) -> torch.Tensor:
+    """:func:`elbo` with ``analytic_phi1_kl=False`` for an :class:`~hierarchical_meta.guide.AmortizedGuide`,
+    value and gradients on the same draws, with the Gaussian log-densities written out.
+
+    It builds no ``Distribution``: the guide and the model give the densities' parameters
+    (``phi2_posterior_params``, ``phi1_posterior_params``, ``phi2_prior_params``), which saves
+    the distributions' Python and tensor overhead in every training step (:mod:`hierarchical_meta.train`).
+    Draws are taken as the distributions take them (same random numbers, same order). A draw
+    v = μ + S ε of the guide has z = ε in its own density.
+    """
+    if mask is None:
+        mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    S = num_particles
+    m = metadata[:, None, :]  # [T, 1, Dm]
+    logits, loc2, scale_tril2 = guide.phi2_posterior_params(x, y, metadata, mask)  # [T, J], [T, J, D], [T, J, D, D]
+    T, J, D = loc2.shape
+    eps2 = torch.empty(S, T, J, D, dtype=loc2.dtype, device=loc2.device).normal_()
+    draws = loc2 + (scale_tril2 @ eps2[..., None])[..., 0]  # [S, T, J, D]: S draws of each component
+    phi2 = draws.transpose(1, 2).flatten(0, 1)[:, :, None, :]  # [S J, T, 1, D], component-major within a particle
+    half_log_det2 = scale_tril2.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # [T, J]
+    if logits is None:
+        weight, log_q2 = 1.0 / S, _gaussian_log_prob(eps2, half_log_det2)[..., 0]  # [S, T]
+    else:  # E_q[f] = Σ_j π_j E_{q_j}[f] (_draw_phi2); q(φ2) = Σ_j π_j q_j(φ2) at every draw
+        log_pi = logits.log_softmax(-1)  # [T, J]
+        weight = log_pi.exp().T.repeat(S, 1) / S  # [S J, T]
+        z = torch.linalg.solve_triangular(scale_tril2, (phi2 - loc2)[..., None], upper=False)[..., 0]  # [S J, T, J, D]
+        log_q2 = (log_pi + _gaussian_log_prob(z, half_log_det2)).logsumexp(-1)
+    loc1, scale1 = guide.phi1_posterior_params(phi2, m)  # [S J, T, 1, D]
+    eps1 = torch.empty_like(loc1).normal_()
+    phi1 = loc1 + eps1 * scale1
+    log_q1 = _gaussian_log_prob(eps1, scale1.log().sum(-1))[..., 0]  # [S J, T]
+    log_p1 = _gaussian_log_prob(phi1, 0.0)[..., 0]
+    log_p2 = _normal_log_prob(phi2, *model.phi2_prior_params(phi1, m))[..., 0]
+    if model.likelihood_name == "normal":
+        log_y = _normal_log_prob(y, model.decode(phi2, x), model.scale(phi2, x))  # [S J, T, N]
+    else:
+        log_y = model.likelihood(phi2, x).log_prob(y)
+    loglik = torch.where(mask, log_y, 0.0).sum(-1)  # [S J, T]
+    return (weight * (loglik - latent_scale * (log_q2 - log_p2 + log_q1 - log_p1))).sum()
 
 
 def importance_log_evidence(model, guide, x, y, metadata, mask=None,

@@ -111,12 +111,11 @@ class AmortizedGuide(nn.Module):
                              f"got values in [{float(labels.min())}, {float(labels.max())}]")
         return nn.functional.one_hot(labels.long(), self.num_classes).to(y)
 
-    def phi2_posterior(self, x: torch.Tensor, y: torch.Tensor, metadata: torch.Tensor,
-                       mask: torch.Tensor | None = None) -> dist.Distribution:
-        """q(φ2 | X, Y[, m]): x [T, N, Dx], y [T, N, Dy], metadata [T, Dm] -> batch [T, 1], event [D].
-
-        A ``MultivariateNormal`` (one component) or a :class:`GaussianMixture` (J > 1).
-        """
+    def phi2_posterior_params(self, x: torch.Tensor, y: torch.Tensor, metadata: torch.Tensor,
+                              mask: torch.Tensor | None = None):
+        """The parameters of q(φ2 | X, Y[, m]) (same arguments as :meth:`phi2_posterior`):
+        ``(logits, mean, scale_tril)``, the unnormalized log π_j [T, J] (None for J = 1), the means
+        Λ_j⁻¹ η_j [T, J, D] and the lower factors S_j of Λ_j⁻¹ = S_j S_jᵀ [T, J, D, D]."""
         D, J = self.latent_dim, self.components
         T = x.shape[0]
         if self.sees_metadata:
@@ -140,14 +139,29 @@ class AmortizedGuide(nn.Module):
         scale_tril = covariance_cholesky(precision)  # Λ⁻¹ = S Sᵀ
         mean = (scale_tril @ (scale_tril.mT @ eta[..., None]))[..., 0]  # Λ⁻¹ η
         if J == 1:
+            return None, mean, scale_tril
+        return logits + (scores * mask[..., None]).sum(1), mean, scale_tril  # [T, J]
+
+    def phi2_posterior(self, x: torch.Tensor, y: torch.Tensor, metadata: torch.Tensor,
+                       mask: torch.Tensor | None = None) -> dist.Distribution:
+        """q(φ2 | X, Y[, m]): x [T, N, Dx], y [T, N, Dy], metadata [T, Dm] -> batch [T, 1], event [D].
+
+        A ``MultivariateNormal`` (one component) or a :class:`GaussianMixture` (J > 1).
+        """
+        logits, mean, scale_tril = self.phi2_posterior_params(x, y, metadata, mask)
+        if logits is None:
             return dist.MultivariateNormal(mean, scale_tril=scale_tril)  # batch [T, 1]
-        logits = logits + (scores * mask[..., None]).sum(1)  # [T, J]
         return GaussianMixture(logits[:, None], mean[:, None], scale_tril[:, None])  # batch [T, 1]
+
+    def phi1_posterior_params(self, phi2: torch.Tensor, metadata: torch.Tensor):
+        """The mean a_ψ(φ2, m) and scale b_ψ(φ2, m) of q(φ1 | φ2, m) (same arguments as
+        :meth:`phi1_posterior`), each [..., T, 1, D]."""
+        loc, raw = self.phi1_encoder(cat_broadcast([phi2, metadata_features(metadata)])).split(self.latent_dim, -1)
+        return loc, positive(raw)
 
     def phi1_posterior(self, phi2: torch.Tensor, metadata: torch.Tensor) -> dist.Distribution:
         """q(φ1 | φ2, m): phi2 [..., T, 1, D], metadata [T, 1, Dm] -> event [D]."""
-        loc, raw = self.phi1_encoder(cat_broadcast([phi2, metadata_features(metadata)])).split(self.latent_dim, -1)
-        return dist.Normal(loc, positive(raw)).to_event(1)
+        return dist.Normal(*self.phi1_posterior_params(phi2, metadata)).to_event(1)
 
     def forward(self, x: torch.Tensor, metadata: torch.Tensor, y: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None, latent_scale: float = 1.0):

@@ -147,23 +147,25 @@ class GenerativeModel(nn.Module):
         zeros = torch.zeros(*shape, self.latent_dim, device=self.phi1_to_phi2.weight.device)
         return dist.Normal(zeros, 1.0).to_event(1)
 
-    def phi2_prior(self, phi1: torch.Tensor, metadata: torch.Tensor) -> dist.Distribution:
-        """p(φ2 | φ1, m): phi1 [..., T, 1, D], metadata [T, 1, Dm] -> event [D]."""
+    def phi2_prior_params(self, phi1: torch.Tensor, metadata: torch.Tensor):
+        """The mean μ_θ(φ1, m) and scale σ_θ(φ1, m) of p(φ2 | φ1, m) (same arguments as
+        :meth:`phi2_prior`), each [..., T, 1, D]."""
         m = metadata_features(metadata)
         if self.prior == "linear":
             mean = self.prior_mean(m) + self.phi1_to_phi2(phi1)
-            scale = positive(self.prior_scale(m)).expand(mean.shape)
-        else:
-            h = cat_broadcast([phi1, m])
-            mean = self.phi1_to_phi2(phi1) + self.prior_mean(h)
-            scale = positive(self.prior_scale(h))
-        return dist.Normal(mean, scale).to_event(1)
+            return mean, positive(self.prior_scale(m)).expand(mean.shape)
+        h = cat_broadcast([phi1, m])
+        return self.phi1_to_phi2(phi1) + self.prior_mean(h), positive(self.prior_scale(h))
+
+    def phi2_prior(self, phi1: torch.Tensor, metadata: torch.Tensor) -> dist.Distribution:
+        """p(φ2 | φ1, m): phi1 [..., T, 1, D], metadata [T, 1, Dm] -> event [D]."""
+        return dist.Normal(*self.phi2_prior_params(phi1, metadata)).to_event(1)
 
     def decode(self, phi2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """f(x, φ2): phi2 [..., T, 1, D], x [T, N, Dx] -> [..., T, N, Dout] (mean or logits)."""
         if self.decoder == "features":
             h = self.features(x).unflatten(-1, (-1, self.latent_dim))  # [T, N, Dout, D]
-            return torch.einsum("tnod,...tjd->...tno", h, phi2) + self.offset(x)  # ⟨h(x), φ2⟩, a matmul
+            return (h * phi2[..., None, :]).sum(-1) + self.offset(x)  # ⟨h(x), φ2⟩
         return self.net(cat_broadcast([x, phi2]))
 
     def predictive_mean(self, phi2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

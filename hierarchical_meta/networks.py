@@ -6,6 +6,7 @@ so Pyro's vectorized particles (an extra leading dim) pass straight through.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -18,6 +19,8 @@ __all__ = ["MLP", "cat_broadcast", "metadata_features", "positive"]
 class MLP(nn.Sequential):
     """in_dim -> [hidden] * layers -> out_dim with SiLU activations (``layers = 0``: affine).
 
+    The leading dims are flattened into one for the layers (each then one matrix product,
+    without the reshapes ``nn.Linear`` records per layer for inputs of more than two dims).
     ``in_dim = 0`` (no metadata) is a learned constant: the first layer has no weights,
     only its bias (initialized to zero, as torch does for a layer without inputs).
     """
@@ -36,6 +39,13 @@ class MLP(nn.Sequential):
                 modules.append(nn.SiLU())
         super().__init__(*modules)
 
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """[..., in_dim] -> [..., out_dim]."""
+        h = input.reshape(math.prod(input.shape[:-1]), input.shape[-1])  # (sizes, not -1: in_dim may be 0)
+        for layer in self:  # layer.forward: the layers have no hooks, and Module.__call__ costs more than a small layer
+            h = layer.forward(h)
+        return h.reshape(*input.shape[:-1], h.shape[-1])
+
 
 def cat_broadcast(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """Concatenate along the last dim after broadcasting all leading dims."""
@@ -50,8 +60,7 @@ def metadata_features(metadata: torch.Tensor) -> torch.Tensor:
     This is how metadata dropout in training and withheld metadata are represented.
     """
     missing = torch.isnan(metadata)
-    return torch.cat([torch.where(missing, torch.zeros_like(metadata), metadata),
-                      missing.to(metadata.dtype)], -1)
+    return torch.cat([torch.where(missing, 0.0, metadata), missing.to(metadata.dtype)], -1)
 
 
 def positive(raw: torch.Tensor, minimum: float = 1e-3) -> torch.Tensor:
