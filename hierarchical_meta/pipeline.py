@@ -39,7 +39,7 @@ __all__ = ["run_fit", "run_demo", "run_predict", "PREDICT_CHUNK", "evaluate_mode
 #: is within TARGET_ORACLE_GAP nats of exact Bayes and its coverage90 inside TARGET_COVERAGE;
 #: at K = 0 the metadata is worth more than TARGET_METADATA_GAIN nats; at K = 10 shuffled
 #: metadata loses at most TARGET_SHUFFLED_LOSS nats against withheld metadata.
-TARGET_ORACLE_GAP = 0.3
+TARGET_ORACLE_GAP = 0.15
 TARGET_COVERAGE = (0.85, 0.95)
 TARGET_METADATA_GAIN = 0.1
 TARGET_SHUFFLED_LOSS = 0.2

@@ -180,10 +180,9 @@ class FastSVI:
             loss = -fast_elbo(self.meta_model.model, self.meta_model.guide, x, y, metadata, mask,
                               self.config.num_particles, latent_scale=latent_scale)
         grads = torch.autograd.grad(loss, self.params)  # fresh tensors: nothing to zero or accumulate into
-        torch._foreach_clamp_min_(grads, -self.config.clip_norm)  # clip_grad_value_, without its grouping
-        torch._foreach_clamp_max_(grads, self.config.clip_norm)
         for p, grad in zip(self.params, grads, strict=True):
             p.grad = grad
+        torch.nn.utils.clip_grad_value_(self.params, self.config.clip_norm, foreach=True)
         self.optimizer.step()
         return float(loss.detach())
 

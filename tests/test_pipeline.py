@@ -118,13 +118,13 @@ def missed(targets):
 def test_targets_met_inside_their_bounds():
     for bound in (pipeline.TARGET_COVERAGE[0], pipeline.TARGET_COVERAGE[1]):
         assert missed(pipeline.check_targets(*demo_metrics(coverage=bound))) == []
-    targets = pipeline.check_targets(*demo_metrics(gap=0.25))
-    assert targets["K=1: loglik within 0.3 nats of exact Bayes"] == {"value": 0.25, "met": True}
+    targets = pipeline.check_targets(*demo_metrics(gap=0.14))
+    assert targets["K=1: loglik within 0.15 nats of exact Bayes"] == {"value": 0.14, "met": True}
 
 
 @pytest.mark.parametrize("measured, expected", [
-    ({"gap": 0.5}, ["loglik within 0.3 nats"]),
-    ({"gap": 0.31}, ["loglik within 0.3 nats"]),
+    ({"gap": 0.5}, ["loglik within 0.15 nats"]),
+    ({"gap": 0.16}, ["loglik within 0.15 nats"]),
     ({"coverage": 0.84}, ["coverage90 in [0.85, 0.95]"]),
     ({"coverage": 0.96}, ["coverage90 in [0.85, 0.95]"]),
     ({"margin": 0.05}, ["metadata beats withheld"]),
@@ -138,7 +138,7 @@ def test_each_target_is_missed_just_outside_its_bound(measured, expected):
 
 
 def test_target_constants_are_the_documented_ones():
-    assert pipeline.TARGET_ORACLE_GAP == 0.3 and pipeline.TARGET_COVERAGE == (0.85, 0.95)
+    assert pipeline.TARGET_ORACLE_GAP == 0.15 and pipeline.TARGET_COVERAGE == (0.85, 0.95)
     assert pipeline.TARGET_METADATA_GAIN == 0.1 and pipeline.TARGET_SHUFFLED_LOSS == 0.2
 
 
