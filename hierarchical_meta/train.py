@@ -43,6 +43,7 @@ from .meta_model import HierarchicalMetaModel, load_checkpoint
 from .tasks import TaskBatch, TaskFamily
 
 __all__ = ["TrainConfig", "ELBOS", "fit", "make_svi", "resume_conflicts", "corrupt_metadata", "ragged_mask",
+           "heldout_collapse", "DIVERGED_ELBO_DROP",
            "NOT_COMPARED"]
 
 ELBOS = ("fast", "pyro")
@@ -251,9 +252,28 @@ def resume_conflicts(state: dict, meta_model: HierarchicalMetaModel, family: Tas
     return conflicts
 
 
+#: Held-out ELBO (nats per point) that a run may lose against its best evaluation after the KL
+#: annealing, on two evaluations in a row, before :func:`fit` calls it diverged. Training noise
+#: moves it by tenths; a run that lost its way (lr too high for a long run) falls by tens.
+DIVERGED_ELBO_DROP = 2.0
+
+
+def heldout_collapse(evals: list[tuple[int, float]], after_step: int) -> str | None:
+    """Why the held-out ELBO history ``evals`` = [(step, elbo per point), ...] shows a diverged
+    run, or None: its last two evaluations after ``after_step`` are both more than
+    DIVERGED_ELBO_DROP below the best one before them."""
+    if len(evals) < 3 or evals[-2][0] <= after_step:
+        return None
+    best_step, best = max(evals[:-2], key=lambda e: e[1])
+    if max(evals[-2][1], evals[-1][1]) < best - DIVERGED_ELBO_DROP:
+        return (f"the held-out ELBO fell from {best:.3f} nats per point at step {best_step} to "
+                f"{evals[-2][1]:.3f} and {evals[-1][1]:.3f}")
+    return None
+
+
 def _diverged(step: int, config: TrainConfig, what: str) -> FloatingPointError:
     return FloatingPointError(f"the training diverged at step {step} ({what}); lower --lr (now {config.lr:g}) "
-                              "or check the task data for extreme values")
+                              "in a new --out folder, or check the task data for extreme values")
 
 
 def fit(meta_model: HierarchicalMetaModel, family: TaskFamily, config: TrainConfig,
@@ -266,8 +286,8 @@ def fit(meta_model: HierarchicalMetaModel, family: TaskFamily, config: TrainConf
     (:func:`resume_conflicts` must find none, else ValueError listing them) and writes it every
     ``checkpoint_every`` steps and at the end, with the plain-data entries of
     ``checkpoint_extra`` (a grouped data set's schema). ``history["trained_steps"]`` counts
-    the steps this call trained. A run whose loss or parameters become NaN or infinite raises
-    FloatingPointError.
+    the steps this call trained. A run whose loss or parameters become NaN or infinite, or whose
+    held-out ELBO collapses (:func:`heldout_collapse`), raises FloatingPointError.
     """
     c = meta_model.config
     if (family.x_dim, family.y_dim, family.metadata_dim) != (c.x_dim, c.y_dim, c.metadata_dim):
@@ -347,6 +367,11 @@ def fit(meta_model: HierarchicalMetaModel, family: TaskFamily, config: TrainConf
         if metrics is not None:
             history["eval_step"].append(step + 1)
             history["eval"].append(metrics)
+            collapse = heldout_collapse([(s, e["elbo_per_point"]) for s, e in zip(history["eval_step"],
+                                                                                   history["eval"], strict=True)],
+                                        after_step=config.anneal_steps)
+            if collapse:
+                raise _diverged(step + 1, config, collapse)
             bar.set_postfix(elbo=f"{metrics['elbo_per_point']:.3f}", kl1=f"{metrics['kl_phi1_per_task']:.2f}",
                             kl2=f"{metrics['kl_phi2_per_task']:.2f}")
             if callback:

@@ -43,7 +43,7 @@ from examples.memorization.results import previous_commands  # noqa: E402  (the 
 from examples.memorization.scenarios import DiseaseTasks, TaskIdBasisTasks  # noqa: E402
 from hierarchical_meta.pipeline import TARGET_COVERAGE as COVERAGE  # noqa: E402
 from hierarchical_meta.pipeline import TARGET_ORACLE_GAP as GAP_TARGET  # noqa: E402
-from hierarchical_meta.train import TrainConfig  # noqa: E402
+from hierarchical_meta.train import DIVERGED_ELBO_DROP, TrainConfig  # noqa: E402
 from profiling.accuracy_study import (  # noqa: E402
     CURVE_COLUMNS,
     QUALITY_COLUMNS,
@@ -87,6 +87,9 @@ QUALITY_RUNS = {              # docs/quality/<folder>/ -> its label in the sweep
     "swap0_s1": "the same, seed 1",
     "swap5": "the second defaults, 5% swaps, seed 0",
     "swap5_s1": "the same, seed 1",
+    "swap2": "the second defaults, 2% swaps, seed 0",
+    "swap2_s1": "the same, seed 1",
+    "swap2_s2": "the same, seed 2",
     "swap3": "**3% swaps (the defaults now), seed 0**",
     "swap3_s1": "**the defaults now, seed 1**",
     "swap3_s2": "**the defaults now, seed 2**",
@@ -97,6 +100,14 @@ QUALITY_RUNS = {              # docs/quality/<folder>/ -> its label in the sweep
     "nls_het": None,
 }
 DEFAULTS = ("swap3", "swap3_s1", "swap3_s2")   # the sweep's runs at TrainConfig's defaults, three seeds
+SEED_GROUPS = {               # one setting, several seeds: the metadata-swap comparison of docs/quality/README.md
+    "swap0": ("swap0", "swap0_s1"),
+    "swap2": ("swap2", "swap2_s1", "swap2_s2"),
+    "swap3": DEFAULTS,
+    "swap5": ("swap5", "swap5_s1"),
+    "swap10": ("lr6_b64", "lr6_b64_s1"),
+    "swap3_decay100": ("swap3_decay100", "swap3_decay100_s1", "swap3_decay100_s2"),
+}
 SVI_BENCHMARK = "docs/quality/benchmark_svi.txt"   # examples/benchmark_svi.py's output, 32 tasks
 NLS_TARGET = 0.025            # the nlschools target on Δ loglik over the mixed model
 CHECKPOINTED_SHOWN = (1, 4, 16, 32, 64, 128)   # the L of docs/profiling/checkpointed/ the steps table shows
@@ -520,6 +531,7 @@ def values() -> dict[str, object]:
                 "eval_every", "checkpoint_every"):
         v[f"train.{key}"] = getattr(train, key)
     v["train.lr"], v["train.points"] = sci(train.lr), f"{train.min_points}–{train.max_points}"
+    v["train.diverged_elbo_drop"] = DIVERGED_ELBO_DROP
     runs = sinusoid_runs()
     sweep = quality_runs()
     labelled = {f"quality.{name}": run for name, run in sweep.items() if QUALITY_RUNS[name]}
@@ -543,6 +555,8 @@ def values() -> dict[str, object]:
         worst = max(SHOTS, key=lambda k: scores[k]["gap"])
         v[f"{name}.max_gap"], v[f"{name}.max_gap_k"] = scores[worst]["gap"], ks([worst])
         v[f"{name}.gap_within_0.1"] = ks_or_none(k for k in SHOTS if scores[k]["gap"] <= 0.1)
+        v[f"{name}.gap_within_0.05"] = ks_or_none(k for k in SHOTS if scores[k]["gap"] <= 0.05)
+        v[f"{name}.gap_above_0.05"] = ks_or_none(k for k in SHOTS if scores[k]["gap"] > 0.05)
     demo, no_m = per_k(runs["demo"]), per_k(runs["demo_no_m"])
     v["demo.metadata_gain.0"] = demo[0]["loglik"] - no_m[0]["loglik"]
 
@@ -652,6 +666,20 @@ def quality_values(sweep: dict[str, dict]) -> dict[str, object]:
     if wide:
         coverage = [s[k]["coverage90"] for s in gaps.values() for k in wide]
         v["quality.defaults.too_wide_range"] = f"{min(coverage):.3f}–{max(coverage):.3f}"
+    met = [name for name, s in gaps.items() if all(s[k]["gap"] <= GAP_TARGET
+                                                   and COVERAGE[0] <= s[k]["coverage90"] <= COVERAGE[1] for k in SHOTS)]
+    v["quality.defaults.seeds_met"] = f"{len(met)} of {len(gaps)}"
+    for group, names in SEED_GROUPS.items():  # one setting over seeds: ranges of what the README compares
+        scores = [per_k(sweep[name]) for name in names]
+        for key, values in (("gap.1", [s[1]["gap"] for s in scores]),
+                            ("max_gap", [max(s[k]["gap"] for k in SHOTS) for s in scores]),
+                            ("shuffled.10", [s[10]["shuffled_loglik"] for s in scores]),
+                            ("max_coverage", [max(s[k]["coverage90"] for k in SHOTS) for s in scores])):
+            v[f"quality.{group}.{key}.range"] = minus(f"{min(values):.3f}–{max(values):.3f}")
+            v[f"quality.{group}.{key}.each"] = minus(" / ".join(f"{x:.3f}" for x in values))
+        v[f"quality.{group}.seeds"] = len(names)
+        v[f"quality.{group}.gap.1.mean"] = statistics.mean(s[1]["gap"] for s in scores)
+    v["quality.swap3.vs.swap0.gap.1"] = v["quality.swap3.gap.1.mean"] - v["quality.swap0.gap.1.mean"]
 
     for name, path in (("svi32", SVI_BENCHMARK), ("svi64", "docs/quality/benchmark_svi_64.txt")):
         svi = read_svi_benchmark(path)

@@ -6,6 +6,7 @@ a fitted slope off by a factor). Stochastic checks draw many tasks from a seeded
 and hold a fraction to its nominal value within 5 binomial standard errors.
 """
 
+import csv
 import math
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 
 from hierarchical_meta.evaluate import shuffle_metadata
 from hierarchical_meta.tasks import SinusoidTasks
-from hierarchical_meta.train import TrainConfig, corrupt_metadata, ragged_mask
+from hierarchical_meta.train import DIVERGED_ELBO_DROP, TrainConfig, corrupt_metadata, heldout_collapse, ragged_mask
 from profiling.growth import fit, growth_table, summary_text
 from profiling.study import read_rows
 
@@ -204,3 +205,53 @@ def test_summary_text_reproduces_the_committed_summary():
     rows = read_rows(ROOT / "docs/profiling/scale.csv")
     text = summary_text(rows, "python -m profiling.scale --device cpu --out runs/scale_idle")
     assert text == (ROOT / "docs/profiling/summary.txt").read_text()
+
+
+# ---- heldout_collapse: a run whose held-out ELBO falls apart stops -----------------------
+
+def test_heldout_collapse_on_the_diverged_long_run():
+    """The committed trace of a 150 000-step run at lr 6e-3 (docs/quality/README.md): a one-evaluation
+    spike at step 25 750 recovers and is let through; the collapse is caught at step 28 250."""
+    with open(ROOT / "docs/quality/diverged_lr6e-3/heldout_elbo.csv") as f:
+        rows = [(int(r["step"]), float(r["elbo_per_point"])) for r in csv.DictReader(f)]
+    fired = [rows[i - 1][0] for i in range(1, len(rows) + 1) if heldout_collapse(rows[:i], after_step=1000)]
+    assert fired[0] == 28250
+    spike = next(i for i, (step, _) in enumerate(rows) if step == 25750)
+    assert rows[spike][1] < max(e for _, e in rows[:spike]) - DIVERGED_ELBO_DROP  # a drop, alone
+
+
+@pytest.mark.parametrize("elbos, after_step, fires", [
+    ([0.1, 0.3, 0.2, -0.1, 0.25, 0.0], 0, False),                 # training noise
+    ([0.3, 0.3, 0.3 - DIVERGED_ELBO_DROP - 0.01, 0.2], 0, False),  # one bad evaluation, then back
+    ([0.3, 0.3, -1.8, -1.71], 0, True),                            # two in a row, each below 0.3 - 2
+    ([0.3, 0.3, -1.8, -1.69], 0, False),                           # the second within the allowance
+    ([0.3, 0.3, -5.0, -5.0], 3, False),                            # still annealing at step 3
+    ([-5.0, -9.0], 0, False),                                      # nothing before them to fall from
+])
+def test_heldout_collapse_rule(elbos, after_step, fires):
+    evals = list(enumerate(elbos, start=1))
+    assert (heldout_collapse(evals, after_step) is not None) == fires
+
+
+def test_fit_stops_when_the_heldout_elbo_collapses(monkeypatch):
+    """fit acts on the rule: held-out scores that collapse after the annealing stop the run with a
+    FloatingPointError naming the fall (the real held-out ELBO, shifted down from the 5th evaluation)."""
+    from hierarchical_meta import HierarchicalMetaModel, ModelConfig, fit
+    from hierarchical_meta import train as train_module
+
+    real, calls = train_module.heldout_elbo, []
+
+    def collapsing(meta_model, batch):
+        calls.append(1)
+        metrics = real(meta_model, batch)
+        return {**metrics, "elbo_per_point": metrics["elbo_per_point"] - (50.0 if len(calls) >= 5 else 0.0)}
+
+    monkeypatch.setattr(train_module, "heldout_elbo", collapsing)
+    config = TrainConfig(steps=40, batch_tasks=4, max_points=5, anneal_steps=10, eval_every=5, eval_tasks=4)
+    model = HierarchicalMetaModel(ModelConfig(hidden=8))
+    with pytest.raises(FloatingPointError, match="held-out ELBO fell from .* at step (5|10|15|20) "):
+        fit(model, SinusoidTasks(), config, progress=False)
+    assert len(calls) == 6  # stopped at the second collapsed evaluation (step 30), not at the end
+    calls.clear()
+    fit(HierarchicalMetaModel(ModelConfig(hidden=8)), SinusoidTasks(), TrainConfig(
+        steps=40, batch_tasks=4, max_points=5, anneal_steps=40, eval_every=5, eval_tasks=4), progress=False)
