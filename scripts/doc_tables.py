@@ -689,6 +689,12 @@ def quality_values(sweep: dict[str, dict]) -> dict[str, object]:
         v[f"quality.{name}.half_pyro_ms"] = svi["vectorized"][0] / 2
 
     het = {int(r["K"]): r for r in read_csv(f"{NLS_HET}/comparison.csv") if r["model"] == "ours"}
+    for name, folder in (("swap10", NLS_HET), ("swap3", "docs/quality/nlschools_het_swap3")):
+        ours = [r for r in read_csv(f"{folder}/comparison.csv") if r["model"] == "ours"]
+        swap = read_json(f"{folder}/fits.json")["args"].get("metadata_swap", 0.1)  # 0.1: before the option
+        v[f"quality.nls_{name}.metadata_swap"] = swap
+        for column in ("loglik_minus_mixed", "metadata_gain"):
+            v[f"quality.nls_{name}.{column}"] = minus(" / ".join(f"{float(r[column]):+.3f}" for r in ours))
     het_fits = read_json(f"{NLS_HET}/fits.json")
     args = het_fits["args"]
     v["quality.nls.target"] = NLS_TARGET
