@@ -556,6 +556,11 @@ def values() -> dict[str, object]:
         v[f"{name}.max_gap"], v[f"{name}.max_gap_k"] = scores[worst]["gap"], ks([worst])
         v[f"{name}.gap_within_0.1"] = ks_or_none(k for k in SHOTS if scores[k]["gap"] <= 0.1)
         v[f"{name}.gap_within_0.05"] = ks_or_none(k for k in SHOTS if scores[k]["gap"] <= 0.05)
+        missed = [k for k in SHOTS if scores[k]["gap"] > GAP_TARGET]
+        v[f"{name}.gap_verdict"] = f"missed at {ks(missed)}" if missed else "met at every K"
+        narrow = [k for k in SHOTS if scores[k]["coverage90"] < COVERAGE[0]]
+        verdicts = ([f"too wide at {ks(wide)}"] if wide else []) + ([f"too narrow at {ks(narrow)}"] if narrow else [])
+        v[f"{name}.coverage_verdict"] = "; ".join(verdicts) or "met at every K"
         v[f"{name}.gap_above_0.05"] = ks_or_none(k for k in SHOTS if scores[k]["gap"] > 0.05)
     demo, no_m = per_k(runs["demo"]), per_k(runs["demo_no_m"])
     v["demo.metadata_gain.0"] = demo[0]["loglik"] - no_m[0]["loglik"]
