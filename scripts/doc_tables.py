@@ -43,7 +43,7 @@ from examples.memorization.results import previous_commands  # noqa: E402  (the 
 from examples.memorization.scenarios import DiseaseTasks, TaskIdBasisTasks  # noqa: E402
 from hierarchical_meta.pipeline import TARGET_COVERAGE as COVERAGE  # noqa: E402
 from hierarchical_meta.pipeline import TARGET_ORACLE_GAP as GAP_TARGET  # noqa: E402
-from hierarchical_meta.train import DIVERGED_ELBO_DROP, TrainConfig  # noqa: E402
+from hierarchical_meta.train import DIVERGED_ELBO_DROP, TrainConfig, heldout_collapse  # noqa: E402
 from profiling.accuracy_study import (  # noqa: E402
     CURVE_COLUMNS,
     QUALITY_COLUMNS,
@@ -93,6 +93,11 @@ QUALITY_RUNS = {              # docs/quality/<folder>/ -> its label in the sweep
     "swap3": "**3% swaps (the defaults now), seed 0**",
     "swap3_s1": "**the defaults now, seed 1**",
     "swap3_s2": "**the defaults now, seed 2**",
+    "b96": "3% swaps, 96 tasks, seed 0",
+    "b96_s1": "the same, seed 1",
+    "b96_s2": "the same, seed 2",
+    "b128": "3% swaps, 128 tasks, seed 0",
+    "b128_s1": "the same, seed 1",
     "swap3_decay100": "3% swaps, lr decay 100, seed 0",
     "swap3_decay100_s1": "the same, seed 1",
     "swap3_decay100_s2": "the same, seed 2",
@@ -107,6 +112,8 @@ SEED_GROUPS = {               # one setting, several seeds: the metadata-swap co
     "swap5": ("swap5", "swap5_s1"),
     "swap10": ("lr6_b64", "lr6_b64_s1"),
     "swap3_decay100": ("swap3_decay100", "swap3_decay100_s1", "swap3_decay100_s2"),
+    "b96": ("b96", "b96_s1", "b96_s2"),
+    "b128": ("b128", "b128_s1"),
 }
 SVI_BENCHMARK = "docs/quality/benchmark_svi.txt"   # examples/benchmark_svi.py's output, 32 tasks
 NLS_TARGET = 0.025            # the nlschools target on Δ loglik over the mixed model
@@ -532,6 +539,15 @@ def values() -> dict[str, object]:
         v[f"train.{key}"] = getattr(train, key)
     v["train.lr"], v["train.points"] = sci(train.lr), f"{train.min_points}–{train.max_points}"
     v["train.diverged_elbo_drop"] = DIVERGED_ELBO_DROP
+    for name in ("lr6e-3", "lr3e-3"):  # long runs that diverged: their held-out ELBO, every 250 steps
+        trace = [(int(r["step"]), float(r["elbo_per_point"]))
+                 for r in read_csv(f"docs/quality/diverged_{name}/heldout_elbo.csv")]
+        stop = next(i for i in range(3, len(trace) + 1) if heldout_collapse(trace[:i], after_step=1000))
+        best_step, best = max(trace[:stop], key=lambda e: e[1])
+        key = f"quality.diverged_{name}"
+        v[f"{key}.stop_step"], v[f"{key}.last_step"] = grouped(trace[stop - 1][0]), grouped(trace[-1][0])
+        v[f"{key}.best"], v[f"{key}.best_step"] = best, grouped(best_step)
+        v[f"{key}.after_stop_min"] = min(e for _, e in trace[stop:]) if stop < len(trace) else float("nan")
     runs = sinusoid_runs()
     sweep = quality_runs()
     labelled = {f"quality.{name}": run for name, run in sweep.items() if QUALITY_RUNS[name]}
