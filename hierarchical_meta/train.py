@@ -272,8 +272,9 @@ def heldout_collapse(evals: list[tuple[int, float]], after_step: int) -> str | N
 
 
 def _diverged(step: int, config: TrainConfig, what: str) -> FloatingPointError:
-    return FloatingPointError(f"the training diverged at step {step} ({what}); lower --lr (now {config.lr:g}) "
-                              "in a new --out folder, or check the task data for extreme values")
+    return FloatingPointError(f"the training diverged at step {step} ({what}); in a new --out folder, lower --lr "
+                              f"(now {config.lr:g}; long runs: docs/model.md), or check the task data for extreme "
+                              "values")
 
 
 def fit(meta_model: HierarchicalMetaModel, family: TaskFamily, config: TrainConfig,
