@@ -176,6 +176,60 @@ def test_fast_elbo_is_the_bound_on_same_draws(case):
         torch.testing.assert_close(ours, theirs, **EXACT)
 
 
+def test_fast_elbo_defaults_are_elbos():
+    """Called with its defaults (every point observed, one particle, β = 1), ``fast_elbo`` is
+    :func:`bound.elbo` with its defaults and every term Monte Carlo: the training step passes
+    every argument, so only this pins the defaults."""
+    model, guide, (x, y, metadata, _) = make_problem("mlp", "features")
+    torch.manual_seed(1)
+    reference = bound.elbo(model, guide, x, y, metadata, analytic_phi1_kl=False)
+    torch.manual_seed(1)
+    torch.testing.assert_close(bound.fast_elbo(model, guide, x, y, metadata), reference, **EXACT)
+
+
+
+def test_elbo_defaults_are_one_particle_and_the_closed_form_phi1_kl():
+    """``elbo`` and ``elbo_terms`` default to one particle and the closed-form φ1 KL (the
+    evaluation's estimate), which differs from the Monte Carlo one on the same draws."""
+    model, guide, (x, y, metadata, mask) = make_problem("mlp", "features")
+    values = {}
+    for name, options in {"default": {}, "closed": dict(num_particles=1, analytic_phi1_kl=True),
+                          "monte_carlo": dict(num_particles=1, analytic_phi1_kl=False)}.items():
+        torch.manual_seed(1)
+        values[name] = bound.elbo(model, guide, x, y, metadata, mask, **options)
+        torch.manual_seed(1)
+        torch.testing.assert_close(bound.elbo_terms(model, guide, x, y, metadata, mask, **options)["elbo"].sum(),
+                                   values[name], **EXACT)
+    torch.testing.assert_close(values["default"], values["closed"], **EXACT)
+    assert abs(float((values["default"] - values["monte_carlo"]).detach())) > 1e-3
+
+def test_fast_elbo_draws_in_the_models_dtype():
+    """A float64 model under torch's float32 default: ``fast_elbo`` draws in float64, as the
+    distributions do, and is the bound in float64 (a draw in the default dtype fails or rounds)."""
+    model, guide, (x, y, metadata, mask) = make_problem("mlp", "features")  # float64 (the fixture)
+    torch.set_default_dtype(torch.float32)  # the fixture restores the default afterwards
+    torch.manual_seed(1)
+    reference = bound.elbo(model, guide, x, y, metadata, mask, PARTICLES, analytic_phi1_kl=False)
+    torch.manual_seed(1)
+    value = bound.fast_elbo(model, guide, x, y, metadata, mask, PARTICLES)
+    assert value.dtype == torch.float64
+    torch.testing.assert_close(value, reference, **EXACT)
+
+
+@pytest.mark.parametrize("components", [1, 3])
+def test_fast_elbo_builds_no_distribution(monkeypatch, components):
+    """What makes it fast: with the normal likelihood ``fast_elbo`` builds no ``Distribution``,
+    for a Gaussian or a mixture guide (its value is pinned to ``elbo``'s above)."""
+    model, _, (x, y, metadata, mask) = make_problem("mlp", "features")
+    guide = AmortizedGuide(DX, DY, DM, D, hidden=8, layers=1, components=components)
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError(f"fast_elbo built a {type(self).__name__}")
+
+    monkeypatch.setattr(torch.distributions.Distribution, "__init__", refuse)
+    assert torch.isfinite(bound.fast_elbo(model, guide, x, y, metadata, mask, PARTICLES))
+
+
 # ---------------------------------------------------------------------------------------
 # (b) the closed-form φ1 KL is the expectation of its Monte Carlo estimate
 # ---------------------------------------------------------------------------------------

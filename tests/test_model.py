@@ -205,6 +205,67 @@ def test_guide_aggregates_gaussian_factors_and_narrows_with_n():
     assert (logdets[1:] < logdets[:-1]).all(), logdets
 
 
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("components, sees_metadata", [(1, False), (3, True)])
+def test_guide_factors_are_the_point_encoders_outputs(components, sees_metadata):
+    """q(φ2 | X, Y) of docs/model.md from the encoders' outputs, one task, component and point at a
+    time (the slow reference): Λ_j = diag(1/σ0²) + Σ_n mask_n (diag(1/v_n) + a_n a_nᵀ),
+    η_j = μ0/σ0² + Σ_n mask_n (r_n/v_n + a_n u_n), mean Λ_j⁻¹ η_j, S_j S_jᵀ = Λ_j⁻¹, and
+    log π_j = ℓ0_j + Σ_n mask_n s_nj + const. This pins the signs and powers that the fast-vs-Pyro
+    comparisons cannot see (both read the same guide). float64; 1e-10 covers the round-off of
+    inverting 2x2 precisions of up to ~1e3."""
+    torch.manual_seed(0)
+    J = components
+    guide = AmortizedGuide(DX, DY, DM, D, hidden=8, layers=1, sees_metadata=sees_metadata, components=J)
+    x, y, m = torch.randn(T, N, DX), torch.randn(T, N, DY), torch.randn(T, DM)
+    mask = torch.arange(N) < torch.tensor([5, 2, 0])[:, None]
+    logits, mean, scale_tril = guide.phi2_posterior_params(x, y, m, mask)
+    with torch.no_grad():
+        encoded = guide.point_encoder(torch.cat([x, y], -1))  # [T, N, J (3D + 1) (+ J)]
+        prior = guide.aggregation_prior(metadata_features(m)) if sees_metadata else \
+            guide.aggregation_prior_params.expand(T, -1)  # [T, J 2D (+ J)]
+        for t in range(T):
+            log_pi = []
+            for j in range(J):
+                mu0, var0 = prior[t, 2 * D * j:2 * D * j + D], positive(prior[t, 2 * D * j + D:2 * D * (j + 1)]) ** 2
+                precision, eta, logit = torch.diag(1 / var0), mu0 / var0, prior[t, 2 * D * J:][j:j + 1].sum()
+                for n in range(int(mask[t].sum())):
+                    r, v, a, u = encoded[t, n, (3 * D + 1) * j:(3 * D + 1) * (j + 1)].split([D, D, D, 1])
+                    precision = precision + torch.diag(1 / positive(v) ** 2) + torch.outer(a, a)
+                    eta = eta + r / positive(v) ** 2 + a * u
+                    logit = logit + encoded[t, n, (3 * D + 1) * J:][j:j + 1].sum()
+                covariance = torch.linalg.inv(precision)
+                torch.testing.assert_close(mean[t, j], covariance @ eta, rtol=1e-10, atol=1e-10)
+                torch.testing.assert_close(scale_tril[t, j] @ scale_tril[t, j].T, covariance, rtol=1e-10, atol=1e-10)
+                log_pi.append(logit)
+            if J == 1:
+                assert logits is None
+            else:
+                torch.testing.assert_close(logits[t].log_softmax(-1), torch.stack(log_pi).log_softmax(-1),
+                                           rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.usefixtures("float64")
+def test_mlp_prior_is_l_phi1_plus_the_networks():
+    """p(φ2 | φ1, m) of the "mlp" prior: mean L φ1 + MLP(φ1, m), scale σ(φ1, m) = softplus(raw) + 1e-3,
+    against the layers applied by hand (same float64 sums; 1e-12)."""
+    torch.manual_seed(0)
+    model = GenerativeModel(DX, DY, DM, D, hidden=8, layers=1, prior="mlp")
+    phi1, m = torch.randn(S, T, 1, D), torch.randn(T, 1, DM)
+    mean, scale = model.phi2_prior_params(phi1, m)
+    h = torch.cat([phi1, metadata_features(m).expand(S, T, 1, 2 * DM)], -1)
+
+    def by_hand(mlp):
+        first, last = mlp[0], mlp[2]
+        return torch.nn.functional.silu(h @ first.weight.T + first.bias) @ last.weight.T + last.bias
+
+    with torch.no_grad():
+        torch.testing.assert_close(mean, phi1 @ model.phi1_to_phi2.weight.T + by_hand(model.prior_mean),
+                                   rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(scale, torch.nn.functional.softplus(by_hand(model.prior_scale)) + 1e-3,
+                                   rtol=1e-12, atol=1e-12)
+
 def test_phi1_posterior_broadcasts_over_particles():
     guide = _guide()
     _, _, m = _data()
