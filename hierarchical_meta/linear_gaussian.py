@@ -38,6 +38,29 @@ __all__ = ["log_evidence", "posterior", "predictive"]
 Variance = float | torch.Tensor
 
 
+def _measurements(prior: torch.Tensor, prior_name: str, features: torch.Tensor, targets: torch.Tensor,
+                  noise_var: Variance, mask: torch.Tensor | None, prior_mean: torch.Tensor | None):
+    """The checked arguments of :func:`posterior` and :func:`log_evidence`: noise_var as a tensor,
+    the mask [..., N], μ0 [..., B], H (features with masked rows 0) [..., N, B] and the residual
+    y - H μ0 (0 where masked) [..., N]."""
+    B = features.shape[-1]
+    if targets.shape != features.shape[:-1]:
+        raise ValueError(f"targets {tuple(targets.shape)} must be features {tuple(features.shape)} "
+                         "without the last dimension")
+    if prior.shape[-2:] != (B, B):
+        raise ValueError(f"{prior_name} must be [..., {B}, {B}] for {B} features, got {tuple(prior.shape)}")
+    noise_var = torch.as_tensor(noise_var, dtype=features.dtype, device=features.device)
+    if not (noise_var > 0).all():
+        raise ValueError("noise_var must be > 0")
+    if mask is None:
+        mask = torch.ones(targets.shape, dtype=torch.bool, device=targets.device)
+    if prior_mean is None:
+        prior_mean = features.new_zeros(B)
+    H = torch.where(mask[..., None], features, 0.0)
+    residual = torch.where(mask, targets - (H @ prior_mean[..., None])[..., 0], 0.0)
+    return noise_var, mask, prior_mean, H, residual
+
+
 def posterior(prior_cov: torch.Tensor, features: torch.Tensor, targets: torch.Tensor,
               noise_var: Variance, mask: torch.Tensor | None = None,
               prior_mean: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,21 +78,9 @@ def posterior(prior_cov: torch.Tensor, features: torch.Tensor, targets: torch.Te
     Returns:
         mean [..., B] and covariance [..., B, B].
     """
+    noise_var, mask, prior_mean, H, residual = _measurements(prior_cov, "prior_cov", features, targets,
+                                                              noise_var, mask, prior_mean)
     B = features.shape[-1]
-    if targets.shape != features.shape[:-1]:
-        raise ValueError(f"targets {tuple(targets.shape)} must be features {tuple(features.shape)} "
-                         "without the last dimension")
-    if prior_cov.shape[-2:] != (B, B):
-        raise ValueError(f"prior_cov must be [..., {B}, {B}] for {B} features, got {tuple(prior_cov.shape)}")
-    noise_var = torch.as_tensor(noise_var, dtype=features.dtype, device=features.device)
-    if not (noise_var > 0).all():
-        raise ValueError("noise_var must be > 0")
-    if mask is None:
-        mask = torch.ones(targets.shape, dtype=torch.bool, device=targets.device)
-    if prior_mean is None:
-        prior_mean = features.new_zeros(B)
-    H = torch.where(mask[..., None], features, 0.0)  # [..., N, B]
-    residual = torch.where(mask, targets - (H @ prior_mean[..., None])[..., 0], 0.0)  # [..., N]
     H_scaled = H / noise_var.expand(targets.shape)[..., None]  # rows h_n / v_n
     A = H_scaled.transpose(-1, -2) @ H  # [..., B, B]
     eye = torch.eye(B, dtype=features.dtype, device=features.device)
@@ -108,23 +119,10 @@ def log_evidence(prior_factor: torch.Tensor, features: torch.Tensor, targets: to
     Returns:
         log p(y) [...] (0 where no measurement is observed); differentiable.
     """
+    noise_var, mask, prior_mean, H, residual = _measurements(prior_factor, "prior_factor", features, targets,
+                                                              noise_var, mask, prior_mean)
     B = features.shape[-1]
-    if targets.shape != features.shape[:-1]:
-        raise ValueError(f"targets {tuple(targets.shape)} must be features {tuple(features.shape)} "
-                         "without the last dimension")
-    if prior_factor.shape[-2:] != (B, B):
-        raise ValueError(f"prior_factor must be [..., {B}, {B}] for {B} features, "
-                         f"got {tuple(prior_factor.shape)}")
-    noise_var = torch.as_tensor(noise_var, dtype=features.dtype, device=features.device)
-    if not (noise_var > 0).all():
-        raise ValueError("noise_var must be > 0")
-    if mask is None:
-        mask = torch.ones(targets.shape, dtype=torch.bool, device=targets.device)
-    if prior_mean is None:
-        prior_mean = features.new_zeros(B)
     v = torch.where(mask, noise_var.expand(targets.shape), 1.0)  # [..., N]
-    H = torch.where(mask[..., None], features, 0.0)  # [..., N, B]
-    residual = torch.where(mask, targets - (H @ prior_mean[..., None])[..., 0], 0.0)  # [..., N]
     H_scaled = H / v[..., None]
     HL = H @ prior_factor  # rows Lᵀ h_n, [..., N, B]
     M = torch.eye(B, dtype=features.dtype, device=features.device) + \
