@@ -176,10 +176,10 @@ def read_csv(path: str) -> list[dict]:
 
 
 def sinusoid_runs() -> dict[str, dict]:
-    """The three sinusoid runs the docs quote: the demo with and without m, and the long run."""
+    """The sinusoid runs the docs quote: the demo with and without m, the 30-minute run and an older 80 000-step run."""
     demo = read_json("docs/demo/summary.json")["runs"]
     return {"demo": demo["with metadata"], "demo_no_m": demo["metadata withheld"],
-            "long": read_json("docs/long/metrics.json")}
+            "long": read_json("docs/long/metrics.json"), "long80k": read_json("docs/long80k/metrics.json")}
 
 
 def per_k(run: dict) -> dict[int, dict]:
