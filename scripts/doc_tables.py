@@ -548,11 +548,12 @@ def values() -> dict[str, object]:
         v[f"{key}.stop_step"], v[f"{key}.last_step"] = grouped(trace[stop - 1][0]), grouped(trace[-1][0])
         v[f"{key}.best"], v[f"{key}.best_step"] = best, grouped(best_step)
         v[f"{key}.after_stop_min"] = min(e for _, e in trace[stop:]) if stop < len(trace) else float("nan")
-    stopped = re.search(r"diverged at step (\d+) \(the held-out ELBO fell from ([-\d.]+) nats per point at step (\d+)",
-                        (ROOT / "docs/quality/diverged_swap5/fit_output.txt").read_text())  # fit's own error line
-    v["quality.diverged_swap5.stop_step"] = grouped(int(stopped.group(1)))
-    v["quality.diverged_swap5.best"], v["quality.diverged_swap5.best_step"] = float(stopped.group(2)), grouped(
-        int(stopped.group(3)))
+    for name in ("swap5", "swap10"):  # runs at lr 6e-3 that fit stopped: its own error line
+        stopped = re.search(r"diverged at step (\d+) \(the held-out ELBO fell from ([-\d.]+) nats per point at "
+                            r"step (\d+)", (ROOT / f"docs/quality/diverged_{name}/fit_output.txt").read_text())
+        key = f"quality.diverged_{name}"
+        v[f"{key}.stop_step"], v[f"{key}.best_step"] = grouped(int(stopped.group(1))), grouped(int(stopped.group(3)))
+        v[f"{key}.best"] = float(stopped.group(2))
     runs = sinusoid_runs()
     sweep = quality_runs()
     labelled = {f"quality.{name}": run for name, run in sweep.items() if QUALITY_RUNS[name]}
