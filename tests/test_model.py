@@ -205,7 +205,6 @@ def test_guide_aggregates_gaussian_factors_and_narrows_with_n():
     assert (logdets[1:] < logdets[:-1]).all(), logdets
 
 
-
 @pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("components, sees_metadata", [(1, False), (3, True)])
 def test_guide_factors_are_the_point_encoders_outputs(components, sees_metadata):
