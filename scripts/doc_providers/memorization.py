@@ -15,7 +15,7 @@ import statistics
 from examples.memorization.results import previous_commands
 from examples.memorization.scenarios import DiseaseTasks, TaskIdBasisTasks
 
-from .common import ROOT, minus, read_csv, span, zero_unsigned
+from .common import ROOT, minus, read_csv, slashed, span, zero_unsigned
 
 MEMORIZATION = "docs/memorization"             # the memorization study's committed results
 DISEASE_SCENARIOS = ("disease-shared", "disease-disjoint")
@@ -115,8 +115,8 @@ def beta_values(beta: list[dict]) -> dict[str, object]:
         v[f"mem.beta.{learner}.betas"] = " / ".join(dict.fromkeys(label[r["beta"]] for r in mine))
         for split in dict.fromkeys(r["split"] for r in mine):
             at = [r for r in mine if r["split"] == split]
-            v[f"mem.beta.{learner}.{split}.follows"] = " / ".join(f"{zero_unsigned(r['follow'], 2):.2f}" for r in at)
-            v[f"mem.beta.{learner}.{split}.metrics"] = " / ".join(f"{r['metric']:.3f}" for r in at)
+            v[f"mem.beta.{learner}.{split}.follows"] = slashed((zero_unsigned(r["follow"], 2) for r in at), ".2f")
+            v[f"mem.beta.{learner}.{split}.metrics"] = slashed((r["metric"] for r in at), ".3f")
             v[f"mem.beta.{learner}.large.{split}.metric_range"] = span(
                 [r["metric"] for r in at if r["beta"] >= BETA_LARGE], ".3f")
     v["mem.beta.large"] = BETA_LARGE

@@ -236,7 +236,7 @@ def nls_run_values() -> dict[str, object]:
         v[f"quality.nls_{name}.metadata_swap"] = read_json(f"{folder}/fits.json")["args"].get(
             "metadata_swap", 0.1)  # 0.1: before the option
         for column in ("loglik_minus_mixed", "metadata_gain"):
-            v[f"quality.nls_{name}.{column}"] = minus(" / ".join(f"{float(r[column]):+.3f}" for r in rows))
+            v[f"quality.nls_{name}.{column}"] = minus(slashed((float(r[column]) for r in rows), "+.3f"))
     return v
 
 
@@ -263,16 +263,16 @@ def het_mixed_values() -> dict[str, object]:
     slopes = [s["mixed_model_heteroscedastic"]["log_sd_slopes"]["IQ"]
               for s in read_json(f"{NLS_HET}/fits.json")["splits"]]
     return {
-        "quality.nls.het_mixed.gains": " / ".join(f"{m:+.3f}" for m, _ in het_mixed.values()),
+        "quality.nls.het_mixed.gains": slashed((m for m, _ in het_mixed.values()), "+.3f"),
         "quality.nls.het_mixed.shots": ks(het_mixed),
         "quality.nls.het_mixed.below": ks_or_none(k for k, (m, _) in het_mixed.items() if m < NLS_TARGET),
         "quality.nls.het_mixed.max_gain": max(m for m, _ in het_mixed.values()),
         "quality.nls.het_mixed.slope_range": minus(extent(slopes, ".3f", " to ")),
         "quality.nls.het_mixed.slope_sq_max": max(c * c for c in slopes),
-        "quality.nls.ours_vs_het_mixed": minus(" / ".join(f"{m:+.3f}" for m, _ in ours_vs.values())),
+        "quality.nls.ours_vs_het_mixed": minus(slashed((m for m, _ in ours_vs.values()), "+.3f")),
         # at the missed K: what ours − het. mixed would need for the target, and what it gets
-        "quality.nls.need_vs_het_mixed": minus(" / ".join(f"{NLS_TARGET - het_mixed[k][0]:+.3f}" for k in missed)),
-        "quality.nls.ours_vs_het_mixed.missed": minus(" / ".join(f"{ours_vs[k][0]:+.3f}" for k in missed))}
+        "quality.nls.need_vs_het_mixed": minus(slashed((NLS_TARGET - het_mixed[k][0] for k in missed), "+.3f")),
+        "quality.nls.ours_vs_het_mixed.missed": minus(slashed((ours_vs[k][0] for k in missed), "+.3f"))}
 
 
 def fit_test_values() -> dict[str, object]:
@@ -283,8 +283,8 @@ def fit_test_values() -> dict[str, object]:
     if len(highs) != 1:
         raise ValueError(f"{FIT_TEST} has several coverage upper bounds {sorted(highs)}; the README quotes one")
     return {"quality.fit_test.shots": ks(int(k) for k in gap_bounds),
-            "quality.fit_test.gap_bounds": " / ".join(f"{b:g}" for b in gap_bounds.values()),
-            "quality.fit_test.coverage_low": " / ".join(f"{low:g}" for low, _ in coverage_bounds.values()),
+            "quality.fit_test.gap_bounds": slashed(gap_bounds.values(), "g"),
+            "quality.fit_test.coverage_low": slashed((low for low, _ in coverage_bounds.values()), "g"),
             "quality.fit_test.coverage_high": highs.pop()}
 
 
@@ -305,10 +305,15 @@ def sinusoid_table() -> str:
     """One row per run of the sweep's table: its gaps and coverage per K, shuffled m at K = 10, ELBO, time."""
     return table(
         ["run", "folder", "gap (nats)", "coverage90", "m shuffled, K = 10", "held-out ELBO", "train s"],
-        [[QUALITY_RUNS[name], f"`{name}`", slashed((s["gap"] for s in per_k(run).values()), ".3f"),
-          slashed((s["coverage90"] for s in per_k(run).values()), ".3f"),
-          minus(f"{run['shuffled_metadata']['shots']['10']['loglik']:.3f}"), f"{run['elbo']:.3f}",
-          f"{run['train_seconds']:.0f}"] for name, run in sinusoid_sweep().items()])
+        [sweep_row(name, run) for name, run in sinusoid_sweep().items()])
+
+
+def sweep_row(name: str, run: dict) -> list[str]:
+    scores = per_k(run).values()
+    return [QUALITY_RUNS[name], f"`{name}`", slashed((s["gap"] for s in scores), ".3f"),
+            slashed((s["coverage90"] for s in scores), ".3f"),
+            minus(f"{run['shuffled_metadata']['shots']['10']['loglik']:.3f}"), f"{run['elbo']:.3f}",
+            f"{run['train_seconds']:.0f}"]
 
 
 def nlschools_table() -> str:
