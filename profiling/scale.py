@@ -45,6 +45,7 @@ from .measure import resolve_device
 from .plots import draw_all
 from .rows import drop_torn_row
 from .study import (
+    DEBUG_ENV,
     EXECUTORS,
     RAY_INSTALL,
     REPEATS,
@@ -63,7 +64,6 @@ from .study import (
 __all__ = ["main", "run_study", "write_report", "parse_args"]
 
 DEFAULT_OUT = os.path.join("runs", "scale")
-DEBUG_ENV = "PROFILING_DEBUG"
 
 
 def _positive_int_list(text: str) -> list[int]:

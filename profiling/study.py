@@ -63,6 +63,7 @@ ISOLATIONS = ("process", "none")
 #: Where the configurations run: worker processes on this machine, or Ray tasks
 #: (:mod:`profiling.ray_executor`), on a local Ray or an existing cluster.
 EXECUTORS = ("local", "ray")
+DEBUG_ENV = "PROFILING_DEBUG"  # set to 1: the studies' command lines show the traceback of an error
 RAY_INSTALL = "pip install 'hierarchical-meta[cluster]'"
 RAY_CLIENT = "ray://"  # the scheme of a Ray Client address, ray://HEAD:10001
 RAY_ADDRESSES = "ray://HEAD:10001 (Ray Client), HEAD:6379 (a machine of the cluster) or auto"
