@@ -10,9 +10,9 @@
   it. The lock is ``flock`` on ``FOLDER/.lock``, which holds the holder's pid and host: a
   second run on the folder fails at once (:class:`FolderInUseError`) naming them. The
   operating system releases the lock of a killed run, so the next run takes it over
-  (and says so). The lock file is made under a temporary name and linked into place, so no
-  existing file is ever written and no symbolic link followed: a ``.lock`` that is a link or
-  a special file stops the run (FileExistsError) and is left as it is.
+  (and says so). The lock file is only ever created (O_EXCL, O_NOFOLLOW), never opened for
+  writing if it exists, and no symbolic link is followed: a ``.lock`` that is a link or a
+  special file stops the run (FileExistsError) and is left as it is; a stale one is removed.
 - :func:`atomic_write`: a file that appears complete or not at all (written beside the target,
   then renamed over it), so a killed run never leaves half a result.
 """
@@ -23,7 +23,6 @@ import contextlib
 import fcntl
 import os
 import re
-import secrets
 import socket
 import stat
 import tempfile
@@ -110,20 +109,29 @@ def _same_file(dir_fd: int, fd: int) -> bool:
     return (entry.st_dev, entry.st_ino) == (held.st_dev, held.st_ino)
 
 
-def _new_lock(dir_fd: int, folder: str) -> tuple[int, str]:
-    """A new file in the folder, locked and holding this process's note, under a fresh temporary name.
+def _create_lock(dir_fd: int, folder: str) -> int | None:
+    """A new ``.lock``, locked and holding this process's note; None if one exists or another process took it.
 
-    Created with O_EXCL and O_NOFOLLOW: no existing file or link is ever opened for writing.
+    Created with O_EXCL and O_NOFOLLOW, so no existing file or link is ever opened for writing.
+    Between its creation and its ``flock`` another process may take the empty file for a stale
+    lock and remove it: the check after the ``flock`` sees that, and the caller looks again.
     """
-    name = f"{LOCK_NAME}.{os.getpid()}.{secrets.token_hex(4)}"
     try:
-        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NO_LINK, 0o644, dir_fd=dir_fd)
+        fd = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NO_LINK, 0o644, dir_fd=dir_fd)
+    except FileExistsError:
+        return None
     except OSError as error:
         raise PermissionError(f"cannot create the lock file in output folder {folder!r} "
                               f"({error.strerror or error}); give another folder") from None
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else knows this file yet
-    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()[:_NOTE_MAX - 20]}\n".encode())
-    return fd, name
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if _same_file(dir_fd, fd):
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()[:_NOTE_MAX - 20]}\n".encode())
+            return fd
+    except BlockingIOError:
+        pass  # another process is checking whether this empty file is stale
+    os.close(fd)
+    return None
 
 
 def _clear_stale(dir_fd: int, folder: str) -> str | None:
@@ -157,22 +165,11 @@ def _clear_stale(dir_fd: int, folder: str) -> str | None:
 
 def _take_lock(dir_fd: int, folder: str, log: Callable[[str], None] | None) -> int:
     """The open, locked ``.lock`` of the folder, now this process's; a stale one is replaced (``log`` is told)."""
-    fd, name = _new_lock(dir_fd, folder)
-    try:
-        while True:
-            try:  # link() never replaces nor follows an existing entry: it fails if .lock exists
-                os.link(name, LOCK_NAME, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-                break
-            except FileExistsError:
-                previous = _clear_stale(dir_fd, folder)
-            if previous is not None and log:
-                log(f"took over the lock of {folder!r} from a run that ended without releasing it "
-                    f"({previous or 'it named no holder'})")
-    except BaseException:
-        os.close(fd)
-        raise
-    finally:
-        os.unlink(name, dir_fd=dir_fd)
+    while (fd := _create_lock(dir_fd, folder)) is None:
+        previous = _clear_stale(dir_fd, folder)
+        if previous is not None and log:
+            log(f"took over the lock of {folder!r} from a run that ended without releasing it "
+                f"({previous or 'it named no holder'})")
     return fd
 
 
