@@ -3,17 +3,68 @@
 Two latents per task, φ1 → φ2, with φ2 ~ p(φ2 | φ1, m) and y ~ p(y | φ2, x); an amortized
 guide q(φ2 | X, Y) q(φ1 | φ2, m); training by the ELBO with Pyro; prediction on new tasks
 from a few labelled points plus metadata by importance sampling the whole posterior.
+
+The public names are imported on first use (PEP 562), so ``import hierarchical_meta.runfiles``
+or ``hierarchical_meta.errors`` stays cheap and loads neither torch nor Pyro.
 """
 
-from .evaluate import EvalConfig, evaluate
-from .meta_model import HierarchicalMetaModel, ModelConfig, load_checkpoint
-from .pipeline import evaluate_model, run_demo, run_fit, run_predict
-from .predictive import CategoricalMixturePredictive, MixturePredictive, point_metrics
-from .render import plate_diagram, render_diagram
-from .tasks import BasisFunctionTasks, SinusoidTasks, TabularTasks, TaskBatch, TaskFamily, make_family
-from .train import TrainConfig, fit
+import importlib
+import sys
+import types
 
-__all__ = ["HierarchicalMetaModel", "ModelConfig", "TrainConfig", "EvalConfig", "fit", "evaluate",
-           "evaluate_model", "run_fit", "run_demo", "run_predict", "load_checkpoint",
-           "MixturePredictive", "CategoricalMixturePredictive", "point_metrics", "plate_diagram", "render_diagram",
-           "TaskBatch", "TaskFamily", "SinusoidTasks", "BasisFunctionTasks", "TabularTasks", "make_family"]
+#: Each public name and the submodule that defines it; a new public name is one line here.
+_EXPORTS = {
+    "HierarchicalMetaModel": "meta_model",
+    "ModelConfig": "meta_model",
+    "TrainConfig": "train",
+    "EvalConfig": "evaluate",
+    "fit": "train",
+    "evaluate": "evaluate",
+    "evaluate_model": "pipeline",
+    "run_fit": "pipeline",
+    "run_demo": "pipeline",
+    "run_predict": "pipeline",
+    "load_checkpoint": "meta_model",
+    "MixturePredictive": "predictive",
+    "CategoricalMixturePredictive": "predictive",
+    "point_metrics": "predictive",
+    "plate_diagram": "render",
+    "render_diagram": "render",
+    "TaskBatch": "tasks",
+    "TaskFamily": "tasks",
+    "SinusoidTasks": "tasks",
+    "BasisFunctionTasks": "tasks",
+    "TabularTasks": "tasks",
+    "make_family": "tasks",
+}
+
+__all__ = list(_EXPORTS)
+
+
+class _Package(types.ModuleType):
+    """This package's module type: importing the submodule ``evaluate`` keeps the public function ``evaluate``.
+
+    (The import system sets a submodule as an attribute of its package, which would hide a public
+    name spelled like its submodule.)
+    """
+
+    def __setattr__(self, name, value):
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name: str):
+    """Import the submodule that defines the public ``name`` on first access, and cache the name."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -24,9 +24,9 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # the shell's status for Ctrl-C
 
 
-def debug_requested(flag: bool = False) -> bool:
-    """True when ``flag`` (a ``--debug`` option) or the environment variable ``DEBUG_ENV`` asks for tracebacks."""
-    return flag or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
+def debug_requested(flag: bool = False, env: str = DEBUG_ENV) -> bool:
+    """True when ``flag`` (a ``--debug`` option) or the environment variable ``env`` asks for tracebacks."""
+    return flag or os.environ.get(env, "").strip() not in ("", "0")
 
 
 def one_line(error: BaseException) -> str:
@@ -46,6 +46,7 @@ def report_errors(work: Callable[[], object], debug: bool = False) -> int:
     except KeyboardInterrupt:
         if debug_requested(debug):
             raise
-        print("interrupted (a fit resumes from its last checkpoint when rerun with the same options)", file=sys.stderr)
+        print("interrupted (rerun the same command to resume: a fit from its last checkpoint, a study from its "
+              "last row)", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0

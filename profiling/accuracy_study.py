@@ -19,13 +19,18 @@ Files: ``runs.csv`` (one row per finished run), ``curves.csv`` (the meta-test lo
 evaluation), ``quality.csv`` (one row per ES draw); derived and rewritten every time:
 ``time_to_target.csv``, ``summary.md``, ``loss_vs_time.png``, ``pareto.png`` and
 ``es_gradient_quality.png``. Started again on the same folder, it skips finished runs and
-draws; a run killed midway loses its partial curve and is redone.
+draws; a run killed midway loses its partial curve and is redone, and a row torn by the kill
+is dropped (:mod:`profiling.rows`). ``settings.json`` records what defines the measurement
+(every :class:`AccuracyConfig` field but ``target``, and the device): a rerun with other
+settings stops naming each difference. A run holds the lock of its output folder
+(:func:`hierarchical_meta.runfiles.hold_folder`); a mistake in the input ends in one ``error:``
+line and exit status 2 (``--debug`` or ``PROFILING_DEBUG=1``: the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import json
 import math
 import os
 import shlex
@@ -36,6 +41,10 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch
 from tqdm import tqdm
 
+from hierarchical_meta.errors import debug_requested, report_errors
+from hierarchical_meta.runfiles import atomic_write, hold_folder
+
+from . import rows
 from .accuracy import (
     CurvePoint,
     MetaTrainer,
@@ -49,11 +58,11 @@ from .accuracy_plots import draw_curves, draw_pareto, draw_quality
 from .algorithms import es, meta_gradient
 from .measure import MIB, environment, peak_memory_bytes, resolve_device, saved_tensor_peak_bytes
 from .mlp import build_mlp
-from .study import DEFAULTS, INNER_LR, NUM_TASKS
+from .study import DEBUG_ENV, DEFAULTS, INNER_LR, NUM_TASKS
 from .tasks import sample_sinusoid_tasks
 
 __all__ = ["AccuracyConfig", "QUICK", "run_accuracy_study", "settings", "targets", "time_to_target_table",
-           "read_csv", "main"]
+           "read_csv", "check_settings", "main"]
 
 TEST_TASKS_SEED = 10_000  # the fixed held-out tasks of the meta-test loss
 QUALITY_TASKS_SEED = 20_000  # the batch on which ES gradients are compared with MAML's
@@ -84,16 +93,24 @@ class AccuracyConfig:
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
-            values = value if isinstance(value, tuple) else (value,)
             if f.name == "target" and value is None:
                 continue
-            if f.name == "seeds":
-                bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < 0]
-            else:
-                bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))
-                       or not math.isfinite(v) or v <= 0]
-            if bad or not values:
+            values = value if isinstance(value, tuple) else (value,)
+            if not values or any(not _valid(f.name, v) for v in values):
                 raise ValueError(f"{f.name}={value!r}: expected positive numbers (seeds: integers ≥ 0)")
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            if repeated:
+                raise ValueError(f"{f.name}={value!r} gives {', '.join(map(str, repeated))} more than once: give "
+                                 "each value once (a repeated one would be measured twice and counted twice)")
+
+
+def _valid(name: str, value) -> bool:
+    """Whether ``value`` may be one of field ``name``'s values: a seed is an integer ≥ 0, the rest positive numbers."""
+    if isinstance(value, bool):
+        return False
+    if name == "seeds":
+        return isinstance(value, int) and value >= 0
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
 QUICK = replace(AccuracyConfig(), layers=1, hidden=16, test_tasks=32, seeds=(0, 1), seconds=1.0, eval_seconds=0.1,
@@ -112,6 +129,10 @@ CURVE_COLUMNS = {"phase": str, "method": str, "pairs": int, "noise_std": float, 
                  "outer_step": int, "seconds": float, "meta_test_mse": float}
 QUALITY_COLUMNS = {"pairs": int, "noise_std": float, "draw": int, "cosine": float, "rel_error": float,
                    "law_rel_error": float, "dim": int, "layers": int, "hidden": int, "device": str}
+FILES = ("runs", "curves", "quality")  # the CSVs the study appends to, resumed by a rerun
+SETTINGS_FILE = "settings.json"
+#: The settings every row of runs.csv records: all a folder without settings.json can be checked against.
+ROW_SETTINGS = ("layers", "hidden", "inner_steps", "num_tasks", "outer_lr", "device")
 TARGET_COLUMNS = ["target", "target_mse", "label", "method", "pairs", "noise_std", "peak_mb", "saved_peak_mb",
                   "step_ms", "seeds", "reached", "seconds_median", "seconds_min", "seconds_max", "steps_median",
                   "final_mse_median", "budget_seconds"]
@@ -121,33 +142,12 @@ TARGET_COLUMNS = ["target", "target_mse", "label", "method", "pairs", "noise_std
 
 
 def read_csv(path, columns: dict) -> list[dict]:
-    """Rows of one of the study's CSVs, typed by ``columns`` (empty cells: None); [] if absent."""
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [{k: (columns[k](v) if v != "" else None) for k, v in row.items() if k in columns} for row in rows]
+    """Rows of one of the study's CSVs, typed by ``columns`` (empty cells: None); [] if absent.
 
-
-def _append(path, columns, row: dict) -> None:
-    new = not os.path.exists(path) or os.path.getsize(path) == 0
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _rewrite(path, columns, rows: list[dict]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
-    os.replace(tmp, path)
+    A torn last row is left out; a damaged one raises ValueError naming its line (:func:`profiling.rows.read_rows`).
+    """
+    return rows.read_rows(path, lambda row: {k: (columns[k](v) if v != "" else None) for k, v in row.items()
+                                             if k in columns})
 
 
 def _key(row: dict) -> tuple:
@@ -281,13 +281,13 @@ def _run_side_by_side(config: AccuracyConfig, phase: str, jobs: list[tuple[Setti
         key = {"phase": phase, "method": setting.method, "pairs": setting.pairs, "noise_std": setting.noise_std,
                "seed": seed}
         points[i].append(point)
-        _append(paths["curves"], CURVE_COLUMNS, {**key, **asdict(point)})
+        rows.append_row(paths["curves"], CURVE_COLUMNS, {**key, **asdict(point)})
         bar.set_postfix_str(f"{phase} seed {seed}: {setting.label} step {point.outer_step}, "
                             f"MSE {point.meta_test_mse:.3f}", refresh=True)
         if not finished:
             continue
         finite = [p.meta_test_mse for p in points[i] if math.isfinite(p.meta_test_mse)]
-        _append(paths["runs"], RUN_COLUMNS, {
+        rows.append_row(paths["runs"], RUN_COLUMNS, {
             **key, "label": setting.label, "outer_steps": point.outer_step, "seconds": point.seconds,
             "initial_mse": points[i][0].meta_test_mse, "final_mse": point.meta_test_mse,
             "best_mse": min(finite, default=math.nan), "peak_mb": peak, "saved_peak_mb": saved,
@@ -313,7 +313,7 @@ def _quality(config: AccuracyConfig, noise_stds, device, path, bar) -> None:
             if draws and law is None:
                 law = es_error_law(params, batch, pairs, **kwargs)
             for draw, cosine, rel in es_gradient_quality(params, batch, pairs, noise_std, draws, **kwargs):
-                _append(path, QUALITY_COLUMNS, {
+                rows.append_row(path, QUALITY_COLUMNS, {
                     "pairs": pairs, "noise_std": noise_std, "draw": draw, "cosine": cosine, "rel_error": rel,
                     "law_rel_error": law, "dim": dim, "layers": config.layers, "hidden": config.hidden,
                     "device": device.type})
@@ -321,55 +321,130 @@ def _quality(config: AccuracyConfig, noise_stds, device, path, bar) -> None:
                 bar.update(1)
 
 
+def _measure(config: AccuracyConfig, device, paths: dict, finished: set) -> None:
+    """The three stages, skipping the runs in ``finished`` and the draws already in quality.csv."""
+    search = [Setting("es", pairs=config.search_pairs, noise_std=s) for s in config.noise_stds]
+    total = len(search) + len(config.seeds) * (3 + len(config.pairs))  # runs; the draws are added below
+    with tqdm(total=total, desc="accuracy study", unit="job", dynamic_ncols=True) as bar:
+        test_tasks = sample_sinusoid_tasks(config.test_tasks, generator=torch.Generator().manual_seed(
+            TEST_TASKS_SEED), device=device)
+        jobs = [(setting, 0) for setting in search if ("search", "es", setting.pairs, setting.noise_std, 0)
+                not in finished]
+        bar.update(len(search) - len(jobs))
+        _run_side_by_side(config, "search", jobs, test_tasks, device, paths, bar)
+        runs = read_csv(paths["runs"], RUN_COLUMNS)
+        noise_std = chosen_noise_std([r for r in runs if r["phase"] == "search"],
+                                     read_csv(paths["curves"], CURVE_COLUMNS))
+        for seed in config.seeds:
+            group = settings(config, noise_std)
+            jobs = [(setting, seed) for setting in group
+                    if ("compare", setting.method, setting.pairs, setting.noise_std, seed) not in finished]
+            bar.update(len(group) - len(jobs))
+            _run_side_by_side(config, "compare", jobs, test_tasks, device, paths, bar)
+        noise_stds = sorted({es.DEFAULT_NOISE_STD, noise_std})
+        bar.total = total + len(config.quality_pairs) * config.quality_draws * len(noise_stds)
+        _quality(config, noise_stds, device, paths["quality"], bar)
+
+
+def _resumable_runs(paths: dict, repair: bool) -> set:
+    """The keys of the finished runs; with ``repair``, torn rows and partial curves of killed runs are removed first."""
+    for name in FILES:
+        if repair and rows.drop_torn_row(paths[name]):
+            print(f"{paths[name]}: dropped a row torn by a killed run; it is measured again", file=sys.stderr)
+    finished = {_key(r) for r in read_csv(paths["runs"], RUN_COLUMNS)}
+    curves = read_csv(paths["curves"], CURVE_COLUMNS)
+    if repair and any(_key(c) not in finished for c in curves):  # the partial curve of a killed run
+        rows.rewrite_rows(paths["curves"], CURVE_COLUMNS, [c for c in curves if _key(c) in finished])
+    return finished
+
+
 def run_accuracy_study(config: AccuracyConfig, out: str, device="cpu", command: str = "",
                        plots_only: bool = False) -> str:
-    """Run (or resume) the study into folder ``out``; write the derived files; return the summary."""
+    """Run (or resume) the study into folder ``out``; write the derived files; return the summary.
+
+    Holds the lock of ``out`` (created if needed) throughout. ValueError if ``out`` was measured
+    with other settings (:func:`check_settings`).
+    """
     device = resolve_device(device)
-    os.makedirs(out, exist_ok=True)
-    paths = {name: os.path.join(out, f"{name}.csv") for name in ("runs", "curves", "quality")}
-    runs = read_csv(paths["runs"], RUN_COLUMNS)
-    if runs and runs[0]["device"] != device.type:
-        raise ValueError(f"{paths['runs']} holds a {runs[0]['device']} study but device is {device.type}: "
-                         "use another output folder")
-    finished = {_key(r) for r in runs}
-    curves = read_csv(paths["curves"], CURVE_COLUMNS)
-    if any(_key(c) not in finished for c in curves):  # the partial curve of a killed run
-        _rewrite(paths["curves"], CURVE_COLUMNS, [c for c in curves if _key(c) in finished])
-    if not plots_only:
-        search = [Setting("es", pairs=config.search_pairs, noise_std=s) for s in config.noise_stds]
-        total = len(search) + len(config.seeds) * (3 + len(config.pairs))  # runs; the draws are added below
-        with tqdm(total=total, desc="accuracy study", unit="job", dynamic_ncols=True) as bar:
-            test_tasks = sample_sinusoid_tasks(config.test_tasks, generator=torch.Generator().manual_seed(
-                TEST_TASKS_SEED), device=device)
-            jobs = [(setting, 0) for setting in search if ("search", "es", setting.pairs, setting.noise_std, 0)
-                    not in finished]
-            bar.update(len(search) - len(jobs))
-            _run_side_by_side(config, "search", jobs, test_tasks, device, paths, bar)
-            runs = read_csv(paths["runs"], RUN_COLUMNS)
-            noise_std = chosen_noise_std([r for r in runs if r["phase"] == "search"],
-                                         read_csv(paths["curves"], CURVE_COLUMNS))
-            for seed in config.seeds:
-                group = settings(config, noise_std)
-                jobs = [(setting, seed) for setting in group
-                        if ("compare", setting.method, setting.pairs, setting.noise_std, seed) not in finished]
-                bar.update(len(group) - len(jobs))
-                _run_side_by_side(config, "compare", jobs, test_tasks, device, paths, bar)
-            noise_stds = sorted({es.DEFAULT_NOISE_STD, noise_std})
-            bar.total = total + len(config.quality_pairs) * config.quality_draws * len(noise_stds)
-            _quality(config, noise_stds, device, paths["quality"], bar)
-    runs = read_csv(paths["runs"], RUN_COLUMNS)
-    curves = read_csv(paths["curves"], CURVE_COLUMNS)
-    quality = read_csv(paths["quality"], QUALITY_COLUMNS)
+    with hold_folder(out, lambda message: print(message, file=sys.stderr)):
+        check_settings(out, config, device, record=not plots_only)
+        paths = {name: os.path.join(out, f"{name}.csv") for name in FILES}
+        finished = _resumable_runs(paths, repair=not plots_only)
+        if not plots_only:
+            _measure(config, device, paths, finished)
+        return write_report(config, out, command)
+
+
+def write_report(config: AccuracyConfig, out: str, command: str) -> str:
+    """The derived files of the folder ``out`` from its CSVs: time_to_target.csv, the plots, summary.md (returned)."""
+    runs = read_csv(os.path.join(out, "runs.csv"), RUN_COLUMNS)
+    curves = read_csv(os.path.join(out, "curves.csv"), CURVE_COLUMNS)
+    quality = read_csv(os.path.join(out, "quality.csv"), QUALITY_COLUMNS)
     goals = targets(runs, curves, config.seconds / 2, config.target)
     table = time_to_target_table(runs, curves, goals)
-    _rewrite(os.path.join(out, "time_to_target.csv"), TARGET_COLUMNS, table)
+    rows.rewrite_rows(os.path.join(out, "time_to_target.csv"), TARGET_COLUMNS, table)
     draw_curves(sorted(runs, key=setting_order), curves, goals, os.path.join(out, "loss_vs_time.png"), command)
     draw_pareto(table, os.path.join(out, "pareto.png"), command)
     draw_quality(quality, os.path.join(out, "es_gradient_quality.png"), command)
     text = summary_markdown(config, runs, curves, quality, goals, table, command)
-    with open(os.path.join(out, "summary.md"), "w") as f:
+    with atomic_write(os.path.join(out, "summary.md")) as f:
         f.write(text)
     return text
+
+
+# ---------------------------------------------------------------- the settings of a folder
+
+
+def measurement_settings(config: AccuracyConfig, device) -> dict:
+    """What defines the measurement, as JSON values: every field of ``config`` but ``target``, and the device type."""
+    values = {f.name: getattr(config, f.name) for f in fields(config) if f.name != "target"}
+    return json.loads(json.dumps({**values, "device": torch.device(device).type}))
+
+
+def _recorded_settings(out: str) -> dict | None:
+    """The settings the folder ``out`` was measured with: its settings.json, else what its runs.csv records.
+
+    None for a folder where nothing was measured yet.
+    """
+    path = os.path.join(out, SETTINGS_FILE)
+    if not os.path.exists(path):
+        runs = read_csv(os.path.join(out, "runs.csv"), RUN_COLUMNS)
+        return {k: runs[0][k] for k in ROW_SETTINGS} if runs else None
+    try:
+        with open(path) as f:
+            recorded = json.load(f)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not the study's settings file ({error}): use another --out") from None
+    if not isinstance(recorded, dict):
+        raise ValueError(f"{path} is not the study's settings file (not a JSON object): use another --out")
+    return recorded
+
+
+def _option(value) -> str:
+    """A setting as the command line spells it: 0,1,2 for a list, 0.001 for a float."""
+    if isinstance(value, list):
+        return ",".join(_option(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def check_settings(out: str, config: AccuracyConfig, device, record: bool = True) -> None:
+    """ValueError naming each difference unless folder ``out`` was measured with ``config`` on ``device``.
+
+    A folder where nothing was measured yet gets ``settings.json`` (if ``record``). A folder from
+    before settings.json is checked against what its runs.csv records (network, inner loop, tasks,
+    outer lr, device).
+    """
+    wanted = measurement_settings(config, device)
+    recorded = _recorded_settings(out)
+    if recorded is None:
+        if record:
+            with atomic_write(os.path.join(out, SETTINGS_FILE)) as f:
+                json.dump(wanted, f, indent=1)
+        return
+    differences = [f"--{name.replace('_', '-')} {_option(value)}, this run asks {_option(wanted.get(name))}"
+                   for name, value in recorded.items() if wanted.get(name) != value]
+    if differences:
+        raise ValueError(f"{out} was measured with {'; '.join(differences)}: use another --out or the same options")
 
 
 # ---------------------------------------------------------------- the summary
@@ -473,6 +548,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, AccuracyConfig]:
     parser.add_argument("--out", default=os.path.join("runs", "accuracy"),
                         help="output folder (default runs/accuracy); the CSVs there are resumed")
     parser.add_argument("--plots-only", action="store_true", help="redraw plots and summary from the CSVs")
+    parser.add_argument("--debug", action="store_true", help=f"show the traceback of an error (also: {DEBUG_ENV}=1)")
     overrides = {
         "seeds": (_list(int), "seeds, e.g. 0,1,2"),
         "seconds": (float, "training seconds per run of the comparison"),
@@ -504,13 +580,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, AccuracyConfig]:
     return args, config
 
 
-def main(argv=None) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    args, config = parse_args(argv)
-    command = "python -m profiling.accuracy_study " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+def _run(args: argparse.Namespace, config: AccuracyConfig, command: str) -> None:
+    """Run the study as the command line asked, with its torch threads; print the summary."""
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads or (1 if args.device.type == "cpu" else threads))
     try:
@@ -519,7 +590,16 @@ def main(argv=None) -> int:
         torch.set_num_threads(threads)
     print(text)
     print(f"wrote {args.out}/: runs.csv, curves.csv, quality.csv, time_to_target.csv, summary.md and the plots")
-    return 0
+
+
+def main(argv=None) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    args, config = parse_args(argv)
+    command = "python -m profiling.accuracy_study " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    return report_errors(lambda: _run(args, config, command), debug=debug_requested(args.debug, DEBUG_ENV))
 
 
 if __name__ == "__main__":

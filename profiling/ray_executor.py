@@ -8,13 +8,15 @@ threads, and measures with :func:`profiling.study.measure_config`, the code the 
 worker runs. The driver appends each row to the CSV as its task finishes; a task whose
 worker dies or raises is recorded as ``failed:<error>``, as the local executor records a
 dead worker. Tasks are never retried: a configuration that kills its worker would kill
-the next one too.
+the next one too. The address of a cluster is first tried with a plain connection that gives
+up after :data:`CONNECT_SECONDS`, so a wrong or unreachable address ends at once in one line.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 
 import ray
@@ -23,11 +25,28 @@ from ray.exceptions import RayError, RayTaskError
 from tqdm import tqdm
 
 from .measure import resolve_device
-from .study import Config, append_row, failed_row, measure_config
+from .study import RAY_ADDRESSES, Config, append_row, failed_row, measure_config, ray_endpoint
 
-__all__ = ["run_on_ray"]
+__all__ = ["run_on_ray", "check_reachable", "CONNECT_SECONDS"]
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+CONNECT_SECONDS = 5.0  # how long a cluster's address may take to accept a connection
+
+
+def check_reachable(address: str, timeout: float = CONNECT_SECONDS) -> None:
+    """ConnectionError, within ``timeout`` seconds, unless the host and port of ``address`` accept a connection.
+
+    (Ray itself waits minutes on an address nobody answers.) ``auto`` is left to Ray, which fails at once.
+    """
+    endpoint = ray_endpoint(address)
+    if endpoint is None:
+        return
+    try:
+        socket.create_connection(endpoint, timeout=timeout).close()
+    except OSError as error:
+        raise ConnectionError(f"cannot reach the Ray cluster at {address!r} within {timeout:g} s "
+                              f"({error.strerror or error}): start the cluster or correct --address "
+                              f"({RAY_ADDRESSES}), or leave --address out for a local Ray") from None
 
 
 @ray.remote(max_calls=1, max_retries=0)
@@ -59,6 +78,7 @@ def run_on_ray(configs: list[Config], csv_path: str, device: torch.device, timin
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env=runtime_env,
                      logging_level=logging.WARNING)
         else:
+            check_reachable(address)
             ray.init(address=address, log_to_driver=False, runtime_env=runtime_env, logging_level=logging.WARNING)
     resources = {"num_cpus": timing["threads"] or 1, "num_gpus": 1 if device.type == "cuda" else 0}
     pending = {}

@@ -15,7 +15,7 @@ killed run redoes at most the configuration it was in (a row torn by the kill is
 and measured again). An out-of-memory configuration is recorded (``status=oom``) and the
 sweep goes on; a worker that dies is recorded (``status=failed:...``) and a fresh worker
 takes the remaining configurations. A run holds the lock of its output folder
-(:mod:`profiling.lock`): a second run on it stops at once.
+(:func:`hierarchical_meta.runfiles.hold_folder`): a second run on it stops at once.
 
 A mistake in the input ends in one ``error:`` line and exit status 2; ``--debug`` (or
 ``PROFILING_DEBUG=1``) shows the traceback.
@@ -36,12 +36,16 @@ import matplotlib
 import torch
 from tqdm import tqdm
 
+from hierarchical_meta.errors import debug_requested, report_errors
+from hierarchical_meta.runfiles import atomic_write, hold_folder
+
 from .algorithms import IMPLEMENTATIONS, METHODS
 from .growth import summary_text
-from .lock import hold_folder
 from .measure import resolve_device
 from .plots import draw_all
+from .rows import drop_torn_row
 from .study import (
+    DEBUG_ENV,
     EXECUTORS,
     RAY_INSTALL,
     REPEATS,
@@ -51,7 +55,6 @@ from .study import (
     Config,
     StudyConfig,
     append_row,
-    drop_torn_row,
     failed_row,
     measure_config,
     read_rows,
@@ -61,7 +64,6 @@ from .study import (
 __all__ = ["main", "run_study", "write_report", "parse_args"]
 
 DEFAULT_OUT = os.path.join("runs", "scale")
-DEBUG_ENV = "PROFILING_DEBUG"
 
 
 def _positive_int_list(text: str) -> list[int]:
@@ -215,23 +217,13 @@ def _run_in_process(configs: list[Config], csv_path: str, device: torch.device, 
         torch.set_num_threads(threads)
 
 
-def _output_folder(out_dir: str) -> None:
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise FileExistsError(f"output folder {out_dir!r} is an existing file, not a folder; give a folder")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as error:
-        raise type(error)(f"cannot create the output folder {out_dir!r}: {error.strerror or error}") from None
-
-
 def run_study(config: StudyConfig, out_dir: str, command: str) -> str:
     """Measure (or resume) the configurations of ``config`` into ``out_dir/scale.csv``, then :func:`write_report`.
 
     ``command`` is printed on every figure and in the summary, which is returned. Holds the
-    lock of ``out_dir`` throughout (:mod:`profiling.lock`).
+    lock of ``out_dir`` (created if needed) throughout.
     """
-    _output_folder(out_dir)
-    with hold_folder(out_dir):
+    with hold_folder(out_dir, lambda message: print(message, file=sys.stderr)):
         csv_path = os.path.join(out_dir, "scale.csv")
         device = resolve_device(config.device)
         if drop_torn_row(csv_path):
@@ -275,10 +267,8 @@ def write_report(config: StudyConfig, out_dir: str, command: str) -> str:
                          "(without --plots-only) first, or pass the options it was run with")
     draw_all(rows, out_dir, command)
     text = summary_text(rows, command)
-    tmp = os.path.join(out_dir, f"summary.txt.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
+    with atomic_write(os.path.join(out_dir, "summary.txt")) as f:
         f.write(text)
-    os.replace(tmp, os.path.join(out_dir, "summary.txt"))
     return text
 
 
@@ -286,16 +276,13 @@ def main(argv=None) -> int:
     config, args = parse_args(argv)
     matplotlib.use("Agg")  # files only, no windows
     command = _command(argv)
-    try:
+
+    def work():
         text = write_report(config, args.out, command) if args.plots_only else run_study(config, args.out, command)
-    except (ValueError, OSError) as error:
-        if args.debug or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0"):
-            raise
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
-    print(text)
-    print(f"wrote {args.out}/scale.csv, the plots and summary.txt")
-    return 0
+        print(text)
+        print(f"wrote {args.out}/scale.csv, the plots and summary.txt")
+
+    return report_errors(work, debug=debug_requested(args.debug, DEBUG_ENV))
 
 
 if __name__ == "__main__":

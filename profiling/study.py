@@ -9,15 +9,13 @@ points, α = 1e-2, ES with 16 antithetic pairs and σ = 1e-3):
 One CSV row per (method, implementation, sweep, value), written as soon as it is
 measured, so a killed study resumes where it stopped (see :mod:`profiling.scale`); a row
 torn by a kill in the middle of its write (a last line without its newline) is left out
-and removed (:func:`drop_torn_row`), so its configuration is measured again.
+and removed (:func:`profiling.rows.drop_torn_row`), so its configuration is measured again.
 :class:`StudyConfig` holds the settings of one run, and with them every default of the study.
 """
 
 from __future__ import annotations
 
-import csv
 import importlib.util
-import io
 import math
 import os
 import time
@@ -25,13 +23,14 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from . import rows
 from .algorithms import DEFAULT_IMPL, METHODS, check_impl, check_method, es, meta_gradient
 from .measure import environment, measure, resolve_device
 from .mlp import build_mlp
 from .tasks import sample_sinusoid_tasks
 
 __all__ = ["StudyConfig", "Config", "configurations", "measure_config", "failed_row", "read_rows", "append_row",
-           "drop_torn_row", "row_key", "DEFAULTS", "EXECUTORS", "SWEEP_PARAMETER", "SWEEPS", "REPEATS",
+           "row_key", "ray_endpoint", "DEFAULTS", "EXECUTORS", "SWEEP_PARAMETER", "SWEEPS", "REPEATS",
            "SECONDS_PER_CONFIG", "WARMUP"]
 
 DEFAULTS = {"inner_steps": 5, "layers": 2, "hidden": 128}
@@ -64,7 +63,24 @@ ISOLATIONS = ("process", "none")
 #: Where the configurations run: worker processes on this machine, or Ray tasks
 #: (:mod:`profiling.ray_executor`), on a local Ray or an existing cluster.
 EXECUTORS = ("local", "ray")
+DEBUG_ENV = "PROFILING_DEBUG"  # set to 1: the studies' command lines show the traceback of an error
 RAY_INSTALL = "pip install 'hierarchical-meta[cluster]'"
+RAY_CLIENT = "ray://"  # the scheme of a Ray Client address, ray://HEAD:10001
+RAY_ADDRESSES = "ray://HEAD:10001 (Ray Client), HEAD:6379 (a machine of the cluster) or auto"
+
+
+def ray_endpoint(address: str) -> tuple[str, int] | None:
+    """The (host, port) a Ray cluster ``address`` connects to; None for ``auto`` (found by Ray).
+
+    ValueError naming the accepted forms (:data:`RAY_ADDRESSES`) for anything else.
+    """
+    if address == "auto":
+        return None
+    host, colon, port = address.removeprefix(RAY_CLIENT).rpartition(":")
+    host = host.strip("[]")  # an IPv6 address is written [::1]:10001
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"address={address!r} is not a Ray cluster address: give {RAY_ADDRESSES}")
+    return host, int(port)
 
 COLUMNS = [
     "method", "impl", "sweep", "inner_steps", "layers", "hidden", "num_params", "status",
@@ -134,17 +150,28 @@ class StudyConfig:
             raise ValueError(f"seconds_per_config={self.seconds_per_config}: it must be positive")
         if self.isolation not in ISOLATIONS:
             raise ValueError(f"isolation={self.isolation!r}: choose from {ISOLATIONS}")
+        self._check_executor()
+        resolve_device(self.device)
+        self.configurations()  # checks methods, sweeps, their values and the base
+
+    def _check_executor(self) -> None:
+        """ValueError unless ``executor`` and ``address`` go together and what they need is installed."""
         if self.executor not in EXECUTORS:
             raise ValueError(f"executor={self.executor!r}: choose from {EXECUTORS}")
         if self.address is not None and self.executor != "ray":
             raise ValueError(f"address={self.address!r} is the address of a Ray cluster: use it with executor='ray'")
-        if self.executor == "ray" and self.isolation != "process":
+        if self.executor != "ray":
+            return
+        if self.isolation != "process":
             raise ValueError(f"isolation={self.isolation!r} with executor='ray': Ray runs every configuration in a "
                              "fresh worker process; use isolation='process' or executor='local'")
-        if self.executor == "ray" and importlib.util.find_spec("ray") is None:
+        if importlib.util.find_spec("ray") is None:
             raise ValueError(f"executor='ray' needs Ray, which is not installed: {RAY_INSTALL}")
-        resolve_device(self.device)
-        self.configurations()  # checks methods, sweeps, their values and the base
+        if self.address is not None:
+            ray_endpoint(self.address)
+            if self.address.startswith(RAY_CLIENT) and importlib.util.find_spec("grpc") is None:
+                raise ValueError(f"address={self.address!r} is a Ray Client address, which needs Ray's client part "
+                                 f"(ray[client]), not installed: {RAY_INSTALL}")
 
     @property
     def run(self) -> str:
@@ -261,56 +288,28 @@ def failed_row(config: Config, device: torch.device, status: str) -> dict:
     return {**asdict(config), **environment(device), "status": status, "repeats": 0}
 
 
+def _parse_row(row: dict) -> dict:
+    """A study row with its numbers parsed: empty counts are 0, empty measurements NaN."""
+    for k in ("inner_steps", "layers", "hidden", "repeats", "threads"):
+        row[k] = int(row[k]) if row.get(k) not in (None, "") else 0
+    for k in ("time_median_ms", "time_q25_ms", "time_q75_ms", "time_min_ms", "peak_mb", "saved_peak_mb",
+              "load_1min"):
+        row[k] = float(row[k]) if row.get(k) not in (None, "") else math.nan
+    return row
+
+
 def read_rows(path) -> list[dict]:
     """Rows of a study CSV, numbers parsed; [] when the file does not exist.
 
-    A torn last row (no newline) is left out; any other damaged row raises ValueError naming its line.
+    A torn last row (no newline) is left out; any other damaged row raises ValueError naming its line
+    (:func:`profiling.rows.read_rows`).
     """
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        text = f.read()
-    reader = csv.DictReader(io.StringIO(text[:text.rfind("\n") + 1]))  # complete lines only
-    rows = []
-    for row in reader:
-        where = f"{path}, line {reader.line_num}"
-        if None in row or None in row.values():
-            raise ValueError(f"{where}: the row does not have the header's fields; delete that line to measure "
-                             "its configuration again")
-        try:
-            for k in ("inner_steps", "layers", "hidden", "repeats", "threads"):
-                row[k] = int(row[k]) if row.get(k) not in (None, "") else 0
-            for k in ("time_median_ms", "time_q25_ms", "time_q75_ms", "time_min_ms", "peak_mb", "saved_peak_mb",
-                      "load_1min"):
-                row[k] = float(row[k]) if row.get(k) not in (None, "") else math.nan
-        except ValueError as error:
-            raise ValueError(f"{where}: {error}; delete that line to measure its configuration again") from None
-        rows.append(row)
-    return rows
-
-
-def drop_torn_row(path) -> bool:
-    """Cut a torn last row (a kill in the middle of its write) off the CSV ``path``; True if there was one."""
-    if not os.path.exists(path):
-        return False
-    with open(path, "rb+") as f:
-        data = f.read()
-        if not data or data.endswith(b"\n"):
-            return False
-        f.truncate(data.rfind(b"\n") + 1)
-    return True
+    return rows.read_rows(path, _parse_row)
 
 
 def append_row(path, row: dict) -> None:
     """Append one row (writing the header first if the file is new) and flush it to disk."""
-    new = not os.path.exists(path) or os.path.getsize(path) == 0
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-        f.flush()
-        os.fsync(f.fileno())
+    rows.append_row(path, COLUMNS, row)
 
 
 def row_key(row: dict) -> tuple:
