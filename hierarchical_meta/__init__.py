@@ -5,6 +5,7 @@ guide q(φ2 | X, Y) q(φ1 | φ2, m); training by the ELBO with Pyro; prediction 
 from a few labelled points plus metadata by importance sampling the whole posterior.
 """
 
+from .checkpoint import Checkpoint
 from .evaluate import EvalConfig, evaluate
 from .meta_model import HierarchicalMetaModel, ModelConfig, load_checkpoint
 from .pipeline import evaluate_model, run_demo, run_fit, run_predict
@@ -14,6 +15,6 @@ from .tasks import BasisFunctionTasks, SinusoidTasks, TabularTasks, TaskBatch, T
 from .train import TrainConfig, fit
 
 __all__ = ["HierarchicalMetaModel", "ModelConfig", "TrainConfig", "EvalConfig", "fit", "evaluate",
-           "evaluate_model", "run_fit", "run_demo", "run_predict", "load_checkpoint",
+           "evaluate_model", "run_fit", "run_demo", "run_predict", "load_checkpoint", "Checkpoint",
            "MixturePredictive", "CategoricalMixturePredictive", "point_metrics", "plate_diagram", "render_diagram",
            "TaskBatch", "TaskFamily", "SinusoidTasks", "BasisFunctionTasks", "TabularTasks", "make_family"]
