@@ -18,11 +18,15 @@ metadata of a fraction of tasks (dropped: NaN, read as missing; or swapped with 
 task's) so the model learns how far to trust m. The KL terms are annealed (both latent
 sites scaled by β rising from ``initial_kl_weight`` to 1) against posterior collapse.
 
-The checkpoint ``out_dir/model.pt`` is written atomically every ``checkpoint_every``
-steps; calling :func:`fit` again on the same folder resumes from it when the model
-configuration, the task family and the training options are the checkpoint's, and stops
-naming each difference otherwise; ``extend=True`` lets a resume raise ``steps`` (the
-learning rate goes on decaying at the first run's rate). See docs/reliability.md.
+:func:`fit` is a :class:`Training`: seed, resume (:meth:`Training.resume`), then per step a
+batch and an update (:meth:`Training.take_step`), the history and the divergence checks
+(:meth:`Training.record`) and every ``checkpoint_every`` steps the checkpoint
+``out_dir/model.pt`` (:class:`~hierarchical_meta.checkpoint.Checkpoint`, written atomically).
+Calling :func:`fit` again on the same folder resumes from it when the model configuration,
+the task family, the training options and ``checkpoint_extra`` are the checkpoint's, and
+stops naming each difference otherwise (:func:`resume_conflicts`); ``extend=True`` lets a
+resume raise ``steps`` (the learning rate goes on decaying at the first run's rate, which
+the optimizer's state keeps). See docs/reliability.md.
 """
 
 from __future__ import annotations
