@@ -170,13 +170,16 @@ class PyroSVI:
 
     def set_state(self, state) -> None:
         """Resume from :meth:`get_state`'s ``state``; ValueError if it does not fit the model's parameters."""
-        parameters = dict(self.meta_model.named_parameters())
-        for name, optim in state.items():
-            parameter = parameters.get(name.replace("$$$", "."))
-            if parameter is None:
-                raise ValueError(f"it holds the state of an unknown parameter {name!r}")
-            for moments in optim["state"].values():
-                check_moments(name, moments, parameter)
+        parameters = dict(self.meta_model.named_parameters())  # Pyro names them "model$$$..." and "guide$$$..."
+        try:
+            for name, optim in state.items():
+                parameter = parameters.get(name.replace("$$$", "."))
+                if parameter is None:
+                    raise ValueError(f"it holds the state of an unknown parameter {name!r}")
+                for moments in optim["state"].values():
+                    check_moments(name, moments, parameter)
+        except (AttributeError, KeyError, TypeError) as error:
+            raise ValueError(f"it is not a ClippedAdam state of this model's parameters ({error!r})") from None
         self.optimizer.set_state(state)
 
 

@@ -154,6 +154,16 @@ def resume_edited(edit: Callable[[dict], object]) -> Callable:
     return make
 
 
+def resume_pyro_edited(edit: Callable[[dict], object]) -> Callable:
+    """Like :func:`resume_edited` for a fit with ``elbo="pyro"`` (ClippedAdam's state per parameter)."""
+    def make(tmp: Path, fitted: Path) -> Callable:
+        config = dataclasses.replace(TRAIN, elbo="pyro")
+        fit(tiny_model(), SinusoidTasks(), config, out_dir=str(tmp / "pyro"), progress=False)
+        os.replace(resealed(edit)(tmp, tmp / "pyro"), tmp / "model.pt")
+        return refit(tmp, fitted, dataclasses.replace(config, steps=3), extend=True)
+    return make
+
+
 def resume_with_extra(saved: dict, now: dict) -> Callable:
     """fit trained with ``checkpoint_extra=saved``, then resumed with ``now``."""
     def make(tmp: Path, fitted: Path) -> Callable:
@@ -297,6 +307,16 @@ CASES = [
     Case("resume-optimizer-of-fewer-parameters",
          resume_edited(lambda s: s["optimizer"]["param_groups"][0]["params"].pop()), "api", "error",
          "field 'optimizer' does not fit the model: it is not an Adam state of this model's parameters"),
+    Case("resume-pyro-optimizer-moment-of-wrong-shape",
+         resume_pyro_edited(lambda s: s["optimizer"]["guide$$$point_encoder.0.weight"]["state"][0].update(
+             exp_avg_sq=torch.zeros(1))), "api", "error",
+         "its exp_avg_sq of parameter 'guide$$$point_encoder.0.weight' is [1], the parameter has shape [4, 2]"),
+    Case("resume-pyro-optimizer-of-unknown-parameter",
+         resume_pyro_edited(lambda s: s["optimizer"].update({"guide$$$extra": {"state": {}}})), "api", "error",
+         "it holds the state of an unknown parameter 'guide$$$extra'"),
+    Case("resume-pyro-optimizer-not-clipped-adams",
+         resume_pyro_edited(lambda s: s.update(optimizer={"model$$$raw_noise": 1})), "api", "error",
+         "it is not a ClippedAdam state of this model's parameters"),
     Case("resume-model-without-training-state", lambda t, f: (model_only(t, f), refit(t, f))[1], "api", "error",
          "holds a model but not the training state"),
     # seeds
