@@ -80,10 +80,14 @@ class Checkpoint:
         return self.step is not None
 
     def write(self, path: str) -> None:
-        """Write the file atomically: a crash never leaves half a file at ``path``."""
+        """Write the file atomically (a crash never leaves half a file at ``path``); ValueError for a
+        checkpoint :meth:`read` would refuse (NaN weights, a field that is not plain data, ...)."""
+        problem = self._problem()
+        if problem:
+            raise ValueError(f"refused to write checkpoint {path!r}: {problem}")
         fields = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         payload = {"format": FORMAT, "version": VERSION,
-                   "sha256": {name: digest(value, name) for name, value in fields.items()}, **fields}
+                   "sha256": {name: digest(value, f"field {name!r}") for name, value in fields.items()}, **fields}
         with atomic_write(path, "wb") as f:
             torch.save(payload, f)
 
@@ -93,10 +97,7 @@ class Checkpoint:
         check_input_file(path, "checkpoint")
         payload = _unpickle(path, map_location)
         fields = _fields(payload, path)
-        for name, value in fields.items():
-            if digest(value, name) != payload["sha256"].get(name):
-                raise ValueError(f"checkpoint {path!r}: field {name!r} does not match its sha256: the file is "
-                                 f"damaged or was edited; {REFIT}")
+        _check_digests(fields, payload["sha256"], path)
         checkpoint = cls(**fields)
         problem = checkpoint._problem()
         if problem:
@@ -135,6 +136,8 @@ def digest(value, name: str = "value") -> str:
 def _feed(hasher, value, name: str) -> None:
     """Add ``value`` to ``hasher``, each piece tagged with its type and length."""
     if isinstance(value, torch.Tensor):
+        if value.layout != torch.strided or value.is_quantized:
+            raise ValueError(f"{name} holds a {value.layout} tensor; a checkpoint holds dense tensors")
         tensor = value.detach().cpu().contiguous()
         hasher.update(f"tensor {tensor.dtype} {tuple(tensor.shape)}:".encode())
         hasher.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -192,6 +195,18 @@ def _fields(payload: object, path: str) -> dict:
                                                               else "has no sha256 table")
         raise ValueError(f"checkpoint {path!r} {what}: the file is damaged or was edited; {REFIT}")
     return {name: payload[name] for name in names}
+
+
+def _check_digests(fields: dict, table: dict, path: str) -> None:
+    """ValueError naming the first field whose sha256 is not the one in ``table``."""
+    for name, value in fields.items():
+        try:
+            matches = digest(value, f"field {name!r}") == table.get(name)
+        except ValueError as error:
+            raise ValueError(f"checkpoint {path!r}: {error}; {REFIT}") from None
+        if not matches:
+            raise ValueError(f"checkpoint {path!r}: field {name!r} does not match its sha256: the file is damaged or "
+                             f"was edited; {REFIT}")
 
 
 # -- the checks of single fields: each returns what is wrong, or None ----------------------------
@@ -264,7 +279,8 @@ def _history(value) -> str | None:
 
 
 def _history_length(history: dict, step: int) -> str | None:
-    if history["step"] != list(range(1, step + 1)) or len(history["loss"]) != step:
-        return (f"field 'history' must hold one loss per step 1..{step} (field 'step'), got "
-                f"{len(history['loss'])} losses at steps {history['step'][:3]}...")
+    steps, losses = history["step"], history["loss"]
+    if len(steps) != step or len(losses) != step or steps[-1:] != ([step] if step else []):
+        return (f"field 'history' must hold one loss per step 1..{step} (field 'step'), got {len(losses)} losses, "
+                f"the last at step {steps[-1:]}")
     return None

@@ -238,6 +238,8 @@ CASES = [
     file("weight-missing", resealed(lambda s: s["weights"].pop(WEIGHT)), "error", f"missing ['{WEIGHT}']"),
     file("weight-unknown", resealed(lambda s: s["weights"].update(extra=torch.zeros(1))), "error",
          "unknown ['extra']"),
+    file("sparse-weight", raw(lambda s: s["weights"].update({WEIGHT: torch.eye(2).to_sparse()})), "error",
+         "field 'weights' holds a torch.sparse_coo tensor"),
     file("weight-not-a-tensor", resealed(lambda s: s["weights"].update({WEIGHT: [[1.0, 0.0], [0.0, 1.0]]})),
          "error", f"entry '{WEIGHT}' must be a tensor, got list"),
     file("config-too-large-to-build", resealed(lambda s: s["model_config"].update(hidden=2 ** 62)), "error",

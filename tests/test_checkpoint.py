@@ -83,9 +83,20 @@ def test_writing_refuses_what_is_not_plain_data_and_leaves_no_file(tmp_path):
     before = (tmp_path / "model.pt").read_bytes()
     checkpoint = model.to_checkpoint()
     checkpoint.extra = {"schema": {"levels": {"east", "west"}}}  # a set
-    with pytest.raises(ValueError, match="extra holds a set; a checkpoint holds only tensors"):
+    with pytest.raises(ValueError, match="field 'extra' holds a set; a checkpoint holds only tensors"):
         checkpoint.write(str(tmp_path / "model.pt"))
     assert (tmp_path / "model.pt").read_bytes() == before and os.listdir(tmp_path) == ["model.pt"]
+
+
+def test_writing_refuses_a_checkpoint_reading_would_refuse(tmp_path):
+    checkpoint = tiny_model().to_checkpoint()
+    checkpoint.weights = {**checkpoint.weights, "model.raw_noise": torch.tensor([float("nan")])}
+    with pytest.raises(ValueError, match="refused to write .*'model.raw_noise' holds NaN"):
+        checkpoint.write(str(tmp_path / "model.pt"))
+    checkpoint = tiny_model().to_checkpoint(step=1)
+    with pytest.raises(ValueError, match=r"training field\(s\) \['optimizer', "):
+        checkpoint.write(str(tmp_path / "model.pt"))
+    assert os.listdir(tmp_path) == []
 
 
 def test_a_resumed_fit_continues_the_checkpoints_state(tmp_path):
