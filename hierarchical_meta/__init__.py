@@ -25,6 +25,7 @@ _EXPORTS = {
     "run_demo": "pipeline",
     "run_predict": "pipeline",
     "load_checkpoint": "meta_model",
+    "Checkpoint": "checkpoint",
     "MixturePredictive": "predictive",
     "CategoricalMixturePredictive": "predictive",
     "point_metrics": "predictive",

@@ -23,7 +23,7 @@ from .predict import NUM_SAMPLES
 from .runfiles import check_output_file
 from .tasks import FAMILIES, TabularTasks, TaskFamily, make_family
 from .tasks.tabular import TEST_FRACTION, VAL_FRACTION
-from .train import ELBOS, TrainConfig
+from .train import ELBOS, TrainConfig, check_seed
 
 TRAIN, MODEL, EVAL = TrainConfig(), ModelConfig(), EvalConfig()
 
@@ -33,6 +33,14 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
+
+
+def seed(text: str) -> int:
+    value = int(text)  # argparse reports a ValueError here as "invalid seed value"
+    try:
+        return check_seed(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--out", required=True, help="CSV of predictions (mean, q05, q95, loglik if y given)")
     pred.add_argument("--num-samples", type=positive_int, default=NUM_SAMPLES,
                       help=f"importance samples per task (default {NUM_SAMPLES})")
-    pred.add_argument("--seed", type=int, default=0)
+    pred.add_argument("--seed", type=seed, default=0)
     pred.add_argument("--chunk", type=positive_int, default=PREDICT_CHUNK,
                       help=f"tasks predicted at a time (memory; default {PREDICT_CHUNK})")
     pred.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -85,7 +93,7 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
                    help="resume a checkpoint trained with fewer --steps (otherwise a resume needs the same options)")
     g.add_argument("--checkpoint-every", type=positive_int, default=TRAIN.checkpoint_every,
                    help="steps between writes of model.pt (a killed run resumes from the last one)")
-    g.add_argument("--seed", type=int, default=TRAIN.seed, help="random seed (tasks, initialization, draws)")
+    g.add_argument("--seed", type=seed, default=TRAIN.seed, help="random seed (tasks, initialization, draws)")
     g.add_argument("--metadata", metavar="use|none|COL[,COL...]", default=None,
                    help="built-in families: 'use' (default) or 'none', which withholds m everywhere (the "
                         "ablation); with --data: the metadata columns (constant within a group), or "

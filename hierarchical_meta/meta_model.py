@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import pickle
 
 import torch
 from torch import nn
 
+from .checkpoint import REFIT, Checkpoint
 from .guide import AmortizedGuide
 from .model import DECODERS, PRIORS, GenerativeModel, check_likelihood
 from .predict import NUM_SAMPLES, posterior_predictive
-from .runfiles import atomic_write, check_input_file
 from .tasks import TaskBatch
 
 __all__ = ["ModelConfig", "HierarchicalMetaModel", "load_checkpoint", "MAX_INPUT"]
@@ -143,50 +142,67 @@ class HierarchicalMetaModel(nn.Module):
                                     batch.x_query, num_samples=num_samples, defensive=defensive)
 
     # -- checkpoints ----------------------------------------------------------------------
-    def save(self, path: str, **extra) -> None:
-        """Write config + weights (+ ``extra`` entries) atomically: a crash never leaves half a file.
+    def to_checkpoint(self, **training) -> Checkpoint:
+        """A :class:`~hierarchical_meta.checkpoint.Checkpoint` of this model (``training``: its training fields)."""
+        return Checkpoint(model_config=dataclasses.asdict(self.config), weights=self.state_dict(), **training)
 
-        ``extra`` must be plain data (tensors, numbers, strings, lists, dicts, tuples, None):
-        :func:`load_checkpoint` unpickles nothing else.
-        """
-        state = {"config": dataclasses.asdict(self.config), "state_dict": self.state_dict(), **extra}
-        with atomic_write(path, "wb") as f:
-            torch.save(state, f)
+    def save(self, path: str) -> None:
+        """Write the model alone (no training state) to ``path`` atomically; read it with :func:`load_checkpoint`."""
+        self.to_checkpoint().write(path)
 
 
-def load_checkpoint(path: str, map_location="cpu"):
-    """Load ``(HierarchicalMetaModel, checkpoint dict)`` from a file written by :meth:`save`.
+def load_checkpoint(path: str, map_location="cpu") -> tuple[HierarchicalMetaModel, Checkpoint]:
+    """Load ``(HierarchicalMetaModel, Checkpoint)`` from a file written by :meth:`Checkpoint.write`.
 
-    Unpickles with ``weights_only=True``: tensors and plain data only, so a crafted file cannot
-    run code (ValueError). FileNotFoundError (IsADirectoryError, PermissionError) for a path
-    that is not a readable file; ValueError for a file that is not a checkpoint of this version.
+    :meth:`Checkpoint.read` checks the file (weights_only: a crafted file cannot run code);
+    then its ``model_config`` must be this version's ``ModelConfig`` and the weights must have
+    its shapes, checked before any allocation. FileNotFoundError (IsADirectoryError,
+    PermissionError) for a path that is not a readable file; ValueError, naming the field, for
+    anything else.
     """
-    check_input_file(path, "checkpoint")
+    checkpoint = Checkpoint.read(path, map_location)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "weights only" in str(error).lower():
-            raise ValueError(f"refused to load {path!r}: it holds Python objects beyond tensors and plain data, "
-                             "and unpickling them could run code; load only checkpoints written by "
-                             "`python -m hierarchical_meta fit`") from None
-        raise ValueError(f"{path!r} is not a hierarchical_meta checkpoint ({error}); pass the "
-                         "DIR/model.pt that `python -m hierarchical_meta fit --out DIR` wrote") from None
-    except Exception:  # garbage makes the unpickler fail in any way (KeyError, EOFError, ...)
-        raise ValueError(f"{path!r} is not a hierarchical_meta checkpoint (it cannot be read as one); pass the "
-                         "DIR/model.pt that `python -m hierarchical_meta fit --out DIR` wrote") from None
-    if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or "state_dict" not in state:
-        raise ValueError(f"{path!r} is not a hierarchical_meta checkpoint (no config/state_dict)")
-    unknown = sorted(set(state["config"]) - {f.name for f in dataclasses.fields(ModelConfig)})
-    if unknown:
-        raise ValueError(f"checkpoint {path!r} is from another version of hierarchical_meta: unknown config "
-                         f"key(s) {unknown}; retrain it with this version (or use the version that wrote it)")
-    try:
-        config = ModelConfig(**state["config"])
-    except TypeError as error:  # a value of the wrong type
-        raise ValueError(f"checkpoint {path!r} holds an invalid configuration ({error})") from None
+        config = _config_of(checkpoint.model_config)
+        _check_weights(config, checkpoint.weights)
+    except ValueError as error:
+        raise ValueError(f"checkpoint {path!r}: {error}") from None
     model = HierarchicalMetaModel(config)
+    model.load_state_dict(checkpoint.weights)
+    return model, checkpoint
+
+
+def _config_of(fields: dict) -> ModelConfig:
+    """The ``ModelConfig`` of a checkpoint's ``model_config`` field; ValueError naming what is wrong."""
+    known = [field.name for field in dataclasses.fields(ModelConfig)]
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise ValueError(f"it is from another version of hierarchical_meta: unknown model_config key(s) {unknown}; "
+                         "refit it with this version (or use the version that wrote it)")
+    missing = [name for name in known if name not in fields]
+    if missing:
+        raise ValueError(f"field 'model_config' lacks {missing}; {REFIT}")
     try:
-        model.load_state_dict(state["state_dict"])
-    except (RuntimeError, TypeError, AttributeError) as error:
-        raise ValueError(f"checkpoint {path!r} does not match its stored configuration: {error}") from None
-    return model, state
+        return ModelConfig(**fields)
+    except (TypeError, ValueError) as error:  # a value of the wrong type or range
+        raise ValueError(f"field 'model_config' is an invalid configuration ({error}); {REFIT}") from None
+
+
+def _check_weights(config: ModelConfig, weights: dict) -> None:
+    """ValueError unless ``weights`` have the names and shapes of a model of ``config``.
+
+    The model's shapes come from building it on the meta device (no memory), so a
+    configuration too large to allocate is refused, not allocated.
+    """
+    try:
+        with torch.device("meta"):
+            shapes = {name: value.shape for name, value in HierarchicalMetaModel(config).state_dict().items()}
+    except (RuntimeError, TypeError, ValueError, OverflowError) as error:
+        raise ValueError(f"field 'model_config' describes networks that cannot be built ({error}); {REFIT}") from None
+    missing, unknown = sorted(set(shapes) - set(weights)), sorted(set(weights) - set(shapes))
+    if missing or unknown:
+        raise ValueError(f"field 'weights' does not match field 'model_config': missing {missing}, unknown "
+                         f"{unknown}; {REFIT}")
+    for name, shape in shapes.items():
+        if weights[name].shape != shape:
+            raise ValueError(f"field 'weights' does not match field 'model_config': {name!r} has shape "
+                             f"{list(weights[name].shape)}, the configuration needs {list(shape)}; {REFIT}")

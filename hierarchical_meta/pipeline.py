@@ -141,11 +141,11 @@ def run_predict(checkpoint: str, tasks_file: str, out: str, num_samples: int = N
     def predictor(part):
         return meta_model.predict(part, num_samples=num_samples)[0]
 
-    if "schema" in state:  # trained on grouped data: the data's own columns, the user's units
+    if "schema" in state.extra:  # trained on grouped data: the data's own columns, the user's units
         from .grouped import predict_grouped  # it builds on this module
         from .tasks.schema import TabularSchema
 
-        schema = TabularSchema.from_dict(state["schema"])
+        schema = TabularSchema.from_dict(state.extra["schema"])
         torch.manual_seed(seed)
         with atomic_write(out, newline="") as f:
             points, tasks, notes = predict_grouped(predictor, schema, tasks_file, f, chunk, progress)

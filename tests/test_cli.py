@@ -75,8 +75,8 @@ def test_fit_writes_checkpoint_metrics_and_plots(fitted):
     rows = _read_csv(os.path.join(fitted, "metrics.csv"))
     assert [r["K"] for r in rows] == ["0", "1", "2", "5", "10"]
     assert {"loglik", "mse", "coverage90", "oracle_loglik", "shuffled_loglik"} <= set(rows[0])
-    model, state = load_checkpoint(os.path.join(fitted, "model.pt"))
-    assert state["step"] == 12 and model.config.hidden == 8 and model.config.use_metadata
+    model, checkpoint = load_checkpoint(os.path.join(fitted, "model.pt"))
+    assert checkpoint.step == 12 and model.config.hidden == 8 and model.config.use_metadata
 
 
 def test_rerun_with_more_steps_resumes(fitted, tmp_path, no_prediction_plot, capsys):
@@ -86,9 +86,9 @@ def test_rerun_with_more_steps_resumes(fitted, tmp_path, no_prediction_plot, cap
     assert main(["fit", "--out", out, "--steps", "16", "--extend"] + TINY) == 0
     assert "trained 4 steps" in capsys.readouterr().out
     _, after = load_checkpoint(os.path.join(out, "model.pt"))
-    assert after["step"] == 16
-    assert after["history"]["step"] == list(range(1, 17))  # continued, not restarted at 1
-    assert after["history"]["loss"][:12] == before["history"]["loss"]
+    assert after.step == 16
+    assert after.history["step"] == list(range(1, 17))  # continued, not restarted at 1
+    assert after.history["loss"][:12] == before.history["loss"]
 
 
 def test_fit_without_metadata(tmp_path, no_prediction_plot):

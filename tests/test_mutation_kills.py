@@ -240,13 +240,35 @@ def test_each_training_step_feeds_the_model_the_safeguarded_batch(monkeypatch, e
     assert [scale for _, _, _, scale in calls] == [config.kl_weight(step) for step in range(30)]
 
 
-def test_the_learning_rate_decays_to_lr_over_lr_decay_with_clipping(tmp_path):
-    config = tiny_config(steps=5, lr=0.01, lr_decay=4.0, clip_norm=3.0, elbo="pyro")  # ClippedAdam's state
+def learning_rates(checkpoint) -> list[float]:
+    """The learning rate of every parameter group in a checkpoint's optimizer state (either stepper)."""
+    optimizers = [checkpoint.optimizer] if "param_groups" in checkpoint.optimizer else checkpoint.optimizer.values()
+    return [group["lr"] for optim in optimizers for group in optim["param_groups"]]
+
+
+@pytest.mark.parametrize("elbo", ELBOS)
+def test_the_learning_rate_decays_to_lr_over_lr_decay_with_clipping(tmp_path, elbo):
+    config = tiny_config(steps=5, lr=0.01, lr_decay=4.0, clip_norm=3.0, elbo=elbo)
     fit(tiny_model(), SinusoidTasks(), config, out_dir=str(tmp_path), progress=False)
-    _, state = load_checkpoint(str(tmp_path / "model.pt"))
-    groups = [group for optim in state["optimizer"].values() for group in optim["param_groups"]]
-    assert groups and all(group["lr"] == pytest.approx(0.01 / 4.0, rel=1e-9) for group in groups)
-    assert all(group["clip_norm"] == 3.0 for group in groups)
+    _, checkpoint = load_checkpoint(str(tmp_path / "model.pt"))
+    assert learning_rates(checkpoint) and all(lr == pytest.approx(0.01 / 4.0, rel=1e-9)
+                                              for lr in learning_rates(checkpoint))
+    if elbo == "pyro":  # ClippedAdam keeps clip_norm in its state; FastSVI takes it from the config
+        groups = [group for optim in checkpoint.optimizer.values() for group in optim["param_groups"]]
+        assert all(group["clip_norm"] == 3.0 for group in groups)
+
+
+@pytest.mark.parametrize("elbo", ELBOS)
+def test_an_extended_run_decays_the_learning_rate_at_the_first_runs_rate(tmp_path, elbo):
+    """4 steps decaying lr 0.01 to 0.01 / 4, extended to 6: lr 0.01 * 4^(-6/4) (docs/reliability.md),
+    not 0.01 / 4 (a decay over the new 6 steps) nor 0.01 / 4 * 4^(-2/6) (the new rate from step 4)."""
+    config = tiny_config(steps=4, lr=0.01, lr_decay=4.0, elbo=elbo)
+    fit(tiny_model(), SinusoidTasks(), config, out_dir=str(tmp_path), progress=False)
+    fit(tiny_model(), SinusoidTasks(), dataclasses.replace(config, steps=6), out_dir=str(tmp_path),
+        progress=False, extend=True)
+    _, checkpoint = load_checkpoint(str(tmp_path / "model.pt"))
+    assert checkpoint.step == 6
+    assert all(lr == pytest.approx(0.01 * 4.0 ** (-6 / 4), rel=1e-9) for lr in learning_rates(checkpoint))
 
 
 def test_the_held_out_elbo_is_reported_every_eval_every_steps_and_at_the_end():
@@ -308,11 +330,11 @@ def test_held_out_elbo_is_the_bound_per_observed_point():
 def test_raising_steps_is_a_conflict_unless_extended(tmp_path):
     meta, family, config = tiny_model(), SinusoidTasks(), tiny_config()
     fit(meta, family, config, out_dir=str(tmp_path), progress=False)
-    _, state = load_checkpoint(str(tmp_path / "model.pt"))
+    _, checkpoint = load_checkpoint(str(tmp_path / "model.pt"))
     longer = dataclasses.replace(config, steps=6)
-    assert resume_conflicts(state, meta, family, config) == []
-    assert "--extend" in resume_conflicts(state, meta, family, longer)[0]
-    assert resume_conflicts(state, meta, family, longer, extend=True) == []
+    assert resume_conflicts(checkpoint, meta, family, config) == []
+    assert "--extend" in resume_conflicts(checkpoint, meta, family, longer)[0]
+    assert resume_conflicts(checkpoint, meta, family, longer, extend=True) == []
 
 
 # ---- corrupt_metadata: a swap takes another task's metadata ------------------------------
@@ -347,7 +369,7 @@ def test_a_resume_refuses_a_checkpoint_trained_on_other_data(tmp_path):
     config = tiny_config(steps=2)
     fit(tiny_model(), SinusoidTasks(), config, out_dir=str(tmp_path), progress=False,
         checkpoint_extra={"schema": {"y": ["growth"]}})
-    with pytest.raises(ValueError, match="schema \\(another data set"):
+    with pytest.raises(ValueError, match="schema y \\(another data set"):
         fit(tiny_model(), SinusoidTasks(), config, out_dir=str(tmp_path), progress=False,
             checkpoint_extra={"schema": {"y": ["yield"]}})
     history = fit(tiny_model(), SinusoidTasks(), config, out_dir=str(tmp_path), progress=False,

@@ -106,10 +106,10 @@ def test_fit_on_the_sample_file_writes_every_output(sample_run):
     rows = read(os.path.join(sample_run, "metrics.csv"))
     assert [(r["K"], r["model"]) for r in rows] == [(k, m) for k in SHOTS for m in LABELS]
     assert all(math.isfinite(float(r["loglik"])) and 0 <= float(r["coverage90"]) <= 1 for r in rows)
-    _, state = load_checkpoint(os.path.join(sample_run, "model.pt"))
-    schema = TabularSchema.from_dict(state["schema"])
+    _, checkpoint = load_checkpoint(os.path.join(sample_run, "model.pt"))
+    schema = TabularSchema.from_dict(checkpoint.extra["schema"])
     assert schema.names("x") == ["dose"] and schema.group == "site"
-    assert state["schema"] == metrics["schema"]
+    assert checkpoint.extra["schema"] == metrics["schema"]
 
 
 def test_pooled_baseline_ignores_the_support_and_scores_in_user_units(sample_run):
@@ -170,11 +170,12 @@ def test_predict_new_groups_in_user_units_in_file_order(known, tmp_path, capsys)
     assert 0.75 <= inside <= 1.0  # intervals in standardized units would miss nearly every growth
     assert (rows["growth_mean"] - rows["growth"]).abs().mean() < 0.5 * query["growth"].std()
     # chunks of two tasks write the same rows in the same order
-    model, state = load_checkpoint(os.path.join(out, "model.pt"))
+    model, checkpoint = load_checkpoint(os.path.join(out, "model.pt"))
     chunked = str(tmp_path / "chunked.csv")
     torch.manual_seed(0)
     with open(chunked, "w", newline="") as f:
-        points, tasks, notes = predict_grouped(lambda b: model.predict(b)[0], TabularSchema.from_dict(state["schema"]),
+        schema = TabularSchema.from_dict(checkpoint.extra["schema"])
+        points, tasks, notes = predict_grouped(lambda b: model.predict(b)[0], schema,
                                                tasks_file, f, chunk=2)
     again = pandas.read_csv(chunked)
     assert (points, tasks, notes) == (len(query), 12, [])

@@ -33,6 +33,7 @@ import torch
 import profiling
 from hierarchical_meta import plots
 from hierarchical_meta.__main__ import main
+from hierarchical_meta.checkpoint import digest
 from hierarchical_meta.errors import DEBUG_ENV
 from hierarchical_meta.meta_model import MAX_INPUT, HierarchicalMetaModel, ModelConfig, load_checkpoint
 from hierarchical_meta.pipeline import run_predict
@@ -90,10 +91,12 @@ def predict_text(text: str | bytes) -> Callable:
 
 
 def checkpoint_case(edit: Callable[[dict], object]) -> Callable:
-    """A predict case on a copy of the fitted checkpoint changed by ``edit(state)``."""
+    """A predict case on a copy of the fitted checkpoint changed by ``edit(state)``, its sha256 resealed."""
     def make(tmp, fitted):
         state = torch.load(f"{fitted}/model.pt", weights_only=True)
         state = edit(state) or state
+        if isinstance(state, dict) and "sha256" in state:  # the edit passes the digests: the fields' checks see it
+            state["sha256"] = {name: digest(state[name]) for name in state["sha256"] if name in state}
         torch.save(state, tmp / "edited.pt")
         return predict(write(tmp, TASKS), str(tmp / "edited.pt"), str(tmp / "pred.csv"))
     return make
@@ -150,21 +153,21 @@ def python(code: str, *args: str) -> subprocess.Popen:
 
 KILL_FIT = """
 import os, signal, sys
-from hierarchical_meta import meta_model
+from hierarchical_meta import checkpoint
 from hierarchical_meta.__main__ import main
 mode, argv = sys.argv[1], sys.argv[2:]
-save = meta_model.HierarchicalMetaModel.save
+write = checkpoint.Checkpoint.write
 
-def killing_save(self, path, **extra):
-    if mode == "mid-write" and extra.get("step") == 6:  # half a temporary file, then the kill
+def killing_write(self, path):
+    if mode == "mid-write" and self.step == 6:  # half a temporary file, then the kill
         with open(f"{path}.tmp-{os.getpid()}", "wb") as f:
             f.write(b"PK torn")
         os.kill(os.getpid(), signal.SIGKILL)
-    save(self, path, **extra)
-    if mode == "after-checkpoint" and extra.get("step") == 3:
+    write(self, path)
+    if mode == "after-checkpoint" and self.step == 3:
         os.kill(os.getpid(), signal.SIGKILL)
 
-meta_model.HierarchicalMetaModel.save = killing_save
+checkpoint.Checkpoint.write = killing_write
 main(argv)
 """
 
@@ -176,8 +179,8 @@ def killed_fit(mode: str) -> Callable:
         proc = python(KILL_FIT, mode, *argv)
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == -signal.SIGKILL, err.decode()
-        _, state = load_checkpoint(str(tmp / "run" / "model.pt"))
-        assert state["step"] == 3  # the checkpoint before the kill
+        _, saved = load_checkpoint(str(tmp / "run" / "model.pt"))
+        assert saved.step == 3  # the checkpoint before the kill
         return argv
     return make
 
@@ -186,9 +189,9 @@ def same_metrics_as_uninterrupted(tmp, fitted, out, err, capsys):
     assert metrics(str(tmp / "run")) == metrics(fitted)  # bit-identical: every number of metrics.json
     _, resumed = load_checkpoint(str(tmp / "run" / "model.pt"))
     _, whole = load_checkpoint(f"{fitted}/model.pt")
-    assert resumed["history"]["loss"] == whole["history"]["loss"] and resumed["history"]["step"] == [1, 2, 3, 4, 5, 6]
-    for name, tensor in whole["state_dict"].items():
-        assert torch.equal(resumed["state_dict"][name], tensor), name
+    assert resumed.history["loss"] == whole.history["loss"] and resumed.history["step"] == [1, 2, 3, 4, 5, 6]
+    for name, tensor in whole.weights.items():
+        assert torch.equal(resumed.weights[name], tensor), name
 
 
 def concurrent_fit(tmp, fitted):
@@ -342,13 +345,13 @@ def not_run(tmp, fitted, out, err, capsys):
 
 
 def unchanged_model(tmp, fitted, out, err, capsys):
-    _, state = load_checkpoint(str(tmp / "run" / "model.pt"))
-    assert state["step"] == 6 and "trained 0 steps" in out
+    _, saved = load_checkpoint(str(tmp / "run" / "model.pt"))
+    assert saved.step == 6 and "trained 0 steps" in out
 
 
 def extended(tmp, fitted, out, err, capsys):
-    _, state = load_checkpoint(str(tmp / "run" / "model.pt"))
-    assert state["step"] == 8 and state["history"]["step"] == list(range(1, 9))
+    _, saved = load_checkpoint(str(tmp / "run" / "model.pt"))
+    assert saved.step == 8 and saved.history["step"] == list(range(1, 9))
 
 
 def traceback_shown(tmp, fitted, out, err, capsys):
@@ -374,11 +377,12 @@ CLI_CASES = [
                                                                      str(t / "o.csv")), 2, "checkpoint"),
     Case("predict-malicious-checkpoint", malicious_checkpoint, 2, "refused", check=not_run),
     Case("predict-checkpoint-of-another-version",
-         checkpoint_case(lambda s: s["config"].update(task_family="sinusoid")), 2, "task_family"),
-    Case("predict-checkpoint-without-config", checkpoint_case(lambda s: s.pop("config")), 2, "no config"),
-    Case("predict-checkpoint-config-of-wrong-type", checkpoint_case(lambda s: s["config"].update(hidden="8")),
+         checkpoint_case(lambda s: s["model_config"].update(task_family="sinusoid")), 2, "task_family"),
+    Case("predict-checkpoint-without-config", checkpoint_case(lambda s: s.pop("model_config") and s), 2,
+         "has no field(s) ['model_config']"),
+    Case("predict-checkpoint-config-of-wrong-type", checkpoint_case(lambda s: s["model_config"].update(hidden="8")),
          2, "invalid configuration"),
-    Case("predict-checkpoint-weights-do-not-match", checkpoint_case(lambda s: s["config"].update(hidden=16)),
+    Case("predict-checkpoint-weights-do-not-match", checkpoint_case(lambda s: s["model_config"].update(hidden=16)),
          2, "does not match"),
     Case("predict-checkpoint-is-a-list", checkpoint_case(lambda s: [1, 2]), 2, "not a hierarchical_meta checkpoint"),
     # predict: outputs
