@@ -6,6 +6,7 @@ from a few labelled points plus metadata by importance sampling the whole poster
 """
 
 from .evaluate import EvalConfig, evaluate
+from .fitted import FittedModel
 from .meta_model import HierarchicalMetaModel, ModelConfig, load_checkpoint
 from .pipeline import evaluate_model, run_demo, run_fit, run_predict
 from .predictive import CategoricalMixturePredictive, MixturePredictive, point_metrics
@@ -14,6 +15,6 @@ from .tasks import BasisFunctionTasks, SinusoidTasks, TabularTasks, TaskBatch, T
 from .train import TrainConfig, fit
 
 __all__ = ["HierarchicalMetaModel", "ModelConfig", "TrainConfig", "EvalConfig", "fit", "evaluate",
-           "evaluate_model", "run_fit", "run_demo", "run_predict", "load_checkpoint",
+           "evaluate_model", "run_fit", "run_demo", "run_predict", "load_checkpoint", "FittedModel",
            "MixturePredictive", "CategoricalMixturePredictive", "point_metrics", "plate_diagram", "render_diagram",
            "TaskBatch", "TaskFamily", "SinusoidTasks", "BasisFunctionTasks", "TabularTasks", "make_family"]

@@ -149,14 +149,21 @@ def run_fit(family: TaskFamily, model_config: ModelConfig, train_config: TrainCo
         if family.fixed_dataset:
             metrics = count_groups(metrics)
             metrics.update(_comparison(run, model_config, view, config, out_dir, skipped_shots))
-        final = history["eval"][-1]  # held-out ELBO and KLs at the last step (train.heldout_elbo)
-        metrics.update({"num_samples": num_samples, "elbo": final["elbo_per_point"], "kl_phi1": final["kl_phi1_per_task"],
-                        "kl_phi2": final["kl_phi2_per_task"], "model": dataclasses.asdict(model_config),
-                        "train": dataclasses.asdict(train_config), "eval": dataclasses.asdict(config),
-                        "train_seconds": history["seconds"]})
+        metrics.update(_summary(history, num_samples, model_config, train_config, config))
         _write_outputs(out_dir, family, metrics, history, meta_model, config, num_samples)
     run.log(format_table(metrics))
     return metrics
+
+
+def _summary(history: dict, num_samples: int, model_config: ModelConfig, train_config: TrainConfig,
+             config: EvalConfig) -> dict:
+    """The run's settings and training: the held-out ELBO and KLs at the last step
+    (:func:`~hierarchical_meta.train.heldout_elbo`), the configs and the training seconds."""
+    final = history["eval"][-1]
+    return {"num_samples": num_samples, "elbo": final["elbo_per_point"], "kl_phi1": final["kl_phi1_per_task"],
+            "kl_phi2": final["kl_phi2_per_task"], "model": dataclasses.asdict(model_config),
+            "train": dataclasses.asdict(train_config), "eval": dataclasses.asdict(config),
+            "train_seconds": history["seconds"]}
 
 
 def _comparison(run: _Run, model_config: ModelConfig, view: TaskFamily, config: EvalConfig, out_dir: str,

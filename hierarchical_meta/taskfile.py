@@ -73,7 +73,7 @@ class PredictionTasks:
 def read_tasks(path: str, schema: TabularSchema) -> PredictionTasks:
     """:func:`tasks_from_frame` of a UTF-8 CSV file; messages start with the path and name the line."""
     check_input_file(path, "task file")
-    frame = read_csv(path, text_columns=TASK_COLUMNS)
+    frame = read_csv(path, text_columns=TASK_COLUMNS, check_header=lambda names: _check_columns(names, schema, False))
     try:
         return tasks_from_frame(frame, schema)
     except ValueError as error:
@@ -108,7 +108,8 @@ def _checked_frame(frame, schema: TabularSchema):
     pandas = import_pandas()
     if not isinstance(frame, pandas.DataFrame):
         raise ValueError(f"the tasks must be a pandas DataFrame, got {type(frame).__name__}")
-    _check_columns(frame, schema)
+    with_support = "role" not in frame.columns or (frame["role"].astype(str).str.strip() == "support").any()
+    _check_columns(list(frame.columns), schema, with_support)
     if frame.empty:
         raise ValueError("no rows: give support and query rows of the tasks to predict")
     frame = frame.copy()
@@ -134,19 +135,18 @@ def _checked_frame(frame, schema: TabularSchema):
     return frame
 
 
-def _check_columns(frame, schema: TabularSchema) -> None:
-    """The task, role, x and metadata columns (and y with support rows) are there; for the
-    identity schema, no numbered column beyond the model's (m3 for two metadata columns)."""
+def _check_columns(columns: list, schema: TabularSchema, with_support: bool) -> None:
+    """The task, role, x and metadata columns (and y ``with_support`` rows) are among ``columns``;
+    for the identity schema, no numbered column beyond the model's (m3 for two metadata columns)."""
     xs, ys, ms = schema.names("x"), schema.names("y"), schema.names("metadata")
-    with_support = "role" not in frame.columns or (frame["role"].astype(str).str.strip() == "support").any()
     needed = ["task", "role", *xs, *(ys if with_support else []), *ms]
-    missing = [c for c in needed if c not in frame.columns]
+    missing = [c for c in needed if c not in columns]
     if missing:
         raise ValueError(f"missing column(s) {missing}; a task file for this model needs columns "
                          f"{['task', 'role', *xs, *ys, *ms]} (y may be left out when no row is a support row)")
     if schema.is_identity():
         known = set(xs + ys + ms)
-        extra = [c for c in frame.columns if isinstance(c, str) and re.fullmatch(r"[xym]\d*", c) and c not in known]
+        extra = [c for c in columns if isinstance(c, str) and re.fullmatch(r"[xym]\d*", c) and c not in known]
         if extra:
             raise ValueError(f"column(s) {extra} do not fit the model, which takes x column(s) {xs}, y column(s) "
                              f"{ys} and metadata column(s) {ms}; drop them or use the model trained on them")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 __all__ = ["INSTALL_HINT", "SAVE_AS_CSV", "import_pandas", "read_csv", "row_name", "cell_name"]
 
@@ -61,7 +61,7 @@ def _text(path: str) -> str:
                          f"Latin-1 or Windows-1252 export?); {SAVE_AS_CSV}") from None
 
 
-def _rows(path: str, text: str) -> list[tuple[int, list[str]]]:
+def _rows(path: str, text: str, check_header: Callable[[list[str]], None] | None) -> list[tuple[int, list[str]]]:
     """``(line, fields)`` of every non-blank row, the header first; ValueError for a broken table."""
     reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
     try:
@@ -75,6 +75,11 @@ def _rows(path: str, text: str) -> list[tuple[int, list[str]]]:
     if twice:
         raise ValueError(f"{path}, line 1: the header names column(s) {twice} more than once; rename them "
                          "so that each column appears once")
+    if check_header is not None:
+        try:
+            check_header(header)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
     for line, row in rows[1:]:
         if len(row) != len(header):
             raise ValueError(f"{path}, line {line}: the row does not have the header's {len(header)} fields "
@@ -82,16 +87,18 @@ def _rows(path: str, text: str) -> list[tuple[int, list[str]]]:
     return rows
 
 
-def read_csv(path: str, text_columns: Sequence[str] = ()):
+def read_csv(path: str, text_columns: Sequence[str] = (), check_header: Callable[[list[str]], None] | None = None):
     """A CSV file as a data frame indexed by line number (see the module docstring).
 
     ``text_columns`` are read as text (an empty cell is missing, None); the others as pandas
-    infers them. A file without a header gives an empty frame. Raises ``FileNotFoundError``,
-    ``IsADirectoryError``, and ``ValueError`` naming the file for what is not UTF-8 CSV text.
+    infers them. ``check_header(names)`` may raise ValueError for a header the caller cannot
+    use, before the rows are checked. A file without a header gives an empty frame. Raises
+    ``FileNotFoundError``, ``IsADirectoryError``, and ``ValueError`` naming the file for what
+    is not UTF-8 CSV text.
     """
     pandas = import_pandas()
     text = _text(path)
-    rows = _rows(path, text)
+    rows = _rows(path, text, check_header)
     if not rows:
         return pandas.DataFrame()
     frame = pandas.read_csv(io.StringIO(text), skipinitialspace=True, skip_blank_lines=True)
