@@ -31,6 +31,7 @@ width), never to the largest group of the data set.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -103,7 +104,7 @@ class TabularTasks(TaskFamily):
         pandas = import_pandas()
         if not isinstance(frame, pandas.DataFrame):
             raise ValueError(f"frame must be a pandas DataFrame, got {type(frame).__name__}")
-        self._check_fractions(split_column, val_fraction, test_fraction)
+        self._check_split_options(split_column, val_fraction, test_fraction, split_seed)
         self.name = name
         self.split_seed = int(split_seed)
         self.notes: list[str] = []
@@ -142,11 +143,13 @@ class TabularTasks(TaskFamily):
     # -- checks and cleaning ----------------------------------------------------------------
 
     @staticmethod
-    def _check_fractions(split_column, val_fraction, test_fraction) -> None:
+    def _check_split_options(split_column, val_fraction, test_fraction, split_seed) -> None:
+        if not isinstance(split_seed, numbers.Integral):
+            raise ValueError(f"split_seed must be an integer, got {split_seed!r}")
         if split_column is not None:
             return
-        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (val_fraction, test_fraction))
-        if not (numbers and 0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
+        given = all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in (val_fraction, test_fraction))
+        if not (given and 0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
             raise ValueError("val_fraction and test_fraction must be numbers > 0 with a sum < 1, got "
                              f"{val_fraction!r} and {test_fraction!r}")
 
