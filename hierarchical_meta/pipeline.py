@@ -113,8 +113,8 @@ def _check_arguments(family, model_config, train_config, eval_config) -> None:
                               (train_config, TrainConfig, "train_config"), (eval_config, (EvalConfig, type(None)),
                                                                              "eval_config")):
         if not isinstance(value, kind):
-            expected = kind.__name__ if isinstance(kind, type) else "an EvalConfig or None"
-            raise ValueError(f"{name} must be a {expected} (e.g. TabularTasks.from_frame(...) for a data frame), "
+            expected = f"a {kind.__name__}" if isinstance(kind, type) else "an EvalConfig or None"
+            raise ValueError(f"{name} must be {expected} (for a data frame: TabularTasks.from_frame(...)), "
                              f"got {type(value).__name__}")
 
 

@@ -191,21 +191,23 @@ class TabularTasks(TaskFamily):
 
     @staticmethod
     def _kinds(frame, roles, categorical) -> dict[str, str]:
-        """numeric or categorical per used column; text that is mostly numbers is an error."""
+        """numeric or categorical per used column: y is numeric; an x or metadata column is
+        categorical when named so or when it holds text, numeric when it holds numbers (numbers
+        stored as text too); text that is mostly numbers is an error naming the first non-number."""
         pandas = import_pandas()
         kinds = {}
         for role in ROLES:
             for c in roles[role]:
                 values = frame[c]
-                if role == "y" or pandas.api.types.is_numeric_dtype(values) or pandas.api.types.is_bool_dtype(values):
-                    kinds[c] = "categorical" if c in categorical else "numeric"
-                    continue
-                if c not in categorical:
-                    observed = values.dropna()
-                    parsed = pandas.to_numeric(observed, errors="coerce")
-                    if parsed.notna().mean() > 0.5:  # mostly numbers: a typo, not categories
+                if c in categorical:
+                    kinds[c] = "categorical"
+                elif role == "y" or pandas.api.types.is_numeric_dtype(values) or pandas.api.types.is_bool_dtype(values):
+                    kinds[c] = "numeric"
+                else:
+                    numbers = pandas.to_numeric(values.dropna(), errors="coerce").notna().mean()
+                    if numbers > 0.5:  # mostly numbers: numeric, and a word among them a typo
                         numeric_values(frame, c, role)  # raises, naming the first non-number
-                kinds[c] = "categorical"
+                    kinds[c] = "numeric" if numbers > 0.5 else "categorical"
         return kinds
 
     def _clean(self, frame, group, roles, kinds):
