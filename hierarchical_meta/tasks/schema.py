@@ -271,14 +271,10 @@ class TabularSchema:
         mean, std = self._y_scale(y)
         return (y - mean) / std
 
-    def log_prob_to_user(self, log_prob: torch.Tensor) -> torch.Tensor:
-        """A log-density of standardized y (summed over Dy) -> per unit of the user's y: minus Σ_j log s_j."""
-        return log_prob - sum(math.log(c.std) for c in self.y)
-
     def predictive_to_user(self, predictive: MixturePredictive) -> MixturePredictive:
         """The same mixture in user units: means μ + s μ_z, standard deviations s σ_z.
 
-        Its ``log_prob`` of user-unit y equals :meth:`log_prob_to_user` of the standardized one.
+        Its ``log_prob`` of user-unit y is the standardized one's minus Σ_j log s_j (the Jacobian).
         With μ = 0 and s = 1 (any predictive, a classifier's too) it is ``predictive`` itself.
         """
         if all(c.mean == 0 and c.std == 1 for c in self.y):
