@@ -57,15 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_fit_options(fit_p)
 
     pred = sub.add_parser("predict", help="predict query points of new tasks given in a CSV file",
-                          description="Predict query points of new tasks, in the units of the training data. "
-                                      "Task file format: see hierarchical_meta/taskfile.py (columns task, role and "
-                                      "the data's own x, y and metadata columns; x, y, m1, m2, ... for a "
-                                      "built-in family).",
+                          description="Predict query points of new tasks in the training data's units. Task file "
+                                      "format: hierarchical_meta/taskfile.py (task, role, the data's columns).",
                           parents=[common])
     pred.add_argument("--checkpoint", required=True, help="DIR/model.pt written by fit")
     pred.add_argument("--tasks-file", required=True, help="UTF-8 CSV of support and query points per task")
-    pred.add_argument("--out", required=True, help="CSV of predictions (<y>_mean, <y>_q05, <y>_q95; <y> and "
-                                                   "loglik where y is given)")
+    pred.add_argument("--out", required=True, help="CSV of predictions (<y>_mean, <y>_q05, <y>_q95, loglik)")
     pred.add_argument("--num-samples", type=positive_int, default=NUM_SAMPLES,
                       help=f"importance samples per task (default {NUM_SAMPLES})")
     pred.add_argument("--seed", type=int, default=0)

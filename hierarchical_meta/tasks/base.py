@@ -151,16 +151,17 @@ class TaskFamily:
 
     - ``num_classes``: C for a classification family (y holds class indices), else None;
     - ``noise_std``: the known observation noise σ, else None;
-    - ``fixed_dataset``: True for a finite set of tasks, scored on every test task by
-      :meth:`all_tasks` instead of tasks drawn by :meth:`sample`;
+    - ``fixed_dataset``: True for a finite set of tasks (the groups of a data set, with
+      ``split_indices`` and ``group_sizes``), scored on every test task by :meth:`all_tasks`
+      instead of tasks drawn by :meth:`sample`, and reported beside its ``baselines``;
     - :meth:`true_mean`: the noise-free function of each task, else None;
     - :meth:`exact_predictive`: the exact posterior predictive, else None;
     - ``schema``: the columns of its task files and the user's units
       (:class:`~hierarchical_meta.tasks.schema.TabularSchema`); by default the identity
       schema of its dimensions (columns x, y, m1, ... taken as they are);
-    - ``baselines``: the baselines ``run_fit`` scores beside the model on its test tasks
-      (``"no_metadata"``: the model with m withheld; ``"mixed_model"``, ``"pooled"``:
-      :func:`hierarchical_meta.baselines.linear_baselines`), none by default;
+    - ``baselines``: the baselines ``run_fit`` scores beside the model on a fixed data set's
+      test groups (``"no_metadata"``: the model with m withheld; ``"mixed_model"``,
+      ``"pooled"``: :func:`hierarchical_meta.baselines.linear_baselines`), none by default;
     - ``notes``: remarks on the data for the user (rows dropped, levels unseen), none by default.
     """
 
