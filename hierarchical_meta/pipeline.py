@@ -109,13 +109,15 @@ class _Run:
 
 
 def _check_arguments(family, model_config, train_config, eval_config) -> None:
-    for value, kind, name in ((family, TaskFamily, "family"), (model_config, ModelConfig, "model_config"),
-                              (train_config, TrainConfig, "train_config"), (eval_config, (EvalConfig, type(None)),
-                                                                             "eval_config")):
+    """ValueError for an argument of :func:`run_fit` of the wrong kind (a data frame as the family, say)."""
+    checks = (("family", family, TaskFamily), ("model_config", model_config, ModelConfig),
+              ("train_config", train_config, TrainConfig), ("eval_config", eval_config, (EvalConfig, type(None))))
+    for name, value, kind in checks:
         if not isinstance(value, kind):
-            expected = f"a {kind.__name__}" if isinstance(kind, type) else "an EvalConfig or None"
-            raise ValueError(f"{name} must be {expected} (for a data frame: TabularTasks.from_frame(...)), "
-                             f"got {type(value).__name__}")
+            expected = "an EvalConfig or None" if name == "eval_config" else f"a {kind.__name__}"
+            hint = " (for a data frame: TabularTasks.from_frame(frame, group=..., x=..., y=...))" \
+                if name == "family" else ""
+            raise ValueError(f"{name} must be {expected}{hint}, got {type(value).__name__}")
 
 
 def run_fit(family: TaskFamily, model_config: ModelConfig, train_config: TrainConfig, out_dir: str,
