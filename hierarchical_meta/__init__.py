@@ -26,6 +26,7 @@ _EXPORTS = {
     "run_predict": "pipeline",
     "load_checkpoint": "meta_model",
     "Checkpoint": "checkpoint",
+    "FittedModel": "fitted",
     "MixturePredictive": "predictive",
     "CategoricalMixturePredictive": "predictive",
     "point_metrics": "predictive",

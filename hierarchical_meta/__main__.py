@@ -18,8 +18,8 @@ from .errors import DEBUG_ENV, report_errors
 from .evaluate import EvalConfig
 from .meta_model import ModelConfig
 from .model import DECODERS, NOISES, PRIORS
-from .pipeline import PREDICT_CHUNK, run_demo, run_fit, run_predict
-from .predict import NUM_SAMPLES
+from .pipeline import run_demo, run_fit, run_predict
+from .predict import NUM_SAMPLES, PREDICT_CHUNK
 from .runfiles import check_output_file
 from .tasks import FAMILIES, TabularTasks, TaskFamily, make_family
 from .tasks.tabular import TEST_FRACTION, VAL_FRACTION
@@ -65,12 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_fit_options(fit_p)
 
     pred = sub.add_parser("predict", help="predict query points of new tasks given in a CSV file",
-                          description="Predict query points of new tasks. Task file format: see "
-                                      "hierarchical_meta/taskfile.py (columns task, role, x, y, m1, m2, ...).",
+                          description="Predict query points of new tasks in the training data's units. Task file "
+                                      "format: hierarchical_meta/taskfile.py (task, role, the data's columns).",
                           parents=[common])
     pred.add_argument("--checkpoint", required=True, help="DIR/model.pt written by fit")
-    pred.add_argument("--tasks-file", required=True, help="CSV of support and query points per task")
-    pred.add_argument("--out", required=True, help="CSV of predictions (mean, q05, q95, loglik if y given)")
+    pred.add_argument("--tasks-file", required=True, help="UTF-8 CSV of support and query points per task")
+    pred.add_argument("--out", required=True, help="CSV of predictions (<y>_mean, <y>_q05, <y>_q95, loglik)")
     pred.add_argument("--num-samples", type=positive_int, default=NUM_SAMPLES,
                       help=f"importance samples per task (default {NUM_SAMPLES})")
     pred.add_argument("--seed", type=seed, default=0)

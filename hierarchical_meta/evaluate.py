@@ -21,10 +21,16 @@ Draw d of ``EvalConfig.draws`` uses the seed ``seed + d``: fresh held-out tasks 
 family, a fresh support/query partition of every task of a fixed data set. Metrics are
 pooled over draws and chunks of tasks, weighted by their query points. A stochastic
 predictor draws from torch's global RNG: seed it before :func:`evaluate` to reproduce.
+
+Scores are in the user's units where the family's schema standardizes y
+(:func:`user_metrics`; the identity schema of a built-in family changes nothing). A fixed
+data set is scored on comparable groups (:func:`comparable_groups`), and its report counts
+groups (:func:`count_groups`).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Callable
@@ -35,10 +41,14 @@ from tqdm.auto import tqdm
 
 from .predictive import point_metrics
 from .tasks import TaskBatch, TaskFamily
+from .tasks.schema import TabularSchema
 
-__all__ = ["SHOTS", "EvalConfig", "Predictor", "evaluate", "heldout_tasks", "shuffle_metadata"]
+__all__ = ["SHOTS", "MIN_GROUP_FRACTION", "EvalConfig", "Predictor", "evaluate", "heldout_tasks",
+           "shuffle_metadata", "importance_metrics", "user_metrics", "comparable_groups", "count_groups"]
 
 SHOTS = (0, 1, 2, 5, 10)
+#: A K is evaluated on a fixed data set only if at least this fraction of its test groups have more than K rows.
+MIN_GROUP_FRACTION = 0.5
 
 #: TaskBatch -> predictive distribution of its query points (None: no prediction, skipped).
 Predictor = Callable[[TaskBatch], Any]
@@ -150,4 +160,57 @@ def evaluate(predictor: Predictor, family: TaskFamily, config: EvalConfig | None
     if all(log_prob is not None for log_prob, _ in floors):  # the same query points for every K
         total_log_prob = sum((log_prob * mask).sum() for log_prob, mask in floors)
         result["noise_floor_loglik"] = float(total_log_prob / sum(mask.sum() for _, mask in floors))
+    return result
+
+
+def importance_metrics(predictive, y: torch.Tensor, mask: torch.Tensor) -> dict:
+    """:func:`~hierarchical_meta.predictive.point_metrics` and ``ess``, the mean effective sample size."""
+    return {**point_metrics(predictive, y, mask), "ess": float(predictive.effective_sample_size().mean())}
+
+
+def user_metrics(schema: TabularSchema, importance: bool = False) -> Metrics:
+    """Scores of a predictive of the model's y in the user's units (``schema`` undoes the
+    standardization: ``loglik`` is a log-density of the user's y, ``mse`` in its squared units);
+    with ``importance``, also the mean effective sample size of the model's importance weights."""
+    def scores(predictive, y: torch.Tensor, mask: torch.Tensor) -> dict:
+        user = schema.predictive_to_user(predictive)
+        y_user = schema.y_to_user(y.double()).to(y.dtype)
+        return (importance_metrics if importance else point_metrics)(user, y_user, mask)
+    return scores
+
+
+def comparable_groups(family: TaskFamily, shots) -> tuple[TaskFamily, list[int], dict[str, str]]:
+    """The family with its test split cut to the groups every kept K can score.
+
+    Returns ``(view, kept_shots, skipped)``. A fixed data set's ``view`` shares its data, its
+    test split the test groups with more than max(kept_shots) rows; ``skipped`` maps each K
+    left out (fewer than :data:`MIN_GROUP_FRACTION` of the test groups have more than K rows)
+    to why. A sampled family draws tasks of every size: it is its own view, every K kept.
+    """
+    if not family.fixed_dataset:
+        return family, list(shots), {}
+    test = family.split_indices["test"]
+    sizes = family.group_sizes[test]
+    kept, skipped = [], {}
+    for k in shots:
+        n = int((sizes > k).sum())
+        if n >= MIN_GROUP_FRACTION * len(test) and n > 0:
+            kept.append(k)
+        else:
+            skipped[str(k)] = (f"only {n} of {len(test)} test groups have more than {k} rows "
+                               f"(needs at least {MIN_GROUP_FRACTION:.0%} of them)")
+    if not kept:
+        raise ValueError(f"no K of {list(shots)} can be evaluated: the {len(test)} test groups have "
+                         f"{int(sizes.min())} to {int(sizes.max())} rows; give smaller shots or larger groups")
+    view = copy.copy(family)
+    view.split_indices = {**family.split_indices, "test": test[sizes > max(kept)]}
+    return view, kept, skipped
+
+
+def count_groups(result: dict) -> dict:
+    """:func:`evaluate`'s result with ``num_tasks`` named ``num_groups`` (a fixed data set's tasks are its groups)."""
+    for section in [result] + ([result["shuffled_metadata"]] if "shuffled_metadata" in result else []):
+        for entry in section["shots"].values():
+            if "num_tasks" in entry:
+                entry["num_groups"] = entry.pop("num_tasks")
     return result

@@ -1,19 +1,29 @@
-"""The applications end to end, callable from Python: fit and evaluate, and the demo.
+"""The applications end to end, callable from Python: fit and evaluate, predict, and the demo.
 
-:func:`run_fit` trains (or resumes) a model on a task family, evaluates it
-(:mod:`hierarchical_meta.evaluate`) and writes into its output folder ``model.pt``,
-``metrics.json``, ``metrics.csv``, ``training_curve.png``, ``predictions.png`` (1-D x and y)
-and ``loglik_vs_k.png``. :func:`run_demo` draws the plate diagram, fits sinusoid tasks with
-and without the metadata and checks the demo's quality targets (:func:`check_targets`).
+:func:`run_fit` trains (or resumes) a model on any task family and scores it on held-out
+tasks (:mod:`hierarchical_meta.evaluate`) in the units of the family's schema. A sampled
+family (sinusoid, basis) is scored beside its exact-Bayes reference; a fixed data set (a CSV
+file, nlschools, sleepstudy: ``family.fixed_dataset``) on the test groups every K can score,
+beside the baselines it offers (``family.baselines``): the model with the metadata withheld,
+trained into ``out_dir/no_metadata/``, and the linear ones
+(:func:`hierarchical_meta.baselines.linear_baselines`), in the data's own units: ``loglik``
+is the log-density of y in its units (nats per point; it changes by -log s when y is rescaled
+by s), ``mse`` is in the squared units of y, ``coverage90`` a fraction. The output folder
+receives ``model.pt`` (a data set's schema inside, as plain data, for ``predict``),
+``metrics.json``, ``metrics.csv`` (:mod:`hierarchical_meta.report`), ``training_curve.png``,
+``loglik_vs_k.png`` (every model) and, for a sampled family with 1-D x and y,
+``predictions.png``.
+
 :func:`run_predict` predicts the query points of a task file (:mod:`hierarchical_meta.taskfile`)
-in chunks of tasks. ``python -m hierarchical_meta`` parses its flags into the config dataclasses
-and calls these. A run holds the lock of its output folder and writes its results atomically
-(:mod:`hierarchical_meta.runfiles`).
+with :class:`~hierarchical_meta.fitted.FittedModel`, a chunk of tasks at a time.
+:func:`run_demo` draws the plate diagram, fits sinusoid tasks with and without the metadata
+and checks the demo's quality targets (:func:`check_targets`). ``python -m hierarchical_meta``
+parses its flags into the config dataclasses and calls these. A run holds the lock of its
+output folder and writes its results atomically (:mod:`hierarchical_meta.runfiles`).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import os
@@ -22,17 +32,19 @@ from collections.abc import Callable
 
 import torch
 
-from .evaluate import EvalConfig, evaluate, heldout_tasks
-from .meta_model import HierarchicalMetaModel, ModelConfig, load_checkpoint
-from .predict import NUM_SAMPLES, predict_in_chunks
-from .predictive import point_metrics
+from .baselines import linear_baselines
+from .evaluate import EvalConfig, comparable_groups, count_groups, evaluate, heldout_tasks, user_metrics
+from .fitted import FittedModel, checkpoint_schema
+from .meta_model import HierarchicalMetaModel, ModelConfig
+from .predict import NUM_SAMPLES, PREDICT_CHUNK
+from .report import LABELS, format_table, format_targets, write_metrics_csv
 from .runfiles import atomic_write, check_input_file, check_output_file, hold_folder
-from .taskfile import prediction_header, prediction_rows, read_task_file
-from .tasks import SinusoidTasks, TabularTasks, TaskFamily
+from .taskfile import read_tasks
+from .tasks import SPLITS, SinusoidTasks, TaskFamily
+from .tasks.schema import ROLES
 from .train import TrainConfig, fit
 
-__all__ = ["run_fit", "run_demo", "run_predict", "PREDICT_CHUNK", "evaluate_model", "importance_metrics",
-           "check_targets", "write_metrics_csv", "format_table", "format_targets",
+__all__ = ["run_fit", "run_demo", "run_predict", "evaluate_model", "check_targets",
            "TARGET_ORACLE_GAP", "TARGET_COVERAGE", "TARGET_METADATA_GAIN", "TARGET_SHUFFLED_LOSS"]
 
 #: The demo's quality targets (docs/model.md), per query point: at every K the model's loglik
@@ -44,26 +56,68 @@ TARGET_COVERAGE = (0.85, 0.95)
 TARGET_METADATA_GAIN = 0.1
 TARGET_SHUFFLED_LOSS = 0.2
 
-#: Tasks predicted at a time by :func:`run_predict`: memory grows as chunk x samples x points per task.
-PREDICT_CHUNK = 16
-
 Log = Callable[[str], None] | None
 
 
-def importance_metrics(predictive, y: torch.Tensor, mask: torch.Tensor) -> dict:
-    """:func:`~hierarchical_meta.predictive.point_metrics` and ``ess``, the mean effective sample size."""
-    return {**point_metrics(predictive, y, mask), "ess": float(predictive.effective_sample_size().mean())}
+def _quiet(text: str) -> None:
+    """The log of a silent run."""
 
 
 def evaluate_model(meta_model: HierarchicalMetaModel, family: TaskFamily, config: EvalConfig | None = None,
                    num_samples: int = NUM_SAMPLES, progress: bool = False) -> dict:
-    """:func:`~hierarchical_meta.evaluate.evaluate` of the model's predictive, with its ESS per K."""
+    """:func:`~hierarchical_meta.evaluate.evaluate` of the model's predictive in the units of the
+    family's schema, with its ESS per K and ``num_samples``."""
     def predictor(batch):
         return meta_model.predict(batch, num_samples=num_samples)[0]
 
-    metrics = evaluate(predictor, family, config, metrics=importance_metrics, progress=progress)
+    metrics = evaluate(predictor, family, config, metrics=user_metrics(family.schema, importance=True),
+                       progress=progress)
     metrics["num_samples"] = num_samples
     return metrics
+
+
+@dataclasses.dataclass
+class _Run:
+    """What every model of one :func:`run_fit` shares: the family, the training options, the output."""
+
+    family: TaskFamily
+    train_config: TrainConfig
+    num_samples: int
+    progress: bool
+    log: Callable[[str], None]
+    extend: bool
+
+    def train(self, config: ModelConfig, out_dir: str) -> tuple[HierarchicalMetaModel, dict]:
+        """Train (or resume) one model into ``out_dir/model.pt``, the family's schema beside the weights."""
+        torch.manual_seed(self.train_config.seed)  # the initial weights
+        meta_model = HierarchicalMetaModel(config)
+        tic = time.perf_counter()
+        history = fit(meta_model, self.family, self.train_config, out_dir=out_dir, progress=self.progress,
+                      extend=self.extend, checkpoint_extra=checkpoint_schema(self.family.schema))
+        self.log(f"trained {history['trained_steps']} steps in {time.perf_counter() - tic:.0f}s "
+                 f"(step {history['step'][-1]} of {self.train_config.steps}) -> {os.path.join(out_dir, 'model.pt')}")
+        return meta_model, history
+
+    def score(self, meta_model: HierarchicalMetaModel, view: TaskFamily, config: EvalConfig,
+              progress: bool = False) -> dict:
+        """:func:`evaluate_model` with the importance samples seeded by the training seed; without
+        ``num_samples``, which :func:`run_fit` reports once."""
+        torch.manual_seed(self.train_config.seed)
+        scores = evaluate_model(meta_model, view, config, num_samples=self.num_samples, progress=progress)
+        del scores["num_samples"]
+        return scores
+
+
+def _check_arguments(family, model_config, train_config, eval_config) -> None:
+    """ValueError for an argument of :func:`run_fit` of the wrong kind (a data frame as the family, say)."""
+    checks = (("family", family, TaskFamily), ("model_config", model_config, ModelConfig),
+              ("train_config", train_config, TrainConfig), ("eval_config", eval_config, (EvalConfig, type(None))))
+    for name, value, kind in checks:
+        if not isinstance(value, kind):
+            expected = "an EvalConfig or None" if name == "eval_config" else f"a {kind.__name__}"
+            hint = " (for a data frame: TabularTasks.from_frame(frame, group=..., x=..., y=...))" \
+                if name == "family" else ""
+            raise ValueError(f"{name} must be {expected}{hint}, got {type(value).__name__}")
 
 
 def run_fit(family: TaskFamily, model_config: ModelConfig, train_config: TrainConfig, out_dir: str,
@@ -71,57 +125,102 @@ def run_fit(family: TaskFamily, model_config: ModelConfig, train_config: TrainCo
             progress: bool = True, log: Log = print, extend: bool = False) -> dict:
     """Train (or resume from ``out_dir/model.pt``), evaluate and plot into ``out_dir``; returns the metrics.
 
-    The metrics dict is ``metrics.json``: :func:`evaluate_model`'s entries, the held-out ELBO and
-    KLs at the last step, the three configs and the training seconds. ``log`` receives the
-    status lines and the table (None: silent); ``progress`` shows bars while training and evaluating.
-    A resume must have the checkpoint's options (:func:`~hierarchical_meta.train.fit`;
+    The metrics dict is ``metrics.json``: the model's scores per K
+    (:func:`~hierarchical_meta.evaluate.evaluate`, with ``ess``; for a data set ``num_groups``),
+    for a data set also ``baselines`` (name -> ``{"label", "shots"}``), ``skipped_baselines`` and
+    ``skipped_shots`` (name or K -> reason), the units, ``data`` (columns, groups per split,
+    notes) and ``schema``; then ``num_samples``, the held-out ELBO and KLs at the last step, the
+    three configs (``eval`` as used: the kept K) and the training seconds. ``log`` receives the
+    status lines, the notes and the table (None: silent); ``progress`` shows bars while training
+    and evaluating. A resume must have the checkpoint's options (:func:`~hierarchical_meta.train.fit`;
     ``extend`` allows more steps). The run holds the lock of ``out_dir`` throughout.
-    A grouped data set (:class:`~hierarchical_meta.tasks.TabularTasks`: a CSV file, nlschools,
-    sleepstudy) is reported against its baselines in the user's units instead
-    (:func:`hierarchical_meta.grouped.run_fit_grouped`).
     """
-    log = log or (lambda text: None)
-    if isinstance(family, TabularTasks):
-        from .grouped import run_fit_grouped  # it builds on this module
+    _check_arguments(family, model_config, train_config, eval_config)
+    eval_config = eval_config if eval_config is not None else EvalConfig()
+    run = _Run(family, train_config, num_samples, progress, log or _quiet, extend)
+    with hold_folder(out_dir, run.log):
+        for note in family.notes:
+            run.log(f"note: {note}")
+        view, shots, skipped_shots = comparable_groups(family, eval_config.shots)
+        for k, reason in skipped_shots.items():
+            run.log(f"note: K = {k} left out: {reason}")
+        config = dataclasses.replace(eval_config, shots=tuple(shots),
+                                     shuffled_metadata=eval_config.shuffled_metadata and family.metadata_dim > 0)
+        meta_model, history = run.train(model_config, out_dir)
+        metrics = run.score(meta_model, view, config, progress)
+        if family.fixed_dataset:
+            metrics = count_groups(metrics)
+            metrics.update(_comparison(run, model_config, view, config, out_dir, skipped_shots))
+        metrics.update(_summary(history, num_samples, model_config, train_config, config))
+        _write_outputs(out_dir, family, metrics, history, meta_model, config, num_samples)
+    run.log(format_table(metrics))
+    return metrics
 
-        with hold_folder(out_dir, log):
-            return run_fit_grouped(family, model_config, train_config, out_dir, eval_config, num_samples,
-                                   progress, log, extend)
+
+def _summary(history: dict, num_samples: int, model_config: ModelConfig, train_config: TrainConfig,
+             config: EvalConfig) -> dict:
+    """The run's settings and training: the held-out ELBO and KLs at the last step
+    (:func:`~hierarchical_meta.train.heldout_elbo`), the configs and the training seconds."""
+    final = history["eval"][-1]
+    return {"num_samples": num_samples, "elbo": final["elbo_per_point"], "kl_phi1": final["kl_phi1_per_task"],
+            "kl_phi2": final["kl_phi2_per_task"], "model": dataclasses.asdict(model_config),
+            "train": dataclasses.asdict(train_config), "eval": dataclasses.asdict(config),
+            "train_seconds": history["seconds"]}
+
+
+def _comparison(run: _Run, model_config: ModelConfig, view: TaskFamily, config: EvalConfig, out_dir: str,
+                skipped_shots: dict) -> dict:
+    """A data set's baselines scored on the same groups and draws as the model, what was left
+    out and why, the units and the data (the module docstring); notes go to the log."""
+    family, schema = run.family, run.family.schema
+    config = dataclasses.replace(config, shuffled_metadata=False)
+    baselines = {}
+    if "no_metadata" in family.baselines and family.metadata_dim > 0 and model_config.use_metadata:
+        twin, _ = run.train(dataclasses.replace(model_config, use_metadata=False), os.path.join(out_dir, "no_metadata"))
+        baselines["no_metadata"] = run.score(twin, view, config)
+    predictors, skipped, notes = linear_baselines(family)
+    for name, predictor in predictors.items():
+        baselines[name] = evaluate(predictor, view, config, metrics=user_metrics(schema))
+    for name, reason in skipped.items():
+        run.log(f"note: {LABELS[name]} left out: {reason}")
+    for note in notes:
+        run.log(f"note: {note}")
+    y = ", ".join(schema.names("y"))
+    return {"baselines": {name: {"label": LABELS[name], **count_groups(result)} for name, result in baselines.items()},
+            "skipped_baselines": skipped, "skipped_shots": skipped_shots,
+            "loglik_units": f"nats per query point: log-density of {y} in the data's own units",
+            "mse_units": f"squared units of {y}",
+            "data": {"name": family.name, "group": schema.group, **{role: schema.names(role) for role in ROLES},
+                     "groups": {split: len(family.split_indices[split]) for split in SPLITS},
+                     "evaluated_groups": len(view.split_indices["test"]), "notes": list(family.notes) + notes},
+            "schema": schema.to_dict()}
+
+
+def _write_outputs(out_dir: str, family: TaskFamily, metrics: dict, history: dict, meta_model: HierarchicalMetaModel,
+                   config: EvalConfig, num_samples: int) -> None:
+    """metrics.json, metrics.csv and the plots of :func:`run_fit`."""
     from .plots import plot_metrics_vs_shots, plot_predictions, plot_training_curve
 
-    eval_config = eval_config if eval_config is not None else EvalConfig()
-    with hold_folder(out_dir, log):
-        torch.manual_seed(train_config.seed)  # the initial weights
-        meta_model = HierarchicalMetaModel(model_config)
-        tic = time.perf_counter()
-        history = fit(meta_model, family, train_config, out_dir=out_dir, progress=progress, extend=extend)
-        log(f"trained {history['trained_steps']} steps in {time.perf_counter() - tic:.0f}s "
-            f"(step {history['step'][-1]} of {train_config.steps}) -> {out_dir}/model.pt")
-
-        torch.manual_seed(train_config.seed)  # the importance samples
-        metrics = evaluate_model(meta_model, family, eval_config, num_samples=num_samples, progress=progress)
-        final = history["eval"][-1]  # held-out ELBO and KLs at the last step (train.heldout_elbo)
-        metrics.update({"elbo": final["elbo_per_point"], "kl_phi1": final["kl_phi1_per_task"],
-                        "kl_phi2": final["kl_phi2_per_task"], "model": dataclasses.asdict(model_config),
-                        "train": dataclasses.asdict(train_config), "eval": dataclasses.asdict(eval_config),
-                        "train_seconds": history["seconds"]})
-        with atomic_write(os.path.join(out_dir, "metrics.json")) as f:
-            json.dump(metrics, f, indent=2)
-        write_metrics_csv(metrics, os.path.join(out_dir, "metrics.csv"))
-        plot_training_curve(history, os.path.join(out_dir, "training_curve.png"))
-        if family.x_dim == 1 and family.y_dim == 1:
-            shown = heldout_tasks(family, dataclasses.replace(eval_config, num_tasks=3), max(eval_config.shots))
-            plot_predictions(meta_model, shown, os.path.join(out_dir, "predictions.png"), family=family,
-                             num_samples=num_samples)
-        plot_metrics_vs_shots({"model": metrics}, os.path.join(out_dir, "loglik_vs_k.png"))
-    log(format_table(metrics))
-    return metrics
+    with atomic_write(os.path.join(out_dir, "metrics.json")) as f:
+        json.dump(metrics, f, indent=2)
+    write_metrics_csv(metrics, os.path.join(out_dir, "metrics.csv"))
+    plot_training_curve(history, os.path.join(out_dir, "training_curve.png"))
+    if family.x_dim == 1 and family.y_dim == 1 and not family.fixed_dataset:
+        shown = heldout_tasks(family, dataclasses.replace(config, num_tasks=3), max(config.shots))
+        plot_predictions(meta_model, shown, os.path.join(out_dir, "predictions.png"), family=family,
+                         num_samples=num_samples)
+    curves = {LABELS["model"]: metrics, **{b["label"]: b for b in metrics.get("baselines", {}).values()}}
+    units = ", ".join(family.schema.names("y"))
+    plot_metrics_vs_shots(curves, os.path.join(out_dir, "loglik_vs_k.png"), ylabel=(
+        f"held-out loglik / point (nats, {units} in its units)" if family.fixed_dataset else None))
 
 
 def run_predict(checkpoint: str, tasks_file: str, out: str, num_samples: int = NUM_SAMPLES, seed: int = 0,
                 chunk: int = PREDICT_CHUNK, progress: bool = True, log: Log = print) -> int:
     """Predict the query points of ``tasks_file`` with the model of ``checkpoint`` into the CSV ``out``.
 
+    The task file and the predictions are those of :mod:`hierarchical_meta.taskfile`, in the
+    units of the model's schema (:meth:`~hierarchical_meta.fitted.FittedModel.prediction_frames`).
     Tasks are predicted ``chunk`` at a time (bounded memory) and their rows written as they
     come; ``out`` appears only once every row is written, so an error leaves no partial file.
     A prediction that is not finite raises FloatingPointError naming its task. Seeds torch's
@@ -129,40 +228,19 @@ def run_predict(checkpoint: str, tasks_file: str, out: str, num_samples: int = N
     """
     if chunk < 1:
         raise ValueError(f"chunk must be a positive integer, got {chunk}")
-    log = log or (lambda text: None)
+    log = log or _quiet
     check_input_file(tasks_file, "task file")
     check_output_file(out, "output file", inputs=(tasks_file, checkpoint))
-    meta_model, state = load_checkpoint(checkpoint)
-    c = meta_model.config
-    if c.likelihood != "normal":
-        raise ValueError(f"predict writes the mean and 90% interval of a regression model; {checkpoint!r} is a "
-                         f"classifier (likelihood={c.likelihood!r})")
-
-    def predictor(part):
-        return meta_model.predict(part, num_samples=num_samples)[0]
-
-    if "schema" in state.extra:  # trained on grouped data: the data's own columns, the user's units
-        from .grouped import predict_grouped  # it builds on this module
-        from .tasks.schema import TabularSchema
-
-        schema = TabularSchema.from_dict(state.extra["schema"])
-        torch.manual_seed(seed)
-        with atomic_write(out, newline="") as f:
-            points, tasks, notes = predict_grouped(predictor, schema, tasks_file, f, chunk, progress)
-        for note in notes:
-            log(f"note: {note}")
-        log(f"predicted {points} query points of {tasks} task(s) -> {out}")
-        return points
-    batch, labels, score = read_task_file(tasks_file, c.x_dim, c.y_dim, c.metadata_dim)
-    meta_model.check_batch(batch)
-    torch.manual_seed(seed)
+    check_input_file(checkpoint, "checkpoint")  # the file: a run folder is for FittedModel.load
+    fitted = FittedModel.load(checkpoint, num_samples=num_samples)
+    tasks = read_tasks(tasks_file, fitted.schema)
     with atomic_write(out, newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(prediction_header(c.x_dim, c.y_dim, score))
-        for tasks, predictive in predict_in_chunks(predictor, batch, chunk, progress):
-            writer.writerows(prediction_rows(batch.subset(tasks), labels[tasks], predictive, score))
-    points = int(batch.query_mask.sum())
-    log(f"predicted {points} query points of {len(labels)} task(s) -> {out}")
+        for i, frame in enumerate(fitted.prediction_frames(tasks, seed, chunk, progress)):
+            frame.to_csv(f, header=i == 0, index=False, float_format="%.6g")
+    for note in tasks.notes:
+        log(f"note: {note}")
+    points = int(tasks.batch.query_mask.sum())
+    log(f"predicted {points} query points of {len(tasks.labels)} task(s) -> {out}")
     return points
 
 
@@ -178,7 +256,7 @@ def run_demo(out_dir: str, model_config: ModelConfig, train_config: TrainConfig,
     from .plots import plot_metrics_vs_shots
     from .render import render_diagram
 
-    log = log or (lambda text: None)
+    log = log or _quiet
     with hold_folder(out_dir, log):
         diagram = os.path.join(out_dir, "plate_diagram.svg")
         render_diagram(path=diagram, guide=True)
@@ -220,39 +298,3 @@ def check_targets(with_m: dict, without_m: dict) -> dict:
         shuffled, shuffled >= -TARGET_SHUFFLED_LOSS)
     return {name: {"value": round(value, 3), "met": met} for name, (value, met) in targets.items()}
 
-
-def format_targets(targets: dict) -> str:
-    """The targets of :func:`check_targets`, one line each."""
-    return "\ntargets (measured value, met?)\n" + "\n".join(
-        f"  {'ok  ' if t['met'] else 'MISS'} {name}: {t['value']}" for name, t in targets.items())
-
-
-def _shuffled(metrics: dict, k: str) -> dict:
-    """The shuffled-metadata scores at K = k; NaN when they were not computed."""
-    nan = {"loglik": float("nan"), "coverage90": float("nan")}
-    return metrics["shuffled_metadata"]["shots"][k] if "shuffled_metadata" in metrics else nan
-
-
-def write_metrics_csv(metrics: dict, path: str) -> None:
-    """One row per K: the model, the shuffled-metadata model and the reference side by side."""
-    keys = sorted({key for entry in metrics["shots"].values() for key in entry})
-    with atomic_write(path, newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["K"] + keys + ["shuffled_loglik", "shuffled_coverage90"])
-        for k, entry in metrics["shots"].items():
-            shuffled = _shuffled(metrics, k)
-            writer.writerow([k] + [f"{entry.get(key, float('nan')):.4f}" for key in keys]
-                            + [f"{shuffled['loglik']:.4f}", f"{shuffled['coverage90']:.4f}"])
-
-
-def format_table(metrics: dict) -> str:
-    """The metrics of :func:`run_fit` per K as a text table."""
-    lines = [f"{'K':>3} {'loglik':>8} {'oracle':>8} {'mse':>7} {'cov90':>6} {'shuffled':>9} {'ESS':>6}"]
-    for k, e in metrics["shots"].items():
-        lines.append(f"{k:>3} {e['loglik']:8.3f} {e.get('oracle_loglik', float('nan')):8.3f} {e['mse']:7.3f} "
-                     f"{e['coverage90']:6.2f} {_shuffled(metrics, k)['loglik']:9.3f} "
-                     f"{e['ess']:6.0f}")
-    if "noise_floor_loglik" in metrics:
-        lines.append(f"noise floor {metrics['noise_floor_loglik']:.3f} nats/point; held-out ELBO "
-                     f"{metrics['elbo']:.3f}; KL φ1 {metrics['kl_phi1']:.2f}, KL φ2 {metrics['kl_phi2']:.2f} nats/task")
-    return "\n".join(lines)

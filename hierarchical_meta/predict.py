@@ -25,11 +25,13 @@ from tqdm.auto import tqdm
 
 from .predictive import CategoricalMixturePredictive, MixturePredictive
 
-__all__ = ["NUM_SAMPLES", "posterior_predictive", "predict_in_chunks"]
+__all__ = ["NUM_SAMPLES", "PREDICT_CHUNK", "posterior_predictive", "predict_in_chunks"]
 
 #: Importance samples per task: the default of every predictive of the model (docs/model.md
 #: measures the gap to exact Bayes against it).
 NUM_SAMPLES = 2048
+#: Tasks predicted at a time for a task file: memory grows as chunk x samples x points per task.
+PREDICT_CHUNK = 16
 
 
 @torch.no_grad()

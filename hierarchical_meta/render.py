@@ -172,7 +172,6 @@ def plate_diagram(meta_model=None, guide: bool = False, tasks: int = 2, points: 
     with pyro.get_param_store().scope(), torch.random.fork_rng():
         drawn = pyro.render_model(meta_model.model, model_args=args)
     relations = model_relations(meta_model, tasks, points)
-    sites, observed = list(relations["sample_sample"]), relations["observed"]
     inference = guide_relations(meta_model, tasks, points) if guide else None
 
     graph = graphviz.Digraph(name="plate_diagram")
@@ -183,6 +182,17 @@ def plate_diagram(meta_model=None, guide: bool = False, tasks: int = 2, points: 
         graph.node(PSI, label=SYMBOLS[PSI], shape="plain", fontsize="20", fontcolor=GUIDE_COLOR)
     graph.body.extend(drawn.body)  # render_model's graph, unchanged; what follows amends it
 
+    legend = [("solid", "black", "generative model  " + _draw_model(graph, relations))]
+    if inference is not None:
+        legend.append(("dashed", GUIDE_COLOR,
+                       "inference (guide)  " + _draw_guide(graph, inference, list(relations["sample_sample"]))))
+    graph.attr(label=_legend(legend), labelloc="b", labeljust="l", fontsize="12")
+    return graph
+
+
+def _draw_model(graph, relations: dict) -> str:
+    """Label the model's sites, its plates and θ's arrows in ``graph``; returns the model's factors."""
+    sites, observed = list(relations["sample_sample"]), relations["observed"]
     for site in sites:  # re-declaring a node in DOT updates its attributes and keeps its plate
         graph.node(site, label=_symbol(site))
     if "tasks" in relations["plate_sample"]:  # same subgraph names: DOT merges the attributes
@@ -191,35 +201,31 @@ def plate_diagram(meta_model=None, guide: bool = False, tasks: int = 2, points: 
             if "points" in relations["plate_sample"]:
                 with plate.subgraph(name="cluster_points") as inner:
                     inner.attr(label=PLATE_LABELS["points"], fontsize="12")
-
     theta_sites = [s for s in sites if relations["sample_theta"].get(s)]
     if theta_sites:
         graph.node(THETA, label=SYMBOLS[THETA], shape="plain", fontsize="20")
         for site in theta_sites:
             graph.edge(THETA, site)
-    generative = [_factor("p<sub>θ</sub>" if relations["sample_theta"].get(s) else "p", s,
-                          relations["sample_sample"][s], observed)
-                  for s in sites if s not in observed or relations["sample_theta"].get(s)]
-    legend = [("solid", "black", "generative model  " + " ".join(generative))]
+    return " ".join(_factor("p<sub>θ</sub>" if relations["sample_theta"].get(s) else "p", s,
+                            relations["sample_sample"][s], observed)
+                    for s in sites if s not in observed or relations["sample_theta"].get(s))
 
-    if inference is not None:
-        latents = [s for s in inference["sample_sample"] if s not in inference["observed"]]
-        unknown = [s for s in latents if s not in sites]
-        if unknown:
-            raise ValueError(f"the guide samples sites {unknown} that the model does not have")
-        style = dict(style="dashed", color=GUIDE_COLOR, constraint="false", penwidth="1.2")
-        for site in latents:
-            for parent in inference["sample_sample"][site]:
-                graph.edge(parent, site, **style)
-        for site in latents:
-            if inference["sample_psi"].get(site):
-                graph.edge(PSI, site, **style)
-        q = [_factor("q<sub>ψ</sub>" if inference["sample_psi"].get(s) else "q", s,
-                     inference["sample_sample"][s], inference["observed"]) for s in latents]
-        legend.append(("dashed", GUIDE_COLOR, "inference (guide)  " + " ".join(q)))
 
-    graph.attr(label=_legend(legend), labelloc="b", labeljust="l", fontsize="12")
-    return graph
+def _draw_guide(graph, inference: dict, sites: Sequence[str]) -> str:
+    """Draw the guide's arrows (dashed) into ``graph``; returns the guide's factors."""
+    latents = [s for s in inference["sample_sample"] if s not in inference["observed"]]
+    unknown = [s for s in latents if s not in sites]
+    if unknown:
+        raise ValueError(f"the guide samples sites {unknown} that the model does not have")
+    style = dict(style="dashed", color=GUIDE_COLOR, constraint="false", penwidth="1.2")
+    for site in latents:
+        for parent in inference["sample_sample"][site]:
+            graph.edge(parent, site, **style)
+    for site in latents:
+        if inference["sample_psi"].get(site):
+            graph.edge(PSI, site, **style)
+    return " ".join(_factor("q<sub>ψ</sub>" if inference["sample_psi"].get(s) else "q", s,
+                            inference["sample_sample"][s], inference["observed"]) for s in latents)
 
 
 def _legend(entries: Sequence[tuple[str, str, str]]) -> str:

@@ -1,219 +1,258 @@
-"""Reading new tasks from a CSV file and writing predictions for them.
+"""Task files: new tasks to predict, read through a family's schema, and their predictions.
 
-The task file (one row per point)::
+A task file (a UTF-8 CSV file, :func:`read_tasks`, or a data frame, :func:`tasks_from_frame`)
+has one row per point: the schema's x, y and metadata columns
+(:class:`~hierarchical_meta.tasks.schema.TabularSchema`) plus ``task`` and ``role``. For a
+built-in family (the identity schema) the columns are ``x`` (or ``x1``, ``x2``, …), ``y``
+(or ``y1``, …) and ``m`` (or ``m1``, ``m2``, …)::
 
     task,role,x,y,m1,m2
     a,support,0.30,1.21,2.5,0.1
     a,query,1.00,,2.5,0.1
     b,query,-2.0,,1.0,-0.4
 
-- ``task``: any label; rows of a task may come in any order.
-- ``role``: ``support`` (labelled points to adapt to) or ``query`` (points to predict).
-- inputs ``x`` (or ``x1``, ``x2``, … when the model has several), labels ``y`` (or
-  ``y1``, …; optional on query rows: given, they are scored), metadata ``m1``, … (or ``m``),
-  the same on every row of a task. A task may have no support rows (zero-shot).
-- an unknown metadata value is an empty cell (or ``nan``): it is read as NaN, which the
-  model treats as missing. x and y must be finite numbers; every number must be within
-  ±``MAX_INPUT`` (1e6: the model takes its inputs on the scale it was trained on).
-- UTF-8 text, with or without a byte-order mark (Excel's "CSV UTF-8"); each column name once;
-  every row has the header's number of fields.
+for a data set, its own columns (``task,role,dose,response,altitude,region``).
 
-The predictions file has one row per query point: ``task``, the inputs, ``mean``,
-``q05``, ``q95`` (central 90% interval) per output, and ``loglik`` where y was given
-(:func:`prediction_header`, :func:`prediction_rows`; a value that is not finite is an error).
+- ``task``: a label, read as text (``007`` and ``7`` are two tasks); rows of a task may come
+  in any order, tasks are kept in the order they first appear.
+- ``role``: ``support`` (labelled points to adapt to) or ``query`` (points to predict).
+- x must be a finite number on every row, y on support rows; y on query rows is optional
+  (given on every query row or on none: then they are scored), and the y columns may be left
+  out of a file without support rows. An empty metadata cell (or ``nan``) is missing, read as
+  such by the model; a task's metadata must agree on its rows. Categorical columns take the
+  training levels; an unseen level is encoded as unknown, with a note.
+- every number within ±``MAX_INPUT`` (1e6); a task may have no support rows (zero-shot), but
+  needs a query row. Each column name once; every row has the header's number of fields.
+
+A model's predictions (:func:`prediction_frame`) have one row per query point, task by task:
+``task``, the x columns as given, then per y column ``<y>_mean`` and the central 90%
+interval ``<y>_q05``, ``<y>_q95``, and where y was given ``<y>`` and ``loglik`` (the
+log-density of the query point, summed over the y columns), all in the user's units.
 """
 
 from __future__ import annotations
 
-import csv
-import math
+import dataclasses
 import re
 
 import torch
 
-from .meta_model import MAX_INPUT
 from .runfiles import check_input_file
 from .tasks import TaskBatch
+from .tasks.frames import cell_name, import_pandas, read_csv, row_name
+from .tasks.schema import MAX_INPUT, ROLES, TASK_COLUMNS, TabularSchema, level_name, numeric_values
 
-__all__ = ["column_names", "read_task_file", "write_predictions", "prediction_header", "prediction_rows"]
+__all__ = ["PredictionTasks", "read_tasks", "tasks_from_frame", "prediction_frame", "LEVEL"]
 
-
-def column_names(prefix: str, dim: int) -> list[str]:
-    return [prefix] if dim == 1 else [f"{prefix}{i + 1}" for i in range(dim)]
-
-
-def _float(text: str, where: str) -> float:
-    """A finite number (x, y) within ±MAX_INPUT."""
-    value = _number(text, where)
-    if not math.isfinite(value):
-        raise ValueError(f"{where}: {text!r} is NaN or infinite; drop or impute that point")
-    return _bounded(value, text, where)
+#: The central interval of the predictions: 90%, between the quantiles 0.05 and 0.95.
+LEVEL = 0.9
 
 
-def _bounded(value: float, text: str, where: str) -> float:
-    if abs(value) > MAX_INPUT:
-        raise ValueError(f"{where}: {text.strip()} is out of range: beyond ±{MAX_INPUT:g}, the model's inputs "
-                         "overflow; standardize the data to the scale the model was trained on")
-    return value
+@dataclasses.dataclass
+class PredictionTasks:
+    """New tasks read from a task file, standardized by a schema.
 
-
-def _metadata(text: str, where: str) -> float:
-    """A metadata value: a number, or NaN (missing) for an empty cell or ``nan``."""
-    if not text.strip():
-        return math.nan
-    value = _number(text, where)
-    if math.isinf(value):
-        raise ValueError(f"{where}: {text!r} is infinite; leave the cell empty (or write nan) "
-                         "when the metadata value is unknown")
-    return value if math.isnan(value) else _bounded(value, text, where)
-
-
-def _number(text: str, where: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"{where}: {text!r} is not a number") from None
-
-
-def _same(a: list[float], b: list[float]) -> bool:
-    """Equal metadata rows, NaN (missing) matching NaN."""
-    return all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(a, b, strict=True))
-
-
-def read_task_file(path: str, x_dim: int, y_dim: int, metadata_dim: int) -> tuple[TaskBatch, list[str], bool]:
-    """Parse ``path`` into a padded :class:`TaskBatch`; returns ``(batch, task_labels, has_query_y)``.
-
-    FileNotFoundError (IsADirectoryError, PermissionError) for a path that is not a readable
-    file; ValueError naming the line for a file that breaks the format (module docstring).
+    ``batch`` holds the tasks in ``labels`` order; ``scored`` is True when every query row
+    has y; ``query_rows`` are the file's query rows in the batch's order (task by task,
+    slot by slot); ``notes`` are remarks for the user (unseen levels).
     """
+
+    batch: TaskBatch
+    labels: list[str]
+    scored: bool
+    query_rows: object  # a pandas DataFrame
+    notes: list[str]
+
+    def subset(self, tasks: slice) -> PredictionTasks:
+        """The tasks of the slice ``tasks``, with their query rows."""
+        ends = [0] + self.batch.query_mask.sum(-1).cumsum(0).tolist()  # query rows before each task
+        rows = self.query_rows.iloc[ends[tasks.start]:ends[tasks.stop]]
+        return dataclasses.replace(self, batch=self.batch.subset(tasks), labels=self.labels[tasks], query_rows=rows)
+
+
+def read_tasks(path: str, schema: TabularSchema) -> PredictionTasks:
+    """:func:`tasks_from_frame` of a UTF-8 CSV file; messages start with the path and name the line."""
     check_input_file(path, "task file")
+    frame = read_csv(path, text_columns=TASK_COLUMNS, check_header=lambda names: _check_columns(names, schema, False))
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            tasks = _read_rows(path, csv.DictReader(f), x_dim, y_dim, metadata_dim)
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); save it as "
-                         "CSV UTF-8") from None
-    except csv.Error as error:
-        raise ValueError(f"{path}: not a CSV file ({error})") from None
-    if not tasks:
-        raise ValueError(f"{path}: no rows")
-    labels = list(tasks)
-    no_query = [t for t in labels if not tasks[t]["query"]]
-    if no_query:
-        raise ValueError(f"{path}: task(s) {no_query} have no query rows: nothing to predict")
-    queries = [q for t in labels for q in tasks[t]["query"]]
-    has_y = [q[1] is not None for q in queries]
-    if any(has_y) and not all(has_y):
-        raise ValueError(f"{path}: give y on every query row or on none")
-
-    def padded(role: str, part: int, dim: int) -> torch.Tensor:  # [T, max points, dim]
-        n = max(len(tasks[t][role]) for t in labels)
-        zeros = [0.0] * dim
-        return torch.tensor([[point[part] or zeros for point in tasks[t][role]]
-                             + [zeros] * (n - len(tasks[t][role])) for t in labels]).reshape(len(labels), n, dim)
-
-    def mask(role: str) -> torch.Tensor:  # [T, max points]
-        n = max(len(tasks[t][role]) for t in labels)
-        return torch.arange(n) < torch.tensor([len(tasks[t][role]) for t in labels])[:, None]
-
-    batch = TaskBatch(x_support=padded("support", 0, x_dim), y_support=padded("support", 1, y_dim),
-                      x_query=padded("query", 0, x_dim), y_query=padded("query", 1, y_dim),
-                      metadata=torch.tensor([tasks[t]["metadata"] for t in labels]),
-                      support_mask=mask("support"), query_mask=mask("query"))
-    return batch, labels, all(has_y)
+        return tasks_from_frame(frame, schema)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
-def _read_rows(path: str, reader: csv.DictReader, x_dim: int, y_dim: int, metadata_dim: int) -> dict:
-    """``{task: {"metadata": [Dm], "support": [(x, y)], "query": [(x, y or None)]}}`` of the rows of ``reader``."""
-    xs, ys = column_names("x", x_dim), column_names("y", y_dim)
-    ms = column_names("m", metadata_dim)  # none for a model without metadata
-    header = reader.fieldnames or []
-    repeated = sorted({name for name in header if header.count(name) > 1})
-    if repeated:
-        raise ValueError(f"{path}, line 1: column(s) {repeated} appear more than once in the header; "
-                         "give each column once")
-    if metadata_dim == 1 and "m" not in header and "m1" in header:
-        ms = ["m1"]
-    missing = [c for c in ["task", "role"] + xs + ys + ms if c not in header]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; a task file for this model needs "
-                         f"columns {['task', 'role'] + xs + ys + ms} (see hierarchical_meta.taskfile)")
-    dims = {"x": x_dim, "y": y_dim, "m": metadata_dim}
-    for name in header:
-        match = re.fullmatch(r"([xym])(\d+)", name)
-        if match and int(match.group(2)) > dims[match.group(1)]:
-            raise ValueError(f"{path}: column {name!r} does not fit the model, which takes "
-                             f"{dims[match.group(1)]} {match.group(1)} column(s) "
-                             f"{column_names(match.group(1), dims[match.group(1)])}")
-    tasks = {}
-    for row in reader:
-        where = f"{path}, line {reader.line_num}"
-        if None in row or None in row.values():  # csv's marks of a longer or shorter row
-            raise ValueError(f"{where}: the row does not have the header's {len(header)} fields")
-        role = row["role"].strip()
-        if role not in ("support", "query"):
-            raise ValueError(f"{where}: role must be 'support' or 'query', got {row['role']!r}")
-        meta = [_metadata(row[c], f"{where}, column {c}") for c in ms]
-        task = tasks.setdefault(row["task"], {"metadata": meta, "support": [], "query": []})
-        if not _same(task["metadata"], meta):
-            raise ValueError(f"{where}: task {row['task']!r} has different metadata on different rows")
-        x = [_float(row[c], f"{where}, column {c}") for c in xs]
-        if role == "support" or any(row[c].strip() for c in ys):
-            y = [_float(row[c], f"{where}, column {c}") for c in ys]
-        else:
-            y = None
-        task[role].append((x, y))
-    return tasks
+def tasks_from_frame(frame, schema: TabularSchema) -> PredictionTasks:
+    """New tasks from a data frame with columns task, role and the schema's (module docstring).
 
-
-def prediction_header(x_dim: int, y_dim: int, score: bool) -> list[str]:
-    """The columns of a predictions file: task, inputs, mean, q05, q95 per output (y and loglik when ``score``)."""
-    suffix = (lambda name, i: name) if y_dim == 1 else (lambda name, i: f"{name}{i + 1}")
-    header = ["task"] + column_names("x", x_dim)
-    for i in range(y_dim):
-        header += [suffix("mean", i), suffix("q05", i), suffix("q95", i)]
-    return header + (column_names("y", y_dim) + ["loglik"] if score else [])
-
-
-def prediction_rows(batch: TaskBatch, labels: list[str], predictive, score: bool) -> list[list[str]]:
-    """The rows of :func:`prediction_header` for the query points of ``batch`` (task ``labels``).
-
-    ``predictive`` is a regression model's (a ``MixturePredictive``: mean and quantiles).
-
-    Raises FloatingPointError naming the task if a predicted value is NaN or infinite.
+    ValueError names the column, row or task of anything the model cannot take.
     """
-    values = {"mean": predictive.predictive_mean(), "q05": predictive.quantile(0.05),
-              "q95": predictive.quantile(0.95)}
-    if score:
-        values["loglik"] = predictive.log_prob(batch.y_query)[..., None]
+    frame = _checked_frame(frame, schema)
+    support = (frame["role"] == "support").to_numpy()
+    x, x_notes = schema.encode(frame, "x")
+    y = torch.tensor(frame[schema.names("y")].to_numpy(dtype=float), dtype=torch.float64)
+    metadata, m_notes = schema.encode(frame, "metadata")
+    scored = _check_query_y(y, support)
+    labels = list(dict.fromkeys(frame["task"].tolist()))
+    rows_of = {t: [] for t in labels}
+    for i, t in enumerate(frame["task"].tolist()):
+        rows_of[t].append(i)
+    _check_tasks(frame, schema, metadata, rows_of)
+    supports = [[i for i in rows_of[t] if support[i]] for t in labels]
+    queries = [[i for i in rows_of[t] if not support[i]] for t in labels]
+    batch = _pad(supports, queries, x, schema.y_from_user(y), metadata[[rows_of[t][0] for t in labels]])
+    return PredictionTasks(batch, labels, scored, frame.iloc[[i for rows in queries for i in rows]], x_notes + m_notes)
+
+
+def _checked_frame(frame, schema: TabularSchema):
+    """A copy of ``frame`` with text task labels, stripped roles, float numeric columns (all
+    checked) and the y columns added (empty) where a file without support rows left them out."""
+    pandas = import_pandas()
+    if not isinstance(frame, pandas.DataFrame):
+        raise ValueError(f"the tasks must be a pandas DataFrame, got {type(frame).__name__}")
+    with_support = "role" not in frame.columns or (frame["role"].astype(str).str.strip() == "support").any()
+    _check_columns(list(frame.columns), schema, with_support)
+    if frame.empty:
+        raise ValueError("no rows: give support and query rows of the tasks to predict")
+    frame = frame.copy()
+    empty = frame["task"].isna() | (frame["task"].astype(str).str.strip() == "")
+    if empty.any():
+        raise ValueError(f"{row_name(frame, empty.index[empty.argmax()])}: the task column is empty; name the "
+                         "task of every row")
+    frame["task"] = frame["task"].map(level_name)
+    frame["role"] = frame["role"].astype(str).str.strip()
+    bad = ~frame["role"].isin(["support", "query"])
+    if bad.any():
+        label = bad.index[bad.argmax()]
+        raise ValueError(f"{row_name(frame, label)}: role must be 'support' or 'query', got {frame['role'][label]!r}")
+    for c in schema.names("y"):
+        if c not in frame.columns:
+            frame[c] = float("nan")
+    support = frame["role"] == "support"
+    for role in ROLES:
+        for c in schema.columns(role):
+            if c.kind == "numeric":
+                frame[c.name] = numeric_values(frame, c.name, role)
+                _check_cells(frame, c.name, role, support)
+    return frame
+
+
+def _check_columns(columns: list, schema: TabularSchema, with_support: bool) -> None:
+    """The task, role, x and metadata columns (and y ``with_support`` rows) are among ``columns``;
+    for the identity schema, no numbered column beyond the model's (m3 for two metadata columns)."""
+    xs, ys, ms = schema.names("x"), schema.names("y"), schema.names("metadata")
+    needed = ["task", "role", *xs, *(ys if with_support else []), *ms]
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise ValueError(f"missing column(s) {missing}; a task file for this model needs columns "
+                         f"{['task', 'role', *xs, *ys, *ms]} (y may be left out when no row is a support row)")
+    if schema.is_identity():
+        known = set(xs + ys + ms)
+        extra = [c for c in columns if isinstance(c, str) and re.fullmatch(r"[xym]\d*", c) and c not in known]
+        if extra:
+            raise ValueError(f"column(s) {extra} do not fit the model, which takes x column(s) {xs}, y column(s) "
+                             f"{ys} and metadata column(s) {ms}; drop them or use the model trained on them")
+
+
+def _check_cells(frame, column: str, role: str, support) -> None:
+    """The cells of a numeric column the model takes: x finite, y finite on support rows (and
+    not infinite), metadata not infinite (empty = missing); every number within ±MAX_INPUT."""
+    values = frame[column]
+    finite = values.abs() < float("inf")  # False for NaN
+    infinite = values.abs() == float("inf")
+    bad = {"x": ~finite, "y": (~finite & support) | infinite, "metadata": infinite}[role]
+    if bad.any():
+        label = bad.index[bad.argmax()]
+        fix = ("leave the cell empty (or write nan) when the metadata value is unknown" if role == "metadata" else
+               f"{role} must be a finite number{' on a support row' if role == 'y' else ''}: fill it or drop the row")
+        problem = "is infinite" if role == "metadata" else "is NaN or infinite"
+        raise ValueError(f"{cell_name(frame, label, column)}: {values[label]:g} {problem}; {fix}")
+    huge = finite & (values.abs() > MAX_INPUT)
+    if huge.any():
+        label = huge.index[huge.argmax()]
+        raise ValueError(f"{cell_name(frame, label, column)}: {values[label]:g} is out of range: beyond "
+                         f"±{MAX_INPUT:g}, the model's inputs overflow; fix the value, or give the data in the "
+                         "units the model was trained on")
+
+
+def _check_query_y(y: torch.Tensor, support) -> bool:
+    """True when every query row has y (they are scored); ValueError when only some have."""
+    has_y = ~torch.isnan(y).any(-1)[torch.as_tensor(~support)]
+    if has_y.any() and not has_y.all():
+        raise ValueError("give y on every query row or on none (query rows with y are scored)")
+    return bool(len(has_y) and has_y.all())
+
+
+def _check_tasks(frame, schema: TabularSchema, metadata: torch.Tensor, rows_of: dict) -> None:
+    """Each task has one metadata value per column (NaN matching NaN) and a query row."""
+    roles = frame["role"].to_numpy()
+    for t, rows in rows_of.items():
+        m = metadata[rows]
+        same = torch.isclose(m, m[:1], rtol=0, atol=1e-12) | (m.isnan() & m[:1].isnan())
+        if not same.all():
+            label = frame.index[rows[int((~same).any(-1).nonzero()[0, 0])]]
+            raise ValueError(f"{row_name(frame, label)}: task {t!r} has different metadata on different rows; give "
+                             f"each task one value per metadata column {schema.names('metadata')} (empty when unknown)")
+    no_query = [t for t, rows in rows_of.items() if not (roles[rows] == "query").any()]
+    if no_query:
+        raise ValueError(f"task(s) {no_query[:10]} have no query rows: nothing to predict; add query rows")
+
+
+def _pad(support: list[list[int]], query: list[list[int]], x: torch.Tensor, y: torch.Tensor,
+         metadata: torch.Tensor) -> TaskBatch:
+    """Row lists per task -> a TaskBatch padded to the longest support and query lists."""
+    dtype = torch.get_default_dtype()
+    T = len(support)
+
+    def gather(lists, values):
+        width = max(len(rows) for rows in lists)
+        index = torch.zeros(T, width, dtype=torch.long)
+        mask = torch.zeros(T, width, dtype=torch.bool)
+        for t, rows in enumerate(lists):
+            index[t, :len(rows)] = torch.tensor(rows, dtype=torch.long)
+            mask[t, :len(rows)] = True
+        out = values[index]  # [T, width, D]
+        return torch.where(mask[..., None] & torch.isfinite(out), out, 0.0).to(dtype), mask
+
+    xs, support_mask = gather(support, x)
+    ys, _ = gather(support, y)
+    xq, query_mask = gather(query, x)
+    yq, _ = gather(query, y)
+    return TaskBatch(x_support=xs, y_support=ys, x_query=xq, y_query=yq, metadata=metadata.to(dtype),
+                     support_mask=support_mask, query_mask=query_mask)
+
+
+def prediction_frame(schema: TabularSchema, tasks: PredictionTasks, predictive):
+    """The predictions of ``tasks`` as a data frame in the user's units (module docstring).
+
+    ``predictive`` is a regression model's predictive of their query points in the model's
+    units (a ``MixturePredictive``). FloatingPointError names the task and point of a
+    prediction that is NaN or infinite.
+    """
+    user = schema.predictive_to_user(predictive)
+    mask = tasks.batch.query_mask
+    tail = (1 - LEVEL) / 2
+    values = {"mean": user.predictive_mean(), f"q{round(tail * 100):02d}": user.quantile(tail),
+              f"q{round((1 - tail) * 100):02d}": user.quantile(1 - tail)}
+    y_user = schema.y_to_user(tasks.batch.y_query.double()).to(user.mean.dtype)
+    if tasks.scored:
+        values["loglik"] = user.log_prob(y_user)[..., None]
+    _check_finite(values, mask, tasks.labels)
+    out = tasks.query_rows[["task"] + schema.names("x")].copy()
+    for j, y_name in enumerate(schema.names("y")):
+        for name in list(values)[:3]:
+            out[f"{y_name}_{name}"] = values[name][mask][:, j].tolist()
+    if tasks.scored:
+        for j, y_name in enumerate(schema.names("y")):
+            out[y_name] = y_user[mask][:, j].tolist()
+        out["loglik"] = values["loglik"][mask][:, 0].tolist()
+    return out
+
+
+def _check_finite(values: dict, mask: torch.Tensor, labels: list[str]) -> None:
+    """FloatingPointError naming the first query point whose predicted value is NaN or infinite."""
     for name, value in values.items():
-        bad = ~torch.isfinite(value).all(-1) & batch.query_mask
+        bad = ~torch.isfinite(value).all(-1) & mask
         if bad.any():
             t, q = bad.nonzero()[0].tolist()
             raise FloatingPointError(f"the {name} predicted for query point {q + 1} of task {labels[t]!r} is "
                                      f"{value[t, q].tolist()}; no predictions written (are that task's inputs "
                                      "far outside the range the model was trained on?)")
-    x, mask, y = batch.x_query.tolist(), batch.query_mask.tolist(), batch.y_query.tolist()
-    mean, low, high = values["mean"].tolist(), values["q05"].tolist(), values["q95"].tolist()
-    logp = values["loglik"].tolist() if score else None
-    rows = []
-    for t, label in enumerate(labels):
-        for q, kept in enumerate(mask[t]):
-            if not kept:
-                continue
-            row = [label] + [f"{v:.6g}" for v in x[t][q]]
-            for i in range(len(mean[t][q])):
-                row += [f"{mean[t][q][i]:.6g}", f"{low[t][q][i]:.6g}", f"{high[t][q][i]:.6g}"]
-            if score:
-                row += [f"{v:.6g}" for v in y[t][q]] + [f"{logp[t][q][0]:.6g}"]
-            rows.append(row)
-    return rows
-
-
-def write_predictions(path: str, batch: TaskBatch, labels: list[str], predictive, score: bool) -> None:
-    """One row per query point: task, inputs, mean, q05, q95 (and loglik when ``score``)."""
-    rows = prediction_rows(batch, labels, predictive, score)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(prediction_header(batch.x_query.shape[-1], batch.y_query.shape[-1], score))
-        writer.writerows(rows)

@@ -158,10 +158,10 @@ def test_predict_writes_documented_columns_including_zero_shot(fitted, tmp_path)
     code, out = _predict(os.path.join(fitted, "model.pt"), tmp_path, TASK_FILE)
     assert code == 0
     rows = _read_csv(out)
-    assert list(rows[0]) == ["task", "x", "mean", "q05", "q95"]  # no y given: not scored
+    assert list(rows[0]) == ["task", "x", "y_mean", "y_q05", "y_q95"]  # no y given: not scored
     assert [(r["task"], float(r["x"])) for r in rows] == [("a", 1.0), ("a", 2.0), ("b", -2.0)]
     for r in rows:
-        assert float(r["q05"]) < float(r["mean"]) < float(r["q95"])
+        assert float(r["y_q05"]) < float(r["y_mean"]) < float(r["y_q95"])
 
 
 def test_predict_scores_query_points_with_y(fitted, tmp_path):
@@ -170,7 +170,7 @@ def test_predict_scores_query_points_with_y(fitted, tmp_path):
     code, out = _predict(os.path.join(fitted, "model.pt"), tmp_path, scored)
     assert code == 0
     rows = _read_csv(out)
-    assert list(rows[0]) == ["task", "x", "mean", "q05", "q95", "y", "loglik"]
+    assert list(rows[0]) == ["task", "x", "y_mean", "y_q05", "y_q95", "y", "loglik"]
     assert all(math.isfinite(float(r["loglik"])) for r in rows)
 
 
@@ -183,7 +183,7 @@ def test_predict_scores_query_points_with_y(fitted, tmp_path):
     (TASK_FILE.replace("a,support,0.3,1.2", "a,support,0.3,nan"), "NaN or infinite"),
     (TASK_FILE.replace("a,support,0.3,1.2", "a,support,inf,1.2"), "NaN or infinite"),
     (TASK_FILE.replace("b,query,-2.0,,1.0,-0.4", "b,query,-2.0,,1.0,-inf"), "is infinite"),
-    (TASK_FILE.replace("a,support,0.3,1.2", "a,support,0.3,"), "is not a number"),
+    (TASK_FILE.replace("a,support,0.3,1.2", "a,support,0.3,"), "y must be a finite number on a support row"),
     (TASK_FILE.replace("a,support,0.3", "a,context,0.3"), "role must be 'support' or 'query'"),
     ("task,role,x,y,m1,m2\n", "no rows"),
 ], ids=["missing-m2", "missing-y", "x-dims", "nan-y", "inf-x", "inf-m", "empty-support-y", "bad-role", "empty"])

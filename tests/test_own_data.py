@@ -25,11 +25,11 @@ import torch
 pandas = pytest.importorskip("pandas")
 
 from hierarchical_meta.__main__ import main  # noqa: E402
-from hierarchical_meta.grouped import LABELS, predict_grouped  # noqa: E402
+from hierarchical_meta.fitted import FittedModel, stored_schema  # noqa: E402
 from hierarchical_meta.meta_model import ModelConfig, load_checkpoint  # noqa: E402
 from hierarchical_meta.pipeline import run_fit  # noqa: E402
+from hierarchical_meta.report import LABELS  # noqa: E402
 from hierarchical_meta.tasks import TabularTasks  # noqa: E402
-from hierarchical_meta.tasks.schema import TabularSchema  # noqa: E402
 from hierarchical_meta.train import TrainConfig  # noqa: E402
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "data")
@@ -106,8 +106,8 @@ def test_fit_on_the_sample_file_writes_every_output(sample_run):
     rows = read(os.path.join(sample_run, "metrics.csv"))
     assert [(r["K"], r["model"]) for r in rows] == [(k, m) for k in SHOTS for m in LABELS]
     assert all(math.isfinite(float(r["loglik"])) and 0 <= float(r["coverage90"]) <= 1 for r in rows)
-    _, checkpoint = load_checkpoint(os.path.join(sample_run, "model.pt"))
-    schema = TabularSchema.from_dict(checkpoint.extra["schema"])
+    model, checkpoint = load_checkpoint(os.path.join(sample_run, "model.pt"))
+    schema = stored_schema(checkpoint, model)
     assert schema.names("x") == ["dose"] and schema.group == "site"
     assert checkpoint.extra["schema"] == metrics["schema"]
 
@@ -169,18 +169,12 @@ def test_predict_new_groups_in_user_units_in_file_order(known, tmp_path, capsys)
     inside = ((rows["growth_q05"] <= rows["growth"]) & (rows["growth"] <= rows["growth_q95"])).mean()
     assert 0.75 <= inside <= 1.0  # intervals in standardized units would miss nearly every growth
     assert (rows["growth_mean"] - rows["growth"]).abs().mean() < 0.5 * query["growth"].std()
-    # chunks of two tasks write the same rows in the same order
-    model, checkpoint = load_checkpoint(os.path.join(out, "model.pt"))
-    chunked = str(tmp_path / "chunked.csv")
-    torch.manual_seed(0)
-    with open(chunked, "w", newline="") as f:
-        schema = TabularSchema.from_dict(checkpoint.extra["schema"])
-        points, tasks, notes = predict_grouped(lambda b: model.predict(b)[0], schema,
-                                               tasks_file, f, chunk=2)
-    again = pandas.read_csv(chunked)
-    assert (points, tasks, notes) == (len(query), 12, [])
-    assert again[["task", "dose", "growth"]].equals(rows[["task", "dose", "growth"]])
-    assert (again["growth_mean"] - rows["growth_mean"]).abs().max() < 0.1 * query["growth"].std()
+    # from Python, a run folder and a frame, in chunks of two tasks: the same rows in the same order
+    again = FittedModel.load(out).predict(pandas.read_csv(tasks_file), chunk=2)
+    assert len(again) == len(query) and again.attrs["notes"] == []
+    assert list(again.columns) == list(rows.columns) and again["task"].tolist() == rows["task"].tolist()
+    assert again[["dose", "growth"]].to_numpy() == pytest.approx(rows[["dose", "growth"]].to_numpy(), rel=1e-5)
+    assert abs(again["growth_mean"].to_numpy() - rows["growth_mean"].to_numpy()).max() < 0.1 * query["growth"].std()
 
 
 def test_an_unseen_level_is_a_note(known, tmp_path, capsys):
@@ -248,7 +242,7 @@ def set_cell(row, column, value):
 BAD = {
     "a missing column": (None, ["--x", "dosage"], ["'dosage'"]),
     "metadata varying in a group": (set_cell(1, "altitude", 5.0), [], ["'altitude'", "'s001'"]),
-    "a word in y": (set_cell(3, "response", "twelve"), [], ["'response'", "line 5"]),
+    "a word in y": (set_cell(3, "response", "twelve"), [], ["line 5, column response", "'twelve'"]),
     "no --group": (None, ["--group", ""], ["--group"]),
     "a bad split value": (lambda f: f.insert(5, "part", "train"), ["--split-column", "part"], ["'part'", "val"]),
     "a missing file": ("missing", [], ["no file", "missing.csv"]),

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from hierarchical_meta import pipeline
+from hierarchical_meta import pipeline, report
 from hierarchical_meta.__main__ import build_parser
 from hierarchical_meta.evaluate import EvalConfig, evaluate, heldout_tasks
 from hierarchical_meta.meta_model import HierarchicalMetaModel, ModelConfig, load_checkpoint
@@ -134,7 +134,7 @@ def test_each_target_is_missed_just_outside_its_bound(measured, expected):
     names = missed(pipeline.check_targets(*demo_metrics(**measured)))
     per_k = 3 if "gap" in measured or "coverage" in measured else 1  # K = 0, 1, 10
     assert len(names) == per_k and all(expected[0] in name for name in names), names
-    assert "MISS" in pipeline.format_targets(pipeline.check_targets(*demo_metrics(**measured)))
+    assert "MISS" in report.format_targets(pipeline.check_targets(*demo_metrics(**measured)))
 
 
 def test_target_constants_are_the_documented_ones():

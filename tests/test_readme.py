@@ -12,6 +12,7 @@ TINY = {
     "TrainConfig(steps=8000)": "TrainConfig(steps=20, eval_every=10, checkpoint_every=10)",
     'out_dir="runs/sites-py")': 'out_dir="runs/sites-py", num_samples=16, progress=False, log=None)',
     "evaluate_model(model, family)": "evaluate_model(model, family, EvalConfig(num_tasks=4), num_samples=16)",
+    'FittedModel.load("runs/sites-py")': 'FittedModel.load("runs/sites-py", num_samples=16)',
 }
 
 
@@ -33,3 +34,6 @@ def test_the_readme_python_snippet_runs(tmp_path, monkeypatch):
     assert os.path.exists("runs/sites-py/metrics.json") and os.path.exists("runs/sin-py/model.pt")
     assert namespace["predictive"].log_prob(namespace["batch"].y_query).shape == (5, 50)
     assert set(namespace["metrics"]["shots"]) == {"0", "1", "2", "5", "10"}
+    predictions, new_sites = namespace["predictions"], namespace["new_sites"]
+    assert list(predictions.columns) == ["task", "dose", "response_mean", "response_q05", "response_q95"]
+    assert predictions["task"].tolist() == new_sites.loc[new_sites["role"] == "query", "task"].tolist()

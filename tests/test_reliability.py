@@ -39,8 +39,9 @@ from hierarchical_meta.meta_model import MAX_INPUT, HierarchicalMetaModel, Model
 from hierarchical_meta.pipeline import run_predict
 from hierarchical_meta.predictive import MixturePredictive
 from hierarchical_meta.runfiles import FolderInUseError, atomic_write, hold_folder
-from hierarchical_meta.taskfile import prediction_rows, read_task_file
+from hierarchical_meta.taskfile import PredictionTasks, prediction_frame, read_tasks
 from hierarchical_meta.tasks import SinusoidTasks, TaskBatch
+from hierarchical_meta.tasks.schema import TabularSchema
 from hierarchical_meta.train import TrainConfig
 from profiling import scale
 from profiling.study import read_rows
@@ -552,7 +553,8 @@ def nan_predictive_rows():
     batch = SinusoidTasks().sample(2, 3, 4, generator=torch.Generator().manual_seed(0))
     mean = torch.zeros(2, 1, 4, 1)
     mean[1, 0, 2] = float("nan")
-    prediction_rows(batch, ["a", "b"], MixturePredictive(torch.zeros(2, 1), mean, torch.ones(2, 1, 4, 1)), False)
+    prediction_frame(TabularSchema.identity(1, 1, 2), PredictionTasks(batch, ["a", "b"], False, None, []),
+                     MixturePredictive(torch.zeros(2, 1), mean, torch.ones(2, 1, 4, 1)))
 
 
 def model_predict(**change):
@@ -590,8 +592,8 @@ API_CASES = [
     ("model-config-noise-nan", lambda t: ModelConfig(noise_std=float("nan")), ValueError, "noise_std"),
     ("load-missing-checkpoint", lambda t: load_checkpoint(str(t / "no.pt")), FileNotFoundError, "does not exist"),
     ("load-directory-checkpoint", lambda t: load_checkpoint(str(t)), IsADirectoryError, "is a directory"),
-    ("read-missing-task-file", lambda t: read_task_file(str(t / "no.csv"), 1, 1, 2), FileNotFoundError,
-     "does not exist"),
+    ("read-missing-task-file", lambda t: read_tasks(str(t / "no.csv"), TabularSchema.identity(1, 1, 2)),
+     FileNotFoundError, "does not exist"),
     ("predict-huge-metadata", lambda t: model_predict(metadata=((0, 0), 1e30)), ValueError, "metadata of task 0"),
     ("predict-huge-x", lambda t: model_predict(x_query=((1, 2, 0), 1e10)), ValueError, "x_query of task 1, point 2"),
     ("nan-prediction-is-not-written", lambda t: nan_predictive_rows(), FloatingPointError, "task 'b'"),

@@ -22,7 +22,7 @@ from hierarchical_meta.guide import AmortizedGuide  # noqa: E402
 from hierarchical_meta.model import GenerativeModel  # noqa: E402
 from hierarchical_meta.networks import MLP  # noqa: E402
 from hierarchical_meta.predictive import MixturePredictive, point_metrics  # noqa: E402
-from hierarchical_meta.taskfile import read_task_file  # noqa: E402
+from hierarchical_meta.taskfile import prediction_frame, read_tasks, tasks_from_frame  # noqa: E402
 from hierarchical_meta.tasks import SPLITS, TabularTasks  # noqa: E402
 from hierarchical_meta.tasks.schema import Column, TabularSchema  # noqa: E402
 from hierarchical_meta.tasks.synthetic import grouped_frame, new_sites_frame  # noqa: E402
@@ -144,7 +144,8 @@ def test_predictive_and_log_density_in_user_units(family):
     y = schema.y_to_user(z)
     assert torch.allclose(schema.y_from_user(y), z, atol=1e-12)
     user = schema.predictive_to_user(pred)
-    assert torch.allclose(user.log_prob(y), schema.log_prob_to_user(pred.log_prob(z)), atol=1e-10)
+    jacobian = sum(math.log(c.std) for c in schema.y)  # log p(y) = log p(z) - Σ_j log s_j
+    assert torch.allclose(user.log_prob(y), pred.log_prob(z) - jacobian, atol=1e-10)
     assert torch.allclose(user.predictive_mean(), schema.y_to_user(pred.predictive_mean()), atol=1e-10)
     assert torch.allclose(user.quantile(0.95), schema.y_to_user(pred.quantile(0.95)), atol=1e-6)
 
@@ -229,7 +230,7 @@ def test_all_tasks_keeps_groups_larger_than_k_with_nested_supports(family):
 def test_prediction_frame_with_missing_metadata_zero_shot_and_an_unseen_level(family):
     frame = new_sites_frame(num_support=(0, 3, 8), num_query=5, seed=2)
     frame.loc[frame["task"] == "new2", "region"] = "west"
-    tasks = family.schema.tasks_from_frame(frame)
+    tasks = tasks_from_frame(frame, family.schema)
     batch = tasks.batch
     assert tasks.labels == ["new1", "new2", "new3"] and not tasks.scored
     assert batch.x_support.shape == (3, 8, 1) and batch.x_query.shape == (3, 5, 1)
@@ -248,13 +249,13 @@ def test_prediction_frame_in_user_units_and_scored(family, tmp_path):
     frame["response"] = frame["response"].fillna(25.0)  # y on every row: the query rows are scored
     path = tmp_path / "tasks.csv"
     frame.to_csv(path, index=False, encoding="utf-8-sig")  # with a byte-order mark
-    tasks = family.schema.read_tasks(str(path))
+    tasks = read_tasks(str(path), family.schema)
     assert tasks.scored
     train = family.all_tasks(0, split="train")
     pooled = PooledRegression().fit(train.with_metadata(train.metadata.nan_to_num()))
     batch = tasks.batch.with_metadata(tasks.batch.metadata.nan_to_num())
     predictive = pooled.predict(batch)
-    out = family.schema.prediction_frame(tasks, predictive)
+    out = prediction_frame(family.schema, tasks, predictive)
     assert list(out.columns) == ["task", "dose", "response_mean", "response_q05", "response_q95",
                                  "response", "loglik"]
     assert len(out) == 6 and (out["response_q05"] < out["response_mean"]).all()
@@ -267,16 +268,17 @@ def test_prediction_frame_in_user_units_and_scored(family, tmp_path):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda f: f.assign(role=f["role"].replace({"query": "target"})), r"role must be 'support' or 'query'"),
-    (lambda f: f.drop(columns="region"), r"lacks column\(s\) \['region'\]"),
-    (lambda f: f.assign(altitude=[float(i) for i in range(len(f))]), "task 'new1': metadata differ"),
-    (lambda f: f.assign(dose=f["dose"].where(f.index != 3)), "row 3: x"),
-    (lambda f: f.assign(response=f["response"].where(f["role"] == "query")), "row 0: y .* on support rows"),
+    (lambda f: f.drop(columns="region"), r"missing column\(s\) \['region'\]"),
+    (lambda f: f.assign(altitude=[float(i) for i in range(len(f))]), "row 1: task 'new1' has different metadata"),
+    (lambda f: f.assign(dose=f["dose"].where(f.index != 3)), "row 3, column dose: nan is NaN or infinite"),
+    (lambda f: f.assign(response=f["response"].where(f["role"] == "query")),
+     "row 0, column response: nan is NaN or infinite; y must be a finite number on a support row"),
     (lambda f: f[(f["task"] != "new1") | (f["role"] == "support")], r"task\(s\) \['new1'\] have no query rows"),
 ])
 def test_bad_prediction_frames_name_the_row_or_task(family, edit, message):
     frame = new_sites_frame(num_support=(3, 3), num_query=2, seed=4)
     with pytest.raises(ValueError, match=message):
-        family.schema.tasks_from_frame(edit(frame))
+        tasks_from_frame(edit(frame), family.schema)
 
 
 # -- bad input ------------------------------------------------------------------------------
@@ -310,12 +312,12 @@ def test_non_numeric_y_and_a_typo_in_a_numeric_x_name_the_row():
     frame = grouped_frame(12)
     frame["response"] = frame["response"].astype(object)
     frame.loc[7, "response"] = "n/a?"
-    with pytest.raises(ValueError, match=r"y column 'response' must be numeric, but row 7 holds 'n/a\?'"):
+    with pytest.raises(ValueError, match=r"row 7, column response: 'n/a\?' is not a number, but y column"):
         TabularTasks.from_frame(frame, **COLUMNS)
     frame = grouped_frame(12)
     frame["dose"] = frame["dose"].astype(object)
     frame.loc[4, "dose"] = "1,5"
-    with pytest.raises(ValueError, match="x column 'dose' must be numeric, but row 4 holds '1,5'"):
+    with pytest.raises(ValueError, match="row 4, column dose: '1,5' is not a number, but x column 'dose' is numeric"):
         TabularTasks.from_frame(frame, **COLUMNS)
 
 
@@ -366,10 +368,10 @@ def test_csv_files_byte_order_mark_line_numbers_and_path_errors(tmp_path):
     frame["response"] = frame["response"].astype(object)
     frame.loc[5, "response"] = "oops"
     frame.to_csv(path, index=False)
-    with pytest.raises(ValueError, match="line 7 holds 'oops'"):  # header line 1, row 5 on line 7
+    with pytest.raises(ValueError, match="line 7, column response: 'oops' is not a number"):  # header: line 1
         TabularTasks.from_csv(str(path), **COLUMNS)
     path.write_text("site,dose,dose,response\na,1,2,3\n")
-    with pytest.raises(ValueError, match="names column 'dose' twice"):
+    with pytest.raises(ValueError, match=r"line 1: the header names column\(s\) \['dose'\] more than once"):
         TabularTasks.from_csv(str(path), group="site", x="dose", y="response")
     with pytest.raises(FileNotFoundError, match="no file"):
         TabularTasks.from_csv(str(tmp_path / "nope.csv"), **COLUMNS)
@@ -474,8 +476,9 @@ def test_sample_files_are_reproducible_and_read(tmp_path):
     data = examples / "data"
     tasks = TabularTasks.from_csv(str(data / "grouped_sample.csv"), **COLUMNS)
     assert len(tasks.group_ids) == 60 and tasks.notes == []
-    new = tasks.schema.read_tasks(str(data / "grouped_sample_new.csv"))
+    new = read_tasks(str(data / "grouped_sample_new.csv"), tasks.schema)
     assert new.batch.support_mask.sum(1).tolist() == [0, 3, 8] and torch.isnan(new.batch.metadata[2, 0])
-    batch, labels, scored = read_task_file(str(data / "sinusoid_tasks.csv"), 1, 1, 2)
-    assert labels == ["task1", "task2", "task3", "task4"] and not scored
+    sinusoid = read_tasks(str(data / "sinusoid_tasks.csv"), TabularSchema.identity(1, 1, 2))
+    batch = sinusoid.batch
+    assert sinusoid.labels == ["task1", "task2", "task3", "task4"] and not sinusoid.scored
     assert batch.support_mask.sum(1).tolist() == [0, 2, 5, 5] and torch.isnan(batch.metadata[3]).all()

@@ -190,6 +190,79 @@ class ProbeReport:
         return dataclasses.asdict(self)
 
 
+def _regression_scores(predict: Callable, batch: TaskBatch, family: TaskFamily | None, perms, per_task,
+                       swap_metadata: bool) -> tuple:
+    """:func:`probe_batch`'s per-task losses, follow sums and metric for regression."""
+    if family is None:
+        raise ValueError("regression probing needs the task family (for the follow score)")
+    T, Q, Dy = batch.y_query.shape
+    qmask = batch.query_mask.to(batch.y_query.dtype)  # [T, Q]
+    f_own = true_mean(family, batch.params, batch.x_query)  # [T, Q, Dy]
+
+    def run(b):
+        return _regression_view(predict_batch(predict, b), T, Q, Dy)
+
+    logp_own, mean_own = run(batch)
+    logp_none, mean_none = run(batch.with_support_size(0))
+    loss_own, loss_none = per_task(-logp_own(batch.y_query)), per_task(-logp_none(batch.y_query))
+    swapped, num, den = [], 0.0, 0.0
+    for perm in perms:
+        logp_sw, mean_sw = run(_swap_support(batch, perm, swap_metadata))
+        swapped.append(per_task(-logp_sw(batch.y_query)))
+        params_perm = {k: v[perm] for k, v in batch.params.items()}
+        d_truth = true_mean(family, params_perm, batch.x_query) - f_own  # [T, Q, Dy]
+        d_pred = mean_sw - mean_own
+        num = num + ((d_pred * d_truth).sum(-1) * qmask).sum(-1)  # [T]
+        den = den + ((d_truth ** 2).sum(-1) * qmask).sum(-1)
+    sq = lambda m: per_task(((m - batch.y_query) ** 2).mean(-1))  # noqa: E731
+    y = batch.y_query[batch.query_mask]  # [n, Dy]
+    var = y.var(0, unbiased=False).clamp_min(1e-12)
+    chance_loss = float(0.5 * torch.log(2 * math.pi * math.e * var).sum())
+    return (loss_own, loss_none, swapped, num, den, "mse", sq(mean_own), sq(mean_none), chance_loss,
+            float(var.mean()))
+
+
+def _classification_scores(predict: Callable, batch: TaskBatch, num_classes: int, perms, per_task,
+                           swap_metadata: bool, num_derangements: int, generator) -> tuple:
+    """:func:`probe_batch`'s per-task losses, follow sums and metric for classification."""
+    T, Q, _ = batch.y_query.shape
+    C = int(num_classes)
+    qmask = batch.query_mask.to(batch.y_query.dtype)  # [T, Q]
+    labels = batch.y_query[..., 0].round().long()  # [T, Q]
+    if labels.min() < 0 or labels.max() >= C:
+        raise ValueError(f"query labels must be class indices in [0, {C}), got range "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+
+    def run(b):
+        return _class_probs(predict_batch(predict, b), T, Q, C)
+
+    def nll(p):
+        return -p.gather(-1, labels[..., None])[..., 0].clamp_min(1e-12).log()
+
+    def acc(p):
+        return (p.argmax(-1) == labels).to(qmask.dtype)
+
+    p_own, p_none = run(batch), run(batch.with_support_size(0))
+    loss_own, loss_none = per_task(nll(p_own)), per_task(nll(p_none))
+    swapped = [per_task(nll(run(_swap_support(batch, perm, swap_metadata)))) for perm in perms]
+    # follow: relabel the support by derangements of the classes
+    num, den = 0.0, 0.0
+    onehot = torch.nn.functional.one_hot(labels, C).to(p_own)  # [T, Q, C]
+    for _ in range(num_derangements if C > 2 else 1):
+        sigma = derangement(C, generator)
+        y_rel = sigma[batch.y_support[..., 0].round().long().clamp(0, C - 1)]
+        relabelled = dataclasses.replace(batch, y_support=y_rel[..., None].to(batch.y_support))
+        d_pred = run(relabelled) - p_own
+        d_truth = torch.nn.functional.one_hot(sigma[labels], C).to(p_own) - onehot
+        num = num + ((d_pred * d_truth).sum(-1) * qmask).sum(-1)
+        den = den + ((d_truth ** 2).sum(-1) * qmask).sum(-1)
+    freq = torch.bincount(labels[batch.query_mask], minlength=C).to(p_own)
+    freq = freq / freq.sum()
+    chance_loss = float(-(freq[freq > 0] * freq[freq > 0].log()).sum())
+    return (loss_own, loss_none, swapped, num, den, "accuracy", per_task(acc(p_own)), per_task(acc(p_none)),
+            chance_loss, float(freq.max()))
+
+
 def probe_batch(predict: Callable, batch: TaskBatch, *, family: TaskFamily | None = None,
                 num_classes: int | None = None, num_derangements: int = 4,
                 swap_metadata: bool = False, split: str = "",
@@ -199,7 +272,7 @@ def probe_batch(predict: Callable, batch: TaskBatch, *, family: TaskFamily | Non
     Regression (``num_classes=None``) needs ``family`` for the tasks' noise-free functions
     (:func:`true_mean`); classification stores class indices in ``y`` ([T, N, 1]).
     """
-    T, Q, Dy = batch.y_query.shape
+    T = batch.y_query.shape[0]
     if T < 2:
         raise ValueError(f"the probe swaps supports across tasks and needs >= 2 tasks, got {T}")
     if num_derangements < 1:
@@ -208,7 +281,6 @@ def probe_batch(predict: Callable, batch: TaskBatch, *, family: TaskFamily | Non
     n_query = qmask.sum(-1)  # [T]
     if (n_query == 0).any():
         raise ValueError("every task needs at least one unmasked query point")
-    empty = batch.with_support_size(0)
     perms = [derangement(T, generator) for _ in range(num_derangements)]
 
     def per_task(v):  # [T, Q] -> mean over unmasked query points [T]
@@ -216,67 +288,11 @@ def probe_batch(predict: Callable, batch: TaskBatch, *, family: TaskFamily | Non
 
     with torch.no_grad():
         if num_classes is None:
-            if family is None:
-                raise ValueError("regression probing needs the task family (for the follow score)")
-            f_own = true_mean(family, batch.params, batch.x_query)  # [T, Q, Dy]
-
-            def run(b):
-                return _regression_view(predict_batch(predict, b), T, Q, Dy)
-
-            logp_own, mean_own = run(batch)
-            logp_none, mean_none = run(empty)
-            loss_own, loss_none = per_task(-logp_own(batch.y_query)), per_task(-logp_none(batch.y_query))
-            swapped, num, den = [], 0.0, 0.0
-            for perm in perms:
-                logp_sw, mean_sw = run(_swap_support(batch, perm, swap_metadata))
-                swapped.append(per_task(-logp_sw(batch.y_query)))
-                params_perm = {k: v[perm] for k, v in batch.params.items()}
-                d_truth = true_mean(family, params_perm, batch.x_query) - f_own  # [T, Q, Dy]
-                d_pred = mean_sw - mean_own
-                num = num + ((d_pred * d_truth).sum(-1) * qmask).sum(-1)  # [T]
-                den = den + ((d_truth ** 2).sum(-1) * qmask).sum(-1)
-            sq = lambda m: per_task(((m - batch.y_query) ** 2).mean(-1))  # noqa: E731
-            metric_name, metric, metric_none = "mse", sq(mean_own), sq(mean_none)
-            y = batch.y_query[batch.query_mask]  # [n, Dy]
-            var = y.var(0, unbiased=False).clamp_min(1e-12)
-            chance_loss = float(0.5 * torch.log(2 * math.pi * math.e * var).sum())
-            chance_metric = float(var.mean())
+            scores = _regression_scores(predict, batch, family, perms, per_task, swap_metadata)
         else:
-            C = int(num_classes)
-            labels = batch.y_query[..., 0].round().long()  # [T, Q]
-            if labels.min() < 0 or labels.max() >= C:
-                raise ValueError(f"query labels must be class indices in [0, {C}), got range "
-                                 f"[{int(labels.min())}, {int(labels.max())}]")
-
-            def run(b):
-                return _class_probs(predict_batch(predict, b), T, Q, C)
-
-            def nll(p):
-                return -p.gather(-1, labels[..., None])[..., 0].clamp_min(1e-12).log()
-
-            def acc(p):
-                return (p.argmax(-1) == labels).to(qmask.dtype)
-
-            p_own, p_none = run(batch), run(empty)
-            loss_own, loss_none = per_task(nll(p_own)), per_task(nll(p_none))
-            swapped = [per_task(nll(run(_swap_support(batch, perm, swap_metadata)))) for perm in perms]
-            # follow: relabel the support by derangements of the classes
-            num, den = 0.0, 0.0
-            onehot = torch.nn.functional.one_hot(labels, C).to(p_own)  # [T, Q, C]
-            for _ in range(num_derangements if C > 2 else 1):
-                sigma = derangement(C, generator)
-                y_rel = sigma[batch.y_support[..., 0].round().long().clamp(0, C - 1)]
-                relabelled = dataclasses.replace(batch, y_support=y_rel[..., None].to(batch.y_support))
-                d_pred = run(relabelled) - p_own
-                d_truth = torch.nn.functional.one_hot(sigma[labels], C).to(p_own) - onehot
-                num = num + ((d_pred * d_truth).sum(-1) * qmask).sum(-1)
-                den = den + ((d_truth ** 2).sum(-1) * qmask).sum(-1)
-            metric_name, metric, metric_none = "accuracy", per_task(acc(p_own)), per_task(acc(p_none))
-            freq = torch.bincount(labels[batch.query_mask], minlength=C).to(p_own)
-            freq = freq / freq.sum()
-            chance_loss = float(-(freq[freq > 0] * freq[freq > 0].log()).sum())
-            chance_metric = float(freq.max())
-
+            scores = _classification_scores(predict, batch, num_classes, perms, per_task, swap_metadata,
+                                            num_derangements, generator)
+    loss_own, loss_none, swapped, num, den, metric_name, metric, metric_none, chance_loss, chance_metric = scores
     loss_swapped = torch.stack(swapped).mean(0)  # [T]
     gs, gs_se = _mean_se(loss_swapped - loss_own)
     gn, gn_se = _mean_se(loss_none - loss_own)

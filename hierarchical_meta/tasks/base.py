@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .schema import TabularSchema
+
 __all__ = ["TaskBatch", "TaskFamily", "SPLITS", "split_generator"]
 
 SPLITS = ("train", "val", "test")
@@ -75,6 +77,16 @@ class TaskBatch:
 
     def validate(self) -> None:
         """Check shapes and values; raise ``ValueError`` naming the problem."""
+        self._validate_shapes()
+        for name in ("x_support", "y_support", "x_query", "y_query"):
+            if not torch.isfinite(getattr(self, name)).all():
+                raise ValueError(f"TaskBatch.{name} contains NaN or infinite values; "
+                                 "drop or impute those points before building the batch")
+        if torch.isinf(self.metadata).any():
+            raise ValueError("TaskBatch.metadata contains infinite values; "
+                             "use NaN for a missing entry")
+
+    def _validate_shapes(self) -> None:
         T = self.x_support.shape[0]
         for name in ("x_support", "y_support", "x_query", "y_query"):
             t = getattr(self, name)
@@ -96,13 +108,6 @@ class TaskBatch:
         if self.support_mask.shape != self.x_support.shape[:2] or \
                 self.query_mask.shape != self.x_query.shape[:2]:
             raise ValueError("support_mask/query_mask must have shape [tasks, points]")
-        for name in ("x_support", "y_support", "x_query", "y_query"):
-            if not torch.isfinite(getattr(self, name)).all():
-                raise ValueError(f"TaskBatch.{name} contains NaN or infinite values; "
-                                 "drop or impute those points before building the batch")
-        if torch.isinf(self.metadata).any():
-            raise ValueError("TaskBatch.metadata contains infinite values; "
-                             "use NaN for a missing entry")
 
     def to(self, device) -> TaskBatch:
         moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -146,10 +151,18 @@ class TaskFamily:
 
     - ``num_classes``: C for a classification family (y holds class indices), else None;
     - ``noise_std``: the known observation noise σ, else None;
-    - ``fixed_dataset``: True for a finite set of tasks, scored on every test task by
-      :meth:`all_tasks` instead of tasks drawn by :meth:`sample`;
+    - ``fixed_dataset``: True for a finite set of tasks (the groups of a data set, with
+      ``split_indices`` and ``group_sizes``), scored on every test task by :meth:`all_tasks`
+      instead of tasks drawn by :meth:`sample`, and reported beside its ``baselines``;
     - :meth:`true_mean`: the noise-free function of each task, else None;
-    - :meth:`exact_predictive`: the exact posterior predictive, else None.
+    - :meth:`exact_predictive`: the exact posterior predictive, else None;
+    - ``schema``: the columns of its task files and the user's units
+      (:class:`~hierarchical_meta.tasks.schema.TabularSchema`); by default the identity
+      schema of its dimensions (columns x, y, m1, ... taken as they are);
+    - ``baselines``: the baselines ``run_fit`` scores beside the model on a fixed data set's
+      test groups (``"no_metadata"``: the model with m withheld; ``"mixed_model"``,
+      ``"pooled"``: :func:`hierarchical_meta.baselines.linear_baselines`), none by default;
+    - ``notes``: remarks on the data for the user (rows dropped, levels unseen), none by default.
     """
 
     name: str = "family"
@@ -159,6 +172,13 @@ class TaskFamily:
     num_classes: int | None = None
     noise_std: float | None = None
     fixed_dataset: bool = False
+    baselines: tuple[str, ...] = ()
+    notes: Sequence[str] = ()
+
+    @property
+    def schema(self) -> TabularSchema:
+        """The identity schema of the family's dimensions (a data set overrides it)."""
+        return TabularSchema.identity(self.x_dim, self.y_dim, self.metadata_dim)
 
     def sample(self, num_tasks: int, num_support: int, num_query: int, *,
                split: str = "train", generator: torch.Generator | None = None) -> TaskBatch:

@@ -1,6 +1,6 @@
-"""The columns of a user's grouped data as plain data: roles, encodings and standardization.
+"""The columns of a family's tasks as plain data: roles, encodings and standardization.
 
-A :class:`TabularSchema` records how the x, y and metadata columns of a data set become
+A :class:`TabularSchema` records how the x, y and metadata columns of a table become
 the model's inputs and how predictions return to the user's units:
 
 - a numeric column v becomes z = (v - μ) / s, with μ and s fitted on the *training*
@@ -15,6 +15,12 @@ Predictions return to user units by y = μ_y + s_y z: a predictive mean maps the
 a standard deviation scales by s_y, and a log-density changes by the Jacobian,
 log p(y) = log p(z) - Σ_j log s_j over the y columns j.
 
+Every task family has one (``TaskFamily.schema``): a data set's is fitted on its training
+groups (:class:`~hierarchical_meta.tasks.TabularTasks`); a built-in family's is the
+*identity* schema (:meth:`TabularSchema.identity`): numeric columns ``x`` (or ``x1``,
+``x2``, …), ``y`` (or ``y1``, …) and ``m`` (or ``m1``, ``m2``, …) with μ = 0 and s = 1,
+the model's own units. Task files of either kind are read by :mod:`hierarchical_meta.taskfile`.
+
 :meth:`TabularSchema.to_dict` holds only str, int, float, list and dict (a checkpoint
 stores it and is read with ``torch.load(weights_only=True)``)::
 
@@ -24,53 +30,70 @@ stores it and is read with ``torch.load(weights_only=True)``)::
      "metadata": [{"name": "altitude", "kind": "numeric", "mean": 1510.0, "std": 880.0},
                   {"name": "region", "kind": "categorical", "levels": ["east", "north", "south"]}]}
 
-A prediction file for new groups (:meth:`TabularSchema.read_tasks`) has the data's own x,
-y and metadata columns plus ``task`` (the group) and ``role`` (``support`` rows with y,
-``query`` rows to predict, with or without y).
+Values in a user's table are bounded by :data:`MAX_INPUT` in magnitude; labels (groups,
+tasks, levels) are text (:func:`level_name`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
 
 import torch
 
 from ..predictive import MixturePredictive
-from .base import TaskBatch
-from .frames import import_pandas, read_csv, row_name
+from .frames import cell_name, import_pandas
 
-__all__ = ["KINDS", "ROLES", "TASK_COLUMNS", "Column", "TabularSchema", "PredictionTasks",
-           "level_name", "numeric_values"]
+__all__ = ["KINDS", "ROLES", "TASK_COLUMNS", "MAX_INPUT", "Column", "TabularSchema", "column_names",
+           "level_name", "label_order", "numeric_values"]
 
 KINDS = ("numeric", "categorical")
 ROLES = ("x", "y", "metadata")
-TASK_COLUMNS = ("task", "role")  # the columns a prediction file adds to the data's own
+TASK_COLUMNS = ("task", "role")  # the columns a task file adds to the data's own
+#: The largest magnitude of a number in a user's table (a task file, ``fit --data``) and of an
+#: input the networks accept (``meta_model.MAX_INPUT``, the same bound): beyond it products of
+#: float32 weights and inputs overflow, and in data that are standardized it is a typo or a
+#: unit to rescale.
+MAX_INPUT = 1e6
 _VERSION = 1
+_PREFIXES = {"x": "x", "y": "y", "metadata": "m"}  # the identity schema's column names
+
+
+def column_names(prefix: str, dim: int) -> list[str]:
+    """``[prefix]`` for one column, else ``prefix1``, ``prefix2``, …: the identity schema's names."""
+    return [prefix] if dim == 1 else [f"{prefix}{i + 1}" for i in range(dim)]
 
 
 def level_name(value) -> str:
-    """A categorical level as text: 3, 3.0 and "3" are all the level "3"."""
+    """A label as text: groups, tasks and categorical levels. 3, 3.0 and "3" are all "3";
+    "007" stays "007" (a file's labels are read as text)."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return str(value).strip()
+
+
+def label_order(label: str) -> tuple:
+    """A sort key for text labels: those that read as finite numbers first, by value (then as
+    text), then the others as text; so "2" < "10" and "007" < "7"."""
+    try:
+        number = float(label)
+    except ValueError:
+        return (1, 0.0, label)
+    return (0, number, label) if math.isfinite(number) else (1, 0.0, label)
 
 
 def numeric_values(frame, column: str, what: str):
     """``frame[column]`` as floats (empty cells NaN); ``ValueError`` names the first non-number."""
     pandas = import_pandas()
     values = frame[column]
-    if pandas.api.types.is_bool_dtype(values):
-        return values.astype(float)
-    if pandas.api.types.is_numeric_dtype(values):
+    if pandas.api.types.is_bool_dtype(values) or pandas.api.types.is_numeric_dtype(values):
         return values.astype(float)
     parsed = pandas.to_numeric(values, errors="coerce")
     bad = parsed.isna() & values.notna() & (values.astype(str).str.strip() != "")
     if bad.any():
         label = bad.index[bad.argmax()]
-        raise ValueError(f"{what} column {column!r} must be numeric, but {row_name(frame, label)} holds "
-                         f"{values[label]!r}; fix that cell (or make the column categorical)")
+        raise ValueError(f"{cell_name(frame, label, column)}: {values[label]!r} is not a number, but {what} "
+                         f"column {column!r} is numeric; fix that cell (or make the column categorical)")
     return parsed.astype(float)
 
 
@@ -149,24 +172,8 @@ class Column:
 
 
 @dataclasses.dataclass
-class PredictionTasks:
-    """New tasks read from a prediction file, standardized by a schema.
-
-    ``batch`` holds the tasks in ``labels`` order; ``scored`` is True when every query row
-    has y; ``query_rows`` are the file's query rows in the batch's order (task by task,
-    slot by slot); ``notes`` are human-readable remarks (unseen levels), not printed.
-    """
-
-    batch: TaskBatch
-    labels: list[str]
-    scored: bool
-    query_rows: object  # a pandas DataFrame
-    notes: list[str]
-
-
-@dataclasses.dataclass
 class TabularSchema:
-    """The group column and the x, y and metadata :class:`Column` lists of a data set."""
+    """The group column and the x, y and metadata :class:`Column` lists of a family's tasks."""
 
     group: str
     x: list[Column]
@@ -182,6 +189,17 @@ class TabularSchema:
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"column(s) {twice} named twice in the schema; give each column one role")
+
+    @classmethod
+    def identity(cls, x_dim: int, y_dim: int, metadata_dim: int) -> TabularSchema:
+        """A built-in family's schema: numeric ``x``, ``y`` and ``m`` columns (:func:`column_names`)
+        taken as they are (μ = 0, s = 1), the group column ``task``."""
+        return cls("task", *[[Column(name) for name in column_names(_PREFIXES[role], dim)]
+                             for role, dim in zip(ROLES, (x_dim, y_dim, metadata_dim), strict=True)])
+
+    def is_identity(self) -> bool:
+        """True for :meth:`identity`'s schema: the model's own units and column names."""
+        return self == TabularSchema.identity(len(self.x), len(self.y), len(self.metadata))
 
     # -- shapes and names -----------------------------------------------------------------
     def columns(self, role: str) -> list[Column]:
@@ -253,140 +271,16 @@ class TabularSchema:
         mean, std = self._y_scale(y)
         return (y - mean) / std
 
-    def log_prob_to_user(self, log_prob: torch.Tensor) -> torch.Tensor:
-        """A log-density of standardized y (summed over Dy) -> per unit of the user's y: minus Σ_j log s_j."""
-        return log_prob - sum(math.log(c.std) for c in self.y)
-
     def predictive_to_user(self, predictive: MixturePredictive) -> MixturePredictive:
         """The same mixture in user units: means μ + s μ_z, standard deviations s σ_z.
 
-        Its ``log_prob`` of user-unit y equals :meth:`log_prob_to_user` of the standardized one.
+        Its ``log_prob`` of user-unit y is the standardized one's minus Σ_j log s_j (the Jacobian).
+        With μ = 0 and s = 1 (any predictive, a classifier's too) it is ``predictive`` itself.
         """
+        if all(c.mean == 0 and c.std == 1 for c in self.y):
+            return predictive
         mean, std = self._y_scale(predictive.mean)
         return MixturePredictive(predictive.log_weights, predictive.mean * std + mean, predictive.std * std)
-
-    # -- prediction files -----------------------------------------------------------------
-    def read_tasks(self, path: str) -> PredictionTasks:
-        """:meth:`tasks_from_frame` of a CSV file (a byte-order mark is fine)."""
-        return self.tasks_from_frame(read_csv(path))
-
-    def tasks_from_frame(self, frame) -> PredictionTasks:
-        """New tasks from a frame with columns task, role, the x, y and metadata columns.
-
-        ``support`` rows need x and y, ``query`` rows x (y optional: on every query row or
-        on none); metadata may be missing (empty or NaN) but must agree within a task. A
-        task may have no support rows (zero-shot); each needs a query row.
-        """
-        pandas = import_pandas()
-        xs, ys, ms = self.names("x"), self.names("y"), self.names("metadata")
-        missing = [c for c in list(TASK_COLUMNS) + xs + ms if c not in frame.columns]
-        if missing:
-            raise ValueError(f"the prediction file lacks column(s) {missing}; it needs "
-                             f"{list(TASK_COLUMNS) + xs + ys + ms} (y optional on query rows)")
-        frame = frame.copy()
-        for c in ys:
-            if c not in frame.columns:
-                frame[c] = math.nan
-        if frame.empty:
-            raise ValueError("the prediction file has no rows")
-        if frame["task"].isna().any():
-            label = frame.index[frame["task"].isna().argmax()]
-            raise ValueError(f"{row_name(frame, label)}: the task column is empty; name the task of every row")
-        roles = frame["role"].astype(str).str.strip()
-        bad = ~roles.isin(["support", "query"])
-        if bad.any():
-            label = bad.index[bad.argmax()]
-            raise ValueError(f"{row_name(frame, label)}: role must be 'support' or 'query', "
-                             f"got {frame['role'][label]!r}")
-        frame["role"] = roles
-        frame["task"] = frame["task"].map(level_name)
-        x, x_notes = self.encode(frame, "x")
-        y = torch.tensor(pandas.concat([numeric_values(frame, c, "y") for c in ys], axis=1)
-                            .to_numpy(dtype=float), dtype=torch.float64)
-        metadata, m_notes = self.encode(frame, "metadata")
-        query = torch.as_tensor(frame["role"].to_numpy() == "query")
-        self._check_finite(frame, x, "x", xs, torch.ones_like(query))
-        self._check_finite(frame, y, "y", ys, ~query)
-        has_y = ~torch.isnan(y).any(-1)
-        if query.any() and has_y[query].any() and not has_y[query].all():
-            raise ValueError("give y on every query row or on none (query rows with y are scored)")
-        y = self.y_from_user(y)
-        labels = list(dict.fromkeys(frame["task"].tolist()))
-        rows_of = {t: [] for t in labels}
-        for i, t in enumerate(frame["task"].tolist()):
-            rows_of[t].append(i)
-        for t in labels:
-            m = metadata[rows_of[t]]
-            if not (torch.isclose(m, m[:1], rtol=0, atol=1e-12) | (m.isnan() & m[:1].isnan())).all():
-                raise ValueError(f"task {t!r}: metadata differ between its rows; give each task one "
-                                 f"value per metadata column {ms} (empty when unknown)")
-        roles = frame["role"].to_numpy()
-        support = {t: [i for i in rows_of[t] if roles[i] == "support"] for t in labels}
-        queries = {t: [i for i in rows_of[t] if roles[i] == "query"] for t in labels}
-        no_query = [t for t in labels if not queries[t]]
-        if no_query:
-            raise ValueError(f"task(s) {no_query[:10]} have no query rows: nothing to predict; add query rows")
-        batch = self._pad([support[t] for t in labels], [queries[t] for t in labels], x, y,
-                          metadata[[rows_of[t][0] for t in labels]])
-        order = [i for t in labels for i in queries[t]]
-        scored = bool(query.any() and has_y[query].all())
-        return PredictionTasks(batch, labels, scored, frame.iloc[order], x_notes + m_notes)
-
-    @staticmethod
-    def _check_finite(frame, values: torch.Tensor, role: str, names: Sequence[str],
-                      needed: torch.Tensor) -> None:
-        """Rows where ``needed`` [N] must have finite ``values`` [N, D]; else name the first bad row."""
-        bad = ~torch.isfinite(values).all(-1) & needed
-        if bad.any():
-            label = frame.index[int(bad.nonzero()[0, 0])]
-            raise ValueError(f"{row_name(frame, label)}: {role} ({', '.join(names)}) must be a finite "
-                             f"number{'' if role == 'x' else ' on support rows'}; fill it or drop the row")
-
-    @staticmethod
-    def _pad(support: list[list[int]], query: list[list[int]], x: torch.Tensor, y: torch.Tensor,
-             metadata: torch.Tensor) -> TaskBatch:
-        """Row lists per task -> a TaskBatch padded to the longest support and query lists."""
-        dtype = torch.get_default_dtype()
-        T = len(support)
-
-        def gather(lists, values):
-            width = max(len(rows) for rows in lists)
-            index = torch.zeros(T, width, dtype=torch.long)
-            mask = torch.zeros(T, width, dtype=torch.bool)
-            for t, rows in enumerate(lists):
-                index[t, :len(rows)] = torch.tensor(rows, dtype=torch.long)
-                mask[t, :len(rows)] = True
-            out = values[index]  # [T, width, D]
-            return torch.where(mask[..., None] & torch.isfinite(out), out, 0.0).to(dtype), mask
-
-        xs, support_mask = gather(support, x)
-        ys, _ = gather(support, y)
-        xq, query_mask = gather(query, x)
-        yq, _ = gather(query, y)
-        return TaskBatch(x_support=xs, y_support=ys, x_query=xq, y_query=yq, metadata=metadata.to(dtype),
-                         support_mask=support_mask, query_mask=query_mask)
-
-    def prediction_frame(self, tasks: PredictionTasks, predictive: MixturePredictive, level: float = 0.9):
-        """One row per query point in user units: the file's task and x columns, then per y
-        column ``{y}_mean`` and the central ``level`` interval ``{y}_q05``/``{y}_q95`` (for
-        0.9), and where y was given its value and ``loglik`` (log-density per unit of the
-        user's y, summed over the y columns). ``predictive`` is on standardized y."""
-        user = self.predictive_to_user(predictive)
-        mask = tasks.batch.query_mask
-        tail = (1 - level) / 2
-        low_name, high_name = f"q{round(tail * 100):02d}", f"q{round((1 - tail) * 100):02d}"
-        out = tasks.query_rows[["task"] + self.names("x")].copy()
-        mean, low, high = user.predictive_mean()[mask], user.quantile(tail)[mask], user.quantile(1 - tail)[mask]
-        for j, name in enumerate(self.names("y")):
-            out[f"{name}_mean"] = mean[:, j].tolist()
-            out[f"{name}_{low_name}"] = low[:, j].tolist()
-            out[f"{name}_{high_name}"] = high[:, j].tolist()
-        if tasks.scored:
-            y_user = self.y_to_user(tasks.batch.y_query.double()).to(user.mean.dtype)
-            for j, name in enumerate(self.names("y")):
-                out[name] = y_user[mask][:, j].tolist()
-            out["loglik"] = user.log_prob(y_user)[mask].tolist()
-        return out
 
     # -- plain data -----------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -14,9 +14,14 @@ Groups, never rows, are split into ``"train"``, ``"val"`` and ``"test"``: at ran
 alone; :attr:`TabularTasks.schema` keeps them, for checkpoints and for reporting in the
 user's units.
 
+Group labels are text (:func:`~hierarchical_meta.tasks.schema.level_name`: ``007`` and ``7``
+are two groups, 7 and 7.0 one), ordered numbers first (by value), then the others.
 Rows with a missing group, x or y are dropped (a note says how many); missing metadata
-(an empty cell or NaN) is kept and read as missing. Everything else that is wrong raises
-``ValueError`` naming the column, group or row and the fix, before any training.
+(an empty cell or NaN) is kept and read as missing. A number beyond ±``MAX_INPUT`` (1e6) is
+an error (a typo, or a unit to rescale); a value more than :data:`OUTLIER_SDS` robust standard
+deviations from its column's median (σ̂ = 1.4826 MAD, or 1.2533 times the mean absolute
+deviation when the MAD is zero) is kept, with a note naming its row. Everything else that is
+wrong raises ``ValueError`` naming the column, group or row and the fix, before any training.
 
 Storage: the rows sorted by group, ``x`` [R, Dx] and ``y`` [R, Dy], with ``offsets`` [C + 1]
 (group c holds rows offsets[c]..offsets[c+1]) and ``metadata`` [C, Dm]. A batch reads only
@@ -26,30 +31,47 @@ width), never to the largest group of the data set.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
 
 from .base import SPLITS, TaskBatch, TaskFamily
-from .frames import import_pandas, read_csv, row_name
-from .schema import ROLES, TASK_COLUMNS, Column, TabularSchema, level_name, numeric_values
+from .frames import cell_name, import_pandas, read_csv, row_name
+from .schema import MAX_INPUT, ROLES, TASK_COLUMNS, Column, TabularSchema, label_order, level_name, numeric_values
 
-__all__ = ["TabularTasks", "VAL_FRACTION", "TEST_FRACTION", "MIN_TRAIN_GROUPS"]
+__all__ = ["TabularTasks", "VAL_FRACTION", "TEST_FRACTION", "MIN_TRAIN_GROUPS", "OUTLIER_SDS"]
 
 VAL_FRACTION = 0.15
 TEST_FRACTION = 0.2
 MIN_TRAIN_GROUPS = 3
+#: A value this many robust standard deviations from its column's median gets a note (a typo?).
+OUTLIER_SDS = 20
 
 Names = str | Sequence[str]
 
 
-def _names(value: Names) -> list[str]:
-    return [value] if isinstance(value, str) else list(value)
+def _names(value: Names, what: str) -> list[str]:
+    """A column name or a list of them, as a list; ValueError for anything else."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, Sequence) or not all(isinstance(name, str) for name in names):
+        raise ValueError(f"{what} must be a column name or a list of column names (text), got {value!r}")
+    return list(names)
 
 
-def _plain(value):
-    """A plain Python label (numpy scalars print as np.int64(...))."""
-    return value.item() if hasattr(value, "item") else value
+def robust_outliers(values) -> tuple[object, float, float]:
+    """``(mask, median, sd)`` of the values (a float Series) beyond :data:`OUTLIER_SDS` robust sds
+    of their median; sd = 1.4826 MAD, or 1.2533 mean |v - median| when the MAD is 0 (both
+    estimate σ of a normal sample); nothing is flagged in a constant column."""
+    observed = values.dropna()
+    median = float(observed.median()) if len(observed) else 0.0
+    spread = (observed - median).abs()
+    sd = 1.4826 * float(spread.median()) if len(observed) else 0.0
+    if sd == 0 and len(observed):
+        sd = 1.2533 * float(spread.mean())
+    if sd == 0:
+        return values != values, median, sd  # all False
+    return (values - median).abs() > OUTLIER_SDS * sd, median, sd
 
 
 class TabularTasks(TaskFamily):
@@ -73,6 +95,7 @@ class TabularTasks(TaskFamily):
     """
 
     fixed_dataset = True
+    baselines = ("no_metadata", "mixed_model", "pooled")
 
     def __init__(self, frame, *, group: str, x: Names, y: Names, metadata: Names = (),
                  categorical: Names = (), split_column: str | None = None,
@@ -81,17 +104,17 @@ class TabularTasks(TaskFamily):
         pandas = import_pandas()
         if not isinstance(frame, pandas.DataFrame):
             raise ValueError(f"frame must be a pandas DataFrame, got {type(frame).__name__}")
-        if split_column is None and not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
-            raise ValueError("val_fraction and test_fraction must be > 0 with a sum < 1, got "
-                             f"{val_fraction} and {test_fraction}")
+        self._check_split_options(split_column, val_fraction, test_fraction, split_seed)
         self.name = name
         self.split_seed = int(split_seed)
         self.notes: list[str] = []
-        roles = {"x": _names(x), "y": _names(y), "metadata": _names(metadata)}
-        categorical = _names(categorical)
+        roles = {"x": _names(x, "x"), "y": _names(y, "y"), "metadata": _names(metadata, "metadata")}
+        categorical = _names(categorical, "categorical")
         self._check_columns(frame, group, roles, categorical, split_column)
+        if frame.empty:
+            raise ValueError("the data have no rows")
         kinds = self._kinds(frame, roles, categorical)
-        groups = self._group_labels(frame, group)
+        frame, groups = self._group_labels(frame, group)
         if len(groups) < 2:
             raise ValueError(f"column {group!r} holds a single group {groups}; the group column must "
                              "name the tasks, several of them (is it the right column?)")
@@ -108,17 +131,48 @@ class TabularTasks(TaskFamily):
 
     @classmethod
     def from_csv(cls, path: str, **columns) -> TabularTasks:
-        """From a CSV file (a byte-order mark is fine); messages name its line numbers."""
-        return cls(read_csv(path), **columns)
+        """From a UTF-8 CSV file (a byte-order mark is fine); messages name its line numbers.
+        The group and split columns are read as text."""
+        return cls(read_csv(path, text_columns=[columns.get("group"), columns.get("split_column")]), **columns)
+
+    @property
+    def schema(self) -> TabularSchema:
+        """The encodings and standardization fitted on the training groups."""
+        return self._schema
 
     # -- checks and cleaning ----------------------------------------------------------------
 
     @staticmethod
-    def _check_columns(frame, group, roles, categorical, split_column) -> None:
-        if not roles["x"]:
-            raise ValueError("give at least one x column (the point inputs)")
-        if not roles["y"]:
-            raise ValueError("give at least one y column (the outputs)")
+    def _check_split_options(split_column, val_fraction, test_fraction, split_seed) -> None:
+        if not isinstance(split_seed, numbers.Integral):
+            raise ValueError(f"split_seed must be an integer, got {split_seed!r}")
+        if split_column is not None:
+            return
+        given = all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in (val_fraction, test_fraction))
+        if not (given and 0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
+            raise ValueError("val_fraction and test_fraction must be numbers > 0 with a sum < 1, got "
+                             f"{val_fraction!r} and {test_fraction!r}")
+
+    @staticmethod
+    def _check_roles(group, roles, categorical) -> None:
+        """One group column, x and y columns, none named like a task file's own, categorical ones x or m."""
+        if not isinstance(group, str) or not group:
+            raise ValueError(f"group must name one column (the groups' labels), got {group!r}")
+        for role, what in (("x", "the point inputs"), ("y", "the outputs")):
+            if not roles[role]:
+                raise ValueError(f"give at least one {role} column ({what})")
+        reserved = [c for role in ROLES for c in roles[role] if c in TASK_COLUMNS]
+        if reserved:
+            raise ValueError(f"column(s) {reserved} clash with the {list(TASK_COLUMNS)} columns of "
+                             "prediction files; rename them")
+        stray = [c for c in categorical if c not in roles["x"] + roles["metadata"]]
+        if stray:
+            raise ValueError(f"categorical column(s) {stray} must be x or metadata columns "
+                             "(y columns are numeric)")
+
+    @classmethod
+    def _check_columns(cls, frame, group, roles, categorical, split_column) -> None:
+        cls._check_roles(group, roles, categorical)
         named = [("group", group)] + [(role, c) for role in ROLES for c in roles[role]]
         if split_column is not None:
             named.append(("split column", split_column))
@@ -134,73 +188,88 @@ class TabularTasks(TaskFamily):
         doubled = [c for _, c in named if list(frame.columns).count(c) > 1]
         if doubled:
             raise ValueError(f"the data have two columns named {doubled[0]!r}; rename one of them")
-        reserved = [c for role in ROLES for c in roles[role] if c in TASK_COLUMNS]
-        if reserved:
-            raise ValueError(f"column(s) {reserved} clash with the {list(TASK_COLUMNS)} columns of "
-                             "prediction files; rename them")
-        stray = [c for c in categorical if c not in roles["x"] + roles["metadata"]]
-        if stray:
-            raise ValueError(f"categorical column(s) {stray} must be x or metadata columns "
-                             "(y columns are numeric)")
 
     @staticmethod
     def _kinds(frame, roles, categorical) -> dict[str, str]:
-        """numeric or categorical per used column; text that is mostly numbers is an error."""
+        """numeric or categorical per used column: y is numeric; an x or metadata column is
+        categorical when named so or when it holds text, numeric when it holds numbers (numbers
+        stored as text too); text that is mostly numbers is an error naming the first non-number."""
         pandas = import_pandas()
         kinds = {}
         for role in ROLES:
             for c in roles[role]:
                 values = frame[c]
-                if role == "y" or pandas.api.types.is_numeric_dtype(values) or pandas.api.types.is_bool_dtype(values):
-                    kinds[c] = "categorical" if c in categorical else "numeric"
-                    continue
-                if c not in categorical:
-                    observed = values.dropna()
-                    parsed = pandas.to_numeric(observed, errors="coerce")
-                    if parsed.notna().mean() > 0.5:  # mostly numbers: a typo, not categories
+                if c in categorical:
+                    kinds[c] = "categorical"
+                elif role == "y" or pandas.api.types.is_numeric_dtype(values) or pandas.api.types.is_bool_dtype(values):
+                    kinds[c] = "numeric"
+                else:
+                    numbers = pandas.to_numeric(values.dropna(), errors="coerce").notna().mean()
+                    if numbers > 0.5:  # mostly numbers: numeric, and a word among them a typo
                         numeric_values(frame, c, role)  # raises, naming the first non-number
-                kinds[c] = "categorical"
+                    kinds[c] = "numeric" if numbers > 0.5 else "categorical"
         return kinds
 
     def _clean(self, frame, group, roles, kinds):
-        """Numeric columns as floats; rows with a missing group, x or y dropped (noted)."""
-        frame = frame.copy()
-        for role in ROLES:
-            for c in roles[role]:
-                if kinds[c] == "numeric":
-                    frame[c] = numeric_values(frame, c, role)
-        for c in roles["metadata"]:
-            if kinds[c] == "numeric":
-                infinite = frame[c].abs() == float("inf")
-                if infinite.any():
-                    label = infinite.index[infinite.argmax()]
-                    raise ValueError(f"metadata column {c!r} is infinite in {row_name(frame, label)}; "
-                                     "leave the cell empty when the value is unknown")
-        needed = [group] + roles["x"] + roles["y"]
-        finite = frame[needed].notna().all(axis=1)
-        for c in roles["x"] + roles["y"]:
-            if kinds[c] == "numeric":
+        """Numeric columns as floats, their magnitudes checked and far outliers noted; rows
+        with a missing group, x or y dropped (noted)."""
+        numeric = [(role, c) for role in ROLES for c in roles[role] if kinds[c] == "numeric"]
+        for role, c in numeric:
+            frame[c] = numeric_values(frame, c, role)
+            self._check_magnitudes(frame, c, role)
+        finite = frame[[group] + roles["x"] + roles["y"]].notna().all(axis=1)
+        for role, c in numeric:
+            if role != "metadata":
                 finite &= frame[c].abs() < float("inf")
         if not finite.all():
             first = row_name(frame, finite.index[(~finite).argmax()])
             self.notes.append(f"dropped {int((~finite).sum())} row(s) with a missing or infinite group, "
                               f"x or y value (the first: {first})")
-        return frame[finite]
+        frame = frame[finite]
+        for _, c in numeric:
+            self._note_outliers(frame, c)
+        return frame
 
     @staticmethod
-    def _group_labels(frame, group) -> list:
-        """The groups in a stable order: declared categories, else sorted labels."""
+    def _check_magnitudes(frame, column, role) -> None:
+        """Infinite metadata, and any finite value beyond ±MAX_INPUT, raise naming the cell."""
+        values = frame[column]
+        infinite = values.abs() == float("inf")
+        if role == "metadata" and infinite.any():
+            label = infinite.index[infinite.argmax()]
+            raise ValueError(f"{cell_name(frame, label, column)}: {values[label]:g} is infinite; leave the cell "
+                             "empty when the metadata value is unknown")
+        huge = (values.abs() > MAX_INPUT) & ~infinite
+        if huge.any():
+            label = huge.index[huge.argmax()]
+            raise ValueError(f"{cell_name(frame, label, column)}: {values[label]:g} is out of range: beyond "
+                             f"±{MAX_INPUT:g}; fix the typo, or rescale column {column!r} to larger units "
+                             "(thousands, millions)")
+
+    def _note_outliers(self, frame, column) -> None:
+        """A note naming the first value far outside the column's spread (:func:`robust_outliers`)."""
+        far, median, sd = robust_outliers(frame[column])
+        if far.any():
+            label = far.index[far.argmax()]
+            value = frame[column][label]
+            more = f"; {int(far.sum()) - 1} more such value(s) in the column" if far.sum() > 1 else ""
+            self.notes.append(f"{cell_name(frame, label, column)}: {value:g} lies {abs(value - median) / sd:.0f} "
+                              f"robust sds from the column's median {median:g} (more than {OUTLIER_SDS}): "
+                              f"a typo? It is kept{more}")
+
+    @staticmethod
+    def _group_labels(frame, group):
+        """``(frame, labels)``: the group column as text (a missing group stays missing) and the
+        groups in a stable order: declared categories, else :func:`label_order`."""
         pandas = import_pandas()
         values = frame[group]
         if isinstance(values.dtype, pandas.CategoricalDtype):
-            labels = list(values.cat.categories)
+            labels = list(dict.fromkeys(level_name(v) for v in values.cat.categories))
         else:
-            labels = list(pandas.unique(values.dropna()))
-            try:
-                labels = sorted(labels)
-            except TypeError:  # mixed types
-                labels = sorted(labels, key=str)
-        return [_plain(v) for v in labels]
+            labels = sorted({level_name(v) for v in values.dropna()}, key=label_order)
+        frame = frame.copy()
+        frame[group] = [None if pandas.isna(v) else level_name(v) for v in values.astype(object)]
+        return frame, labels
 
     @staticmethod
     def _check_groups(frame, group, groups) -> None:
@@ -215,7 +284,7 @@ class TabularTasks(TaskFamily):
         for c in metadata:
             spread = frame.groupby(group, observed=True)[c].nunique(dropna=False)
             if (spread > 1).any():
-                g = _plain(spread.index[(spread > 1).argmax()])
+                g = spread.index[(spread > 1).argmax()]
                 values = frame.loc[frame[group] == g, c].drop_duplicates().tolist()[:5]
                 raise ValueError(f"metadata column {c!r} varies within group {g!r} (values {values}); "
                                  "metadata must be constant within a group: fix those rows, or make "
@@ -226,7 +295,7 @@ class TabularTasks(TaskFamily):
         if split_column is not None:
             spread = frame.groupby(group, observed=True)[split_column].nunique(dropna=False)
             if (spread > 1).any():
-                g = _plain(spread.index[(spread > 1).argmax()])
+                g = spread.index[(spread > 1).argmax()]
                 raise ValueError(f"split column {split_column!r} varies within group {g!r}; a group "
                                  "belongs to one split: give all its rows the same value")
             first = frame.groupby(group, observed=True)[split_column].first()
@@ -271,7 +340,7 @@ class TabularTasks(TaskFamily):
         train = self.split_indices["train"]
         train_rows = frame[torch.isin(group_index, train).numpy()]
         train_groups = first_rows.iloc[train.tolist()]
-        self.schema = TabularSchema(
+        self._schema = TabularSchema(
             group,
             x=[Column.fit(c, kinds[c], train_rows[c]) for c in roles["x"]],
             y=[Column.fit(c, kinds[c], train_rows[c]) for c in roles["y"]],
