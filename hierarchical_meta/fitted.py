@@ -12,7 +12,8 @@ training data's own x, y and metadata columns (a built-in family's x, y, m1, ...
 user's units; its ``attrs["notes"]`` hold remarks (levels training never saw). The command
 line's ``predict`` runs the same code on a CSV file, a chunk of tasks at a time.
 
-A checkpoint stores the schema of a data set beside the weights (:func:`checkpoint_schema`);
+A checkpoint stores the schema of a data set and its split options beside the weights
+(:func:`checkpoint_extra`);
 a built-in family's identity schema is implied by the model's dimensions
 (:func:`stored_schema`).
 """
@@ -31,13 +32,17 @@ from .taskfile import PredictionTasks, prediction_frame, tasks_from_frame
 from .tasks.frames import import_pandas
 from .tasks.schema import TabularSchema
 
-__all__ = ["FittedModel", "stored_schema", "checkpoint_schema"]
+__all__ = ["FittedModel", "stored_schema", "checkpoint_extra"]
 
 
-def checkpoint_schema(schema: TabularSchema) -> dict:
-    """The checkpoint entries that record ``schema``: none for an identity schema, which the
-    model's dimensions imply (so a built-in family's checkpoint is what it always was)."""
-    return {} if schema.is_identity() else {"schema": schema.to_dict()}
+def checkpoint_extra(family) -> dict:
+    """The checkpoint entries that record a family's data: its schema and split options; none
+    for an identity schema, which the model's dimensions imply (a built-in family's checkpoint
+    is what it always was). A resume names each option that differs (``split_seed 0 (now 1)``)."""
+    if family.schema.is_identity():
+        return {}
+    split = {"split": family.split_options} if family.split_options else {}
+    return {**split, "schema": family.schema.to_dict()}  # a split's options first: they explain a new schema
 
 
 def stored_schema(checkpoint: Checkpoint, meta_model: HierarchicalMetaModel) -> TabularSchema:

@@ -22,13 +22,10 @@ from .guide import AmortizedGuide
 from .model import DECODERS, PRIORS, GenerativeModel, check_likelihood
 from .predict import NUM_SAMPLES, posterior_predictive
 from .tasks import TaskBatch
+from .tasks.schema import MAX_INPUT  # the inputs the networks accept, as x, y and m reach them
 
-__all__ = ["ModelConfig", "HierarchicalMetaModel", "load_checkpoint", "MAX_INPUT"]
+__all__ = ["ModelConfig", "HierarchicalMetaModel", "load_checkpoint"]
 
-#: The largest magnitude of an input the networks accept (x, y and m as the model sees them,
-#: after any standardization a task family applies): beyond it products of float32 weights
-#: and inputs overflow to inf and the predictions to NaN.
-MAX_INPUT = 1e6
 
 
 @dataclasses.dataclass

@@ -34,7 +34,7 @@ import torch
 
 from .baselines import linear_baselines
 from .evaluate import EvalConfig, comparable_groups, count_groups, evaluate, heldout_tasks, user_metrics
-from .fitted import FittedModel, checkpoint_schema
+from .fitted import FittedModel, checkpoint_extra
 from .meta_model import HierarchicalMetaModel, ModelConfig
 from .predict import NUM_SAMPLES, PREDICT_CHUNK
 from .report import LABELS, format_table, format_targets, write_metrics_csv
@@ -93,7 +93,7 @@ class _Run:
         meta_model = HierarchicalMetaModel(config)
         tic = time.perf_counter()
         history = fit(meta_model, self.family, self.train_config, out_dir=out_dir, progress=self.progress,
-                      extend=self.extend, checkpoint_extra=checkpoint_schema(self.family.schema))
+                      extend=self.extend, checkpoint_extra=checkpoint_extra(self.family))
         self.log(f"trained {history['trained_steps']} steps in {time.perf_counter() - tic:.0f}s "
                  f"(step {history['step'][-1]} of {self.train_config.steps}) -> {os.path.join(out_dir, 'model.pt')}")
         return meta_model, history

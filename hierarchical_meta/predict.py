@@ -90,7 +90,7 @@ def posterior_predictive(model, guide, x_support, y_support, metadata, support_m
     return predictive, log_evidence
 
 
-def predict_in_chunks(predictor, batch, chunk: int = 25, progress: bool = False):
+def predict_in_chunks(predictor, batch, chunk: int = PREDICT_CHUNK, progress: bool = False):
     """Yield ``(tasks, predictive)`` for consecutive chunks of ``chunk`` tasks of ``batch``.
 
     ``tasks`` is the slice of ``batch``'s tasks and ``predictive = predictor(batch.subset(tasks))``:

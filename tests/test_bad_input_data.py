@@ -30,8 +30,6 @@ from hierarchical_meta import (  # noqa: E402
     run_fit,
 )
 from hierarchical_meta.__main__ import main  # noqa: E402
-from hierarchical_meta.meta_model import MAX_INPUT  # noqa: E402
-from hierarchical_meta.tasks.schema import MAX_INPUT as TABLE_MAX_INPUT  # noqa: E402
 from hierarchical_meta.tasks.synthetic import grouped_frame, new_sites_frame  # noqa: E402
 
 COLUMNS = dict(group="site", x="dose", y="response", metadata=["altitude", "region"])
@@ -332,8 +330,3 @@ def test_the_table_covers_both_routes_and_outcomes():
     assert kinds == {("cli", "error"), ("cli", "handled"), ("api", "error"), ("api", "handled")}
     assert len({case.id for case in CASES}) == len(CASES)
     assert all(case.check is not None for case in CASES if case.outcome == "handled")
-
-
-def test_one_bound_for_tables_and_for_the_model():
-    """The bound on a table's numbers is the model's bound on its inputs."""
-    assert TABLE_MAX_INPUT == MAX_INPUT

@@ -19,7 +19,7 @@ from hierarchical_meta import train
 from hierarchical_meta.bound import elbo_terms
 from hierarchical_meta.evaluate import EvalConfig, evaluate, heldout_tasks, shuffle_metadata
 from hierarchical_meta.meta_model import HierarchicalMetaModel, ModelConfig, load_checkpoint
-from hierarchical_meta.predict import posterior_predictive, predict_in_chunks
+from hierarchical_meta.predict import PREDICT_CHUNK, posterior_predictive, predict_in_chunks
 from hierarchical_meta.predictive import MixturePredictive, point_metrics
 from hierarchical_meta.tasks import BasisFunctionTasks, SinusoidTasks, TabularTasks
 from hierarchical_meta.train import ELBOS, TrainConfig, corrupt_metadata, fit, heldout_elbo, resume_conflicts
@@ -180,12 +180,12 @@ def test_the_prior_draws_a_share_defensive_of_the_samples(defensive):
     assert (weights[:, n_prior:] < 1e-30).all()
 
 
-# ---- predict_in_chunks: every task once, in order, 25 at a time by default -----------------
+# ---- predict_in_chunks: every task once, in order, PREDICT_CHUNK (16) at a time by default -----------------
 
 def test_predict_in_chunks_covers_every_task_once_in_order():
     batch = SinusoidTasks().sample(30, 2, 3, generator=torch.Generator().manual_seed(0))
     chunks = list(predict_in_chunks(lambda part: part.y_query, batch))
-    assert [(tasks.start, tasks.stop) for tasks, _ in chunks] == [(0, 25), (25, 30)]
+    assert PREDICT_CHUNK == 16 and [(tasks.start, tasks.stop) for tasks, _ in chunks] == [(0, 16), (16, 30)]
     ones = list(predict_in_chunks(lambda part: part.y_query, batch, chunk=1))
     assert [(tasks.start, tasks.stop) for tasks, _ in ones] == [(t, t + 1) for t in range(30)]
     for parts in (chunks, ones):

@@ -18,6 +18,7 @@ import csv
 import json
 import math
 import os
+import shutil
 
 import pytest
 import torch
@@ -274,3 +275,14 @@ def test_flags_that_do_not_fit_together(args, named, tmp_path, capsys):
     assert main(["fit", "--out", str(tmp_path / "run"), *TINY, *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and named in err[0], err
+
+
+@pytest.mark.parametrize("option, value, named", [("--split-seed", "1", "split_seed 0 (now 1)"),
+                                                  ("--test-fraction", "0.3", "test_fraction 0.2 (now 0.3)")])
+def test_a_resume_with_another_split_names_the_option(sample_run, tmp_path, capsys, option, value, named):
+    """A rerun into a finished run's folder with another split says which option differs."""
+    out = str(tmp_path / "run")
+    shutil.copytree(sample_run, out)
+    assert main(["fit", "--data", SAMPLE, *SAMPLE_COLUMNS, "--out", out, *TINY, option, value]) == 2
+    error = capsys.readouterr().err
+    assert named in error and error.count("\n") == 1, error

@@ -35,13 +35,13 @@ from hierarchical_meta import plots
 from hierarchical_meta.__main__ import main
 from hierarchical_meta.checkpoint import digest
 from hierarchical_meta.errors import DEBUG_ENV
-from hierarchical_meta.meta_model import MAX_INPUT, HierarchicalMetaModel, ModelConfig, load_checkpoint
+from hierarchical_meta.meta_model import HierarchicalMetaModel, ModelConfig, load_checkpoint
 from hierarchical_meta.pipeline import run_predict
 from hierarchical_meta.predictive import MixturePredictive
 from hierarchical_meta.runfiles import FolderInUseError, atomic_write, hold_folder
 from hierarchical_meta.taskfile import PredictionTasks, prediction_frame, read_tasks
 from hierarchical_meta.tasks import SinusoidTasks, TaskBatch
-from hierarchical_meta.tasks.schema import TabularSchema
+from hierarchical_meta.tasks.schema import MAX_INPUT, TabularSchema
 from hierarchical_meta.train import TrainConfig
 from profiling import scale
 from profiling.study import read_rows

@@ -162,7 +162,9 @@ class TaskFamily:
     - ``baselines``: the baselines ``run_fit`` scores beside the model on a fixed data set's
       test groups (``"no_metadata"``: the model with m withheld; ``"mixed_model"``,
       ``"pooled"``: :func:`hierarchical_meta.baselines.linear_baselines`), none by default;
-    - ``notes``: remarks on the data for the user (rows dropped, levels unseen), none by default.
+    - ``notes``: remarks on the data for the user (rows dropped, levels unseen), none by default;
+    - ``split_options``: how a data set's groups were split (seed, fractions or column), stored
+      with a checkpoint so that a resume names the option that differs; none by default.
     """
 
     name: str = "family"
@@ -174,6 +176,7 @@ class TaskFamily:
     fixed_dataset: bool = False
     baselines: tuple[str, ...] = ()
     notes: Sequence[str] = ()
+    split_options: dict | None = None
 
     @property
     def schema(self) -> TabularSchema:

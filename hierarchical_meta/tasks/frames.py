@@ -1,7 +1,7 @@
 """Reading a user's table: pandas on demand, UTF-8 CSV files checked before they are parsed.
 
-pandas is the optional ``examples`` extra (``pip install 'hierarchical-meta[examples]'``);
-it is imported only when a table is read, so the package imports without it.
+pandas (a dependency: task files and predictions are tables) is imported only when a table
+is read, so importing the package stays cheap.
 
 :func:`read_csv` takes UTF-8 CSV text, with or without a byte-order mark (Excel's "CSV
 UTF-8"); a binary file (Parquet, Excel, a checkpoint) or text in another encoding (Latin-1

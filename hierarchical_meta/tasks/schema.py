@@ -51,7 +51,7 @@ KINDS = ("numeric", "categorical")
 ROLES = ("x", "y", "metadata")
 TASK_COLUMNS = ("task", "role")  # the columns a task file adds to the data's own
 #: The largest magnitude of a number in a user's table (a task file, ``fit --data``) and of an
-#: input the networks accept (``meta_model.MAX_INPUT``, the same bound): beyond it products of
+#: input the networks accept (the same bound): beyond it products of
 #: float32 weights and inputs overflow, and in data that are standardized it is a typo or a
 #: unit to rescale.
 MAX_INPUT = 1e6

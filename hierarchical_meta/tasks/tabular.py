@@ -107,6 +107,9 @@ class TabularTasks(TaskFamily):
         self._check_split_options(split_column, val_fraction, test_fraction, split_seed)
         self.name = name
         self.split_seed = int(split_seed)
+        self.split_options = ({"split_column": split_column} if split_column is not None else
+                              {"split_seed": self.split_seed, "val_fraction": float(val_fraction),
+                               "test_fraction": float(test_fraction)})
         self.notes: list[str] = []
         roles = {"x": _names(x, "x"), "y": _names(y, "y"), "metadata": _names(metadata, "metadata")}
         categorical = _names(categorical, "categorical")
