@@ -15,7 +15,7 @@ happen to be held out, and the model's own score on its importance samples.
 - ``num_groups``: the number of test groups scored on each split (at each K, every test
   group with more than K rows: :func:`~hierarchical_meta.evaluate.comparable_groups`);
 - ``worst_group_loglik``: where the metrics have it, the lowest per-group loglik of the model
-  on each split, and the lowest of all.
+  on each split, and the lowest of all (``min``), with its split and group.
 
 An sd over fewer than two splits is None. Everything but :func:`run_compare` is a pure
 function of metrics dicts. Outputs: ``comparison.json`` (the summary), ``comparison.csv``
@@ -108,10 +108,12 @@ def _at_k(runs: dict[str, dict], rescored: dict[str, dict], k: str, labels: dict
     second = {s: r[k]["loglik"] for s, r in rescored.items() if k in r}
     if second:
         entry["mc_error"] = mc_error(logliks["model"], second)
-    worst = {s: sc["model"][k]["worst_group_loglik"] for s, sc in scores.items()
-             if "worst_group_loglik" in sc["model"].get(k, {})}
+    worst = {s: sc["model"][k] for s, sc in scores.items() if "worst_group_loglik" in sc["model"].get(k, {})}
     if worst:
-        entry["worst_group_loglik"] = {"values": worst, "min": min(worst.values())}
+        split = min(worst, key=lambda s: worst[s]["worst_group_loglik"])
+        entry["worst_group_loglik"] = {"values": {s: e["worst_group_loglik"] for s, e in worst.items()},
+                                       "min": worst[split]["worst_group_loglik"], "split": int(split),
+                                       "group": worst[split].get("worst_group")}
     return entry
 
 
@@ -173,8 +175,10 @@ def _row(k: str, groups: str, label: str, score: dict, margin: str, entry: dict,
     """One line of :func:`format_comparison`: the model's own line carries its MC error and worst group."""
     line = f"{k:>3} {groups:>7}  {label:<{_LABEL}} {_pm(score, '.3f'):>16} {margin:>22}"
     line += f" {_blank(entry.get('mc_error', {}).get('value') if own else None, '.4f'):>9}"
-    if worst:
-        line += f" {_blank(entry.get('worst_group_loglik', {}).get('min') if own else None, '.3f'):>12}"
+    if worst and own and "worst_group_loglik" in entry:
+        w = entry["worst_group_loglik"]
+        where = f"split {w['split']}" + ("" if w["group"] is None else f", group {w['group']}")
+        line += f" {w['min']:>12.3f} ({where})"
     return line
 
 
@@ -192,7 +196,7 @@ def format_comparison(summary: dict) -> str:
              f"groups scored: {summary['scored_groups']}; 'groups' is their number (its range over splits)",
              "'model minus it': the model's loglik minus that model's on the same split, mean ± sd (splits won); "
              "'MC error': the sd of the model's score over prediction seeds"
-             + ("; 'worst group': the lowest loglik of one test group over all splits" if worst else ""),
+             + ("; 'worst group': the lowest loglik per point of one test group over all splits" if worst else ""),
              f"{'K':>3} {'groups':>7}  {'model':<{_LABEL}} {'loglik':>16} {'model minus it':>22} {'MC error':>9}"
              + (f" {'worst group':>12}" if worst else "")]
     for k, entry in summary["shots"].items():

@@ -3,7 +3,8 @@
 :func:`run_fit` trains (or resumes) a model on any task family and scores it on held-out
 tasks (:mod:`hierarchical_meta.evaluate`) in the units of the family's schema. A sampled
 family (sinusoid, basis) is scored beside its exact-Bayes reference; a fixed data set (a CSV
-file, nlschools, sleepstudy: ``family.fixed_dataset``) on the test groups every K can score,
+file, nlschools, sleepstudy: ``family.fixed_dataset``) at each K on the test groups with more
+than K rows (:func:`~hierarchical_meta.evaluate.comparable_groups`),
 beside the baselines it offers (``family.baselines``): the model with the metadata withheld,
 trained into ``out_dir/no_metadata/``, and the linear ones
 (:func:`hierarchical_meta.baselines.linear_baselines`), in the data's own units: ``loglik``

@@ -58,7 +58,7 @@ def split_metrics(model, no_m, mixed, groups, worst=None):
                "baselines": {"no_metadata": {"label": "model, metadata withheld", "shots": shots(no_m)},
                              "mixed_model": {"label": "mixed model (BLUP)", "shots": shots(mixed)}}}
     if worst is not None:
-        metrics["shots"]["0"]["worst_group_loglik"] = worst
+        metrics["shots"]["0"].update(worst_group_loglik=worst, worst_group=f"g{worst}")
     return metrics
 
 
@@ -96,7 +96,7 @@ def test_the_summary_is_the_hand_computation():
     assert k1["num_groups"] == {"0": 5, "1": 4, "3": 5}
     # Monte Carlo error at K = 0: differences 0.03, -0.04, 0 -> sqrt(mean d^2 / 2)
     assert k0["mc_error"]["value"] == pytest.approx(math.sqrt((0.03 ** 2 + 0.04 ** 2) / 3 / 2))
-    assert k0["worst_group_loglik"] == {"values": {"0": -3.0, "1": -4.5}, "min": -4.5}
+    assert k0["worst_group_loglik"] == {"values": {"0": -3.0, "1": -4.5}, "min": -4.5, "split": 1, "group": "g-4.5"}
     assert "worst_group_loglik" not in k1
     json.dumps(summary, allow_nan=False)  # plain JSON: an sd over one split would be None
 
@@ -106,7 +106,7 @@ def test_one_split_has_no_sd_and_the_table_says_so():
     assert summary["shots"]["0"]["models"]["model"]["sd"] is None
     table = format_comparison(summary)
     assert "-1.000 ± n/a" in table and "+0.200 ± n/a (1/1)" in table and "(seeds 7)" in table
-    assert "worst group" in table and "-3.000" in table
+    assert "worst group" in table and "-3.000 (split 7, group g-3.0)" in table
 
 
 def test_the_table_has_a_line_per_k_and_model_with_margins_and_mc_error():
