@@ -24,6 +24,7 @@ _EXPORTS = {
     "run_fit": "pipeline",
     "run_demo": "pipeline",
     "run_predict": "pipeline",
+    "run_compare": "compare",
     "load_checkpoint": "meta_model",
     "Checkpoint": "checkpoint",
     "FittedModel": "fitted",

@@ -1,4 +1,4 @@
-"""Command line: ``python -m hierarchical_meta {render,fit,predict,demo} --help``.
+"""Command line: ``python -m hierarchical_meta {render,fit,compare,predict,demo} --help``.
 
 A mistake in the input ends in one ``error:`` line and exit status 2 (``--debug`` or
 ``HIERARCHICAL_META_DEBUG=1`` shows the traceback); docs/reliability.md.
@@ -7,13 +7,17 @@ A mistake in the input ends in one ``error:`` line and exit status 2 (``--debug`
 from __future__ import annotations
 
 import argparse
+import functools
+import inspect
 import os
+import re
 import sys
 from collections.abc import Sequence
 
 import matplotlib
 import torch
 
+from .compare import run_compare
 from .errors import DEBUG_ENV, report_errors
 from .evaluate import EvalConfig
 from .meta_model import ModelConfig
@@ -24,6 +28,9 @@ from .runfiles import check_output_file
 from .tasks import FAMILIES, TabularTasks, TaskFamily, make_family
 from .tasks.tabular import TEST_FRACTION, VAL_FRACTION
 from .train import ELBOS, TrainConfig, check_seed
+
+#: The most values a list option (--shots, --split-seeds) takes.
+MAX_LIST = 1000
 
 TRAIN, MODEL, EVAL = TrainConfig(), ModelConfig(), EvalConfig()
 
@@ -63,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "from DIR/model.pt)")
     add_data_options(fit_p)
     add_fit_options(fit_p)
+    add_shot_options(fit_p)
+    add_compare_parser(sub, common)
 
     pred = sub.add_parser("predict", help="predict query points of new tasks given in a CSV file",
                           description="Predict query points of new tasks in the training data's units. Task file "
@@ -129,14 +138,16 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--guide-components", type=positive_int, default=MODEL.guide_components,
                    help="q(φ2 | ...) is a mixture of this many Gaussians (1: one Gaussian)")
     e = p.add_argument_group("evaluation")
-    e.add_argument("--eval-tasks", type=positive_int, default=EVAL.num_tasks, help="held-out tasks for metrics.json")
+    e.add_argument("--eval-tasks", type=positive_int, default=EVAL.num_tasks,
+                   help="held-out tasks drawn to score a sampled family (sinusoid, basis); a data set is scored "
+                        "on all its test groups")
     e.add_argument("--eval-draws", type=positive_int, default=EVAL.draws,
                    help="random support/query partitions of the held-out tasks (or groups), pooled")
     e.add_argument("--num-samples", type=positive_int, default=NUM_SAMPLES, help="importance samples per task")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def add_data_options(p: argparse.ArgumentParser) -> None:
+def add_data_options(p: argparse.ArgumentParser, split_seed: bool = True) -> None:
     d = p.add_argument_group("your own grouped data (a CSV file, one row per point; docs/own_data.md)")
     d.add_argument("--data", metavar="FILE.csv", help="the data: one group of rows is one task")
     d.add_argument("--group", metavar="COL", help="the column naming each row's group")
@@ -151,7 +162,60 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
                        help="fraction of the groups held out for testing, at random")
     d.add_argument("--val-fraction", type=float, default=VAL_FRACTION,
                    help="fraction of the groups held out for validation, at random")
-    d.add_argument("--split-seed", type=int, default=0, help="seed of the random split of the groups")
+    if split_seed:
+        d.add_argument("--split-seed", type=int, default=0, help="seed of the random split of the groups "
+                                                                "(also of a built-in data set: --tasks nlschools...)")
+
+
+def add_shot_options(p: argparse.ArgumentParser) -> None:
+    """--shots and --same-groups: which K are scored, and on which groups of a data set."""
+    g = p.add_argument_group("which K (support rows per held-out group) are scored")
+    g.add_argument("--shots", metavar="K[,K...]", default=",".join(str(k) for k in EVAL.shots),
+                   help="the numbers K of support points, comma-separated (ranges A-B too); a data set is scored "
+                        "at each K on every test group with more than K rows")
+    g.add_argument("--same-groups", action="store_true",
+                   help="score a data set on the same test groups at every K: those with more than the largest K rows")
+
+
+def add_compare_parser(sub, common: argparse.ArgumentParser) -> None:
+    """The ``compare`` command: ``fit`` on several random splits of a data set's groups, compared over them."""
+    cmp = sub.add_parser(
+        "compare", help="fit a data set on several random splits of its groups; each model's loglik per K "
+                        "(mean ± sd over splits), the model's paired margins and its Monte Carlo error",
+        description="Run fit on each split of --split-seeds into OUT/split-S (a finished split is read back, "
+                    "not refitted) and compare over the splits: comparison.json, comparison.csv, comparison.png "
+                    "and a table (docs/own_data.md).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, parents=[common])
+    cmp.add_argument("--tasks", choices=sorted(FAMILIES), help="a built-in data set (nlschools, sleepstudy, "
+                                                               "chickweight, co2, hsb82, chem97)")
+    cmp.add_argument("--out", required=True, help="output folder: split-S/ per split and the comparison (rerunning "
+                                                   "on it resumes)")
+    cmp.add_argument("--split-seeds", metavar="S[,S...]", default="0-4",
+                     help="the seeds of the random splits of the groups, comma-separated, or a range A-B")
+    add_data_options(cmp, split_seed=False)
+    add_fit_options(cmp)
+    add_shot_options(cmp)
+
+
+def int_list(text: str, flag: str) -> list[int]:
+    """'0,1,2,5-7' -> [0, 1, 2, 5, 6, 7], sorted: integers >= 0 and ranges A-B, comma-separated, each
+    named once, at most :data:`MAX_LIST`; ValueError naming ``flag`` and the bad part otherwise."""
+    values = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if match is None:
+            raise ValueError(f"{flag} takes integers >= 0 or ranges A-B, comma-separated (e.g. 0,1,2,5,10 or "
+                             f"0-4), got {part.strip()!r} in {text!r}")
+        low, high = int(match[1]), int(match[2] or match[1])
+        if high < low:
+            raise ValueError(f"{flag}: the range {part.strip()!r} runs backwards; write {high}-{low}")
+        if len(values) + high - low >= MAX_LIST:
+            raise ValueError(f"{flag} {text!r} names more than {MAX_LIST} values; give fewer")
+        values += range(low, high + 1)
+    twice = sorted({v for v in values if values.count(v) > 1})
+    if twice:
+        raise ValueError(f"{flag} {text!r} names {twice} more than once; name each value once")
+    return sorted(values)
 
 
 def columns(text: str | None) -> list[str]:
@@ -170,7 +234,7 @@ def make_fit_family(args) -> TaskFamily:
         given = [f"--{flag.replace('_', '-')}" for flag in DATA_ONLY if getattr(args, flag) is not None]
         if given:
             raise ValueError(f"{', '.join(given)} name columns of your data; give the file with --data FILE.csv")
-        return make_family(args.tasks or "sinusoid")
+        return builtin_family(args)
     if args.tasks is not None:
         raise ValueError(f"give --tasks {args.tasks} or --data {args.data}, not both")
     missing = [f"--{flag}" for flag in ("group", "x", "y") if not getattr(args, flag)]
@@ -182,6 +246,16 @@ def make_fit_family(args) -> TaskFamily:
                                  split_column=args.split_column, val_fraction=args.val_fraction,
                                  test_fraction=args.test_fraction, split_seed=args.split_seed,
                                  name=os.path.splitext(os.path.basename(args.data))[0])
+
+
+def builtin_family(args) -> TaskFamily:
+    """The family of --tasks (default sinusoid); a built-in data set's groups split by --split-seed,
+    --val-fraction and --test-fraction."""
+    name = args.tasks or "sinusoid"
+    if "split_seed" in inspect.signature(FAMILIES[name]).parameters:
+        return make_family(name, split_seed=args.split_seed, val_fraction=args.val_fraction,
+                           test_fraction=args.test_fraction)
+    return make_family(name)
 
 
 def configs(args, family: TaskFamily):
@@ -200,7 +274,33 @@ def configs(args, family: TaskFamily):
                         anneal_steps=args.anneal_steps, metadata_dropout=args.metadata_dropout,
                         metadata_swap=args.metadata_swap, seed=args.seed, checkpoint_every=args.checkpoint_every,
                         elbo=args.elbo)
-    return model, train, EvalConfig(num_tasks=args.eval_tasks, draws=args.eval_draws)
+    return model, train, evaluation_config(args, family)
+
+
+def evaluation_config(args, family: TaskFamily) -> EvalConfig:
+    """The evaluation config of the parsed flags: --shots, --same-groups, --eval-draws and, for a
+    sampled family alone, --eval-tasks (a data set is scored on all its test groups)."""
+    if family.fixed_dataset and args.eval_tasks != EVAL.num_tasks:
+        raise ValueError(f"--eval-tasks {args.eval_tasks} sets how many tasks are drawn to score a sampled family "
+                         "(sinusoid, basis); a data set is scored on all its test groups: choose how many with "
+                         "--test-fraction (or --split-column)")
+    shots = int_list(args.shots, "--shots") if "shots" in args else EVAL.shots
+    return EvalConfig(shots=shots, num_tasks=args.eval_tasks, draws=args.eval_draws,
+                      same_groups=getattr(args, "same_groups", EVAL.same_groups))
+
+
+def run_compare_command(args, progress: bool) -> None:
+    """``compare``: the data set of --data or --tasks split by each seed of --split-seeds (:func:`run_compare`)."""
+    if args.data is None and args.tasks is None:
+        raise ValueError("compare needs a data set: --data FILE.csv (with --group, --x, --y) or --tasks NAME")
+    if args.split_column is not None:
+        raise ValueError(f"--split-column {args.split_column} fixes one split of the groups; compare draws random "
+                         "splits (--split-seeds): use fit with --split-column")
+    seeds = [check_seed(seed) for seed in int_list(args.split_seeds, "--split-seeds")]
+    family_of_split = functools.cache(lambda seed: make_fit_family(argparse.Namespace(**vars(args), split_seed=seed)))
+    model, train, evaluation = configs(args, family_of_split(seeds[0]))  # checks the data before any training
+    run_compare(family_of_split, seeds, model, train, args.out, evaluation, num_samples=args.num_samples,
+                progress=progress, extend=args.extend)
 
 
 def run_render(out: str, guide: bool) -> None:
@@ -219,6 +319,8 @@ def run(args) -> None:
     elif args.command == "predict":
         run_predict(args.checkpoint, args.tasks_file, args.out, num_samples=args.num_samples, seed=args.seed,
                     chunk=args.chunk, progress=progress)
+    elif args.command == "compare":
+        run_compare_command(args, progress)
     elif args.command == "fit":
         family = make_fit_family(args)
         model, train, evaluation = configs(args, family)

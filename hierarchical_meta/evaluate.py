@@ -14,8 +14,9 @@ points, and the predictor is scored on a disjoint query set, per query point:
 Beside it, where the family has them: the exact-Bayes reference (``oracle_*``,
 ``family.exact_predictive``) and the noise floor (``family.noise_floor_log_prob``: the true
 function with the known noise); and the same predictor with the metadata shuffled across
-tasks. A fixed data set (``family.fixed_dataset``) is scored on every test task with more
-than K points, its other points being the query set.
+tasks. A fixed data set (``family.fixed_dataset``) is scored at each K on every test task
+(group) with more than K points, its other points being the query set
+(:func:`comparable_groups` says which groups and which K).
 
 Draw d of ``EvalConfig.draws`` uses the seed ``seed + d``: fresh held-out tasks of a sampled
 family, a fresh support/query partition of every task of a fixed data set. Metrics are
@@ -44,7 +45,8 @@ from .tasks import TaskBatch, TaskFamily
 from .tasks.schema import TabularSchema
 
 __all__ = ["SHOTS", "MIN_GROUP_FRACTION", "EvalConfig", "Predictor", "evaluate", "heldout_tasks",
-           "shuffle_metadata", "importance_metrics", "user_metrics", "comparable_groups", "count_groups"]
+           "shuffle_metadata", "importance_metrics", "user_metrics", "comparable_groups", "scored_groups",
+           "count_groups"]
 
 SHOTS = (0, 1, 2, 5, 10)
 #: A K is evaluated on a fixed data set only if at least this fraction of its test groups have more than K rows.
@@ -62,7 +64,10 @@ class EvalConfig:
 
     ``num_tasks`` and ``num_query`` size the held-out tasks of a sampled family (a fixed data
     set brings its own); ``seed`` seeds them; ``chunk`` tasks are predicted at a time (memory);
-    ``shuffled_metadata`` also scores the predictor with every task given another's metadata.
+    ``shuffled_metadata`` also scores the predictor with every task given another's metadata;
+    ``same_groups`` scores a fixed data set on the same groups at every K (those with more
+    than max(shots) rows) instead of every group with more than K rows at each K
+    (:func:`comparable_groups`).
     """
 
     shots: tuple[int, ...] = SHOTS
@@ -72,11 +77,14 @@ class EvalConfig:
     draws: int = 1
     chunk: int = 25
     shuffled_metadata: bool = True
+    same_groups: bool = False
 
     def __post_init__(self):
         self.shots = tuple(self.shots)
         if not self.shots or any(k < 0 for k in self.shots):
             raise ValueError(f"shots must be one or more numbers >= 0, got {list(self.shots)}")
+        if len(set(self.shots)) < len(self.shots):
+            raise ValueError(f"shots must be distinct, got {list(self.shots)}")
         for name in ("num_tasks", "num_query", "draws", "chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -179,13 +187,19 @@ def user_metrics(schema: TabularSchema, importance: bool = False) -> Metrics:
     return scores
 
 
-def comparable_groups(family: TaskFamily, shots) -> tuple[TaskFamily, list[int], dict[str, str]]:
-    """The family with its test split cut to the groups every kept K can score.
+def comparable_groups(family: TaskFamily, shots,
+                      same_groups: bool = False) -> tuple[TaskFamily, list[int], dict[str, str]]:
+    """The family with its test split cut to the groups that some kept K scores.
 
-    Returns ``(view, kept_shots, skipped)``. A fixed data set's ``view`` shares its data, its
-    test split the test groups with more than max(kept_shots) rows; ``skipped`` maps each K
-    left out (fewer than :data:`MIN_GROUP_FRACTION` of the test groups have more than K rows)
-    to why. A sampled family draws tasks of every size: it is its own view, every K kept.
+    Returns ``(view, kept_shots, skipped)``. A K is kept when at least
+    :data:`MIN_GROUP_FRACTION` of the test groups have more than K rows; ``skipped`` maps each
+    other K to why. At each kept K, :func:`evaluate` scores every group of the view with more
+    than K rows (:meth:`~hierarchical_meta.tasks.TaskFamily.all_tasks`), so a group is scored
+    at every K it can be: ``view``'s test split holds the test groups with more than
+    min(kept_shots) rows (with K = 0 kept: all of them, two-row groups included). With
+    ``same_groups`` it holds those with more than max(kept_shots) rows, the same groups at
+    every K. The view shares the family's data. A sampled family draws tasks of every size: it
+    is its own view, every K kept.
     """
     if not family.fixed_dataset:
         return family, list(shots), {}
@@ -203,8 +217,15 @@ def comparable_groups(family: TaskFamily, shots) -> tuple[TaskFamily, list[int],
         raise ValueError(f"no K of {list(shots)} can be evaluated: the {len(test)} test groups have "
                          f"{int(sizes.min())} to {int(sizes.max())} rows; give smaller shots or larger groups")
     view = copy.copy(family)
-    view.split_indices = {**family.split_indices, "test": test[sizes > max(kept)]}
+    view.split_indices = {**family.split_indices, "test": test[sizes > (max(kept) if same_groups else min(kept))]}
     return view, kept, skipped
+
+
+def scored_groups(shots, same_groups: bool = False) -> str:
+    """Which test groups a fixed data set is scored on at each K of ``shots`` (:func:`comparable_groups`), in words."""
+    if same_groups:
+        return f"at every K, the same test groups: those with more than {max(shots)} rows"
+    return "at each K, every test group with more than K rows (the others are too small to leave a query point)"
 
 
 def count_groups(result: dict) -> dict:

@@ -3,7 +3,8 @@
 :func:`run_fit` trains (or resumes) a model on any task family and scores it on held-out
 tasks (:mod:`hierarchical_meta.evaluate`) in the units of the family's schema. A sampled
 family (sinusoid, basis) is scored beside its exact-Bayes reference; a fixed data set (a CSV
-file, nlschools, sleepstudy: ``family.fixed_dataset``) on the test groups every K can score,
+file, nlschools, sleepstudy: ``family.fixed_dataset``) at each K on the test groups with more
+than K rows (:func:`~hierarchical_meta.evaluate.comparable_groups`),
 beside the baselines it offers (``family.baselines``): the model with the metadata withheld,
 trained into ``out_dir/no_metadata/``, and the linear ones
 (:func:`hierarchical_meta.baselines.linear_baselines`), in the data's own units: ``loglik``
@@ -33,7 +34,7 @@ from collections.abc import Callable
 import torch
 
 from .baselines import linear_baselines
-from .evaluate import EvalConfig, comparable_groups, count_groups, evaluate, heldout_tasks, user_metrics
+from .evaluate import EvalConfig, comparable_groups, count_groups, evaluate, heldout_tasks, scored_groups, user_metrics
 from .fitted import FittedModel, checkpoint_extra
 from .meta_model import HierarchicalMetaModel, ModelConfig
 from .predict import NUM_SAMPLES, PREDICT_CHUNK
@@ -55,6 +56,10 @@ TARGET_ORACLE_GAP = 0.15
 TARGET_COVERAGE = (0.85, 0.95)
 TARGET_METADATA_GAIN = 0.1
 TARGET_SHUFFLED_LOSS = 0.2
+
+#: What ``elbo``, ``kl_phi1`` and ``kl_phi2`` of metrics.json measure (the model's units, not the data's).
+ELBO_UNITS = ("nats in the model's units (for a data set: y standardized with the training groups' mean and sd, "
+              "unlike loglik), elbo per validation point, kl_phi1 and kl_phi2 per validation task, at the last step")
 
 Log = Callable[[str], None] | None
 
@@ -128,9 +133,10 @@ def run_fit(family: TaskFamily, model_config: ModelConfig, train_config: TrainCo
     The metrics dict is ``metrics.json``: the model's scores per K
     (:func:`~hierarchical_meta.evaluate.evaluate`, with ``ess``; for a data set ``num_groups``),
     for a data set also ``baselines`` (name -> ``{"label", "shots"}``), ``skipped_baselines`` and
-    ``skipped_shots`` (name or K -> reason), the units, ``data`` (columns, groups per split,
-    notes) and ``schema``; then ``num_samples``, the held-out ELBO and KLs at the last step, the
-    three configs (``eval`` as used: the kept K) and the training seconds. ``log`` receives the
+    ``skipped_shots`` (name or K -> reason), the units, ``data`` (columns, groups per split, the
+    groups scored at each K in words, the split options, notes) and ``schema``; then
+    ``num_samples``, the held-out ELBO and KLs at the last step (in the model's units:
+    ``elbo_units``), the three configs (``eval`` as used: the kept K) and the training seconds. ``log`` receives the
     status lines, the notes and the table (None: silent); ``progress`` shows bars while training
     and evaluating. A resume must have the checkpoint's options (:func:`~hierarchical_meta.train.fit`;
     ``extend`` allows more steps). The run holds the lock of ``out_dir`` throughout.
@@ -141,7 +147,7 @@ def run_fit(family: TaskFamily, model_config: ModelConfig, train_config: TrainCo
     with hold_folder(out_dir, run.log):
         for note in family.notes:
             run.log(f"note: {note}")
-        view, shots, skipped_shots = comparable_groups(family, eval_config.shots)
+        view, shots, skipped_shots = comparable_groups(family, eval_config.shots, eval_config.same_groups)
         for k, reason in skipped_shots.items():
             run.log(f"note: K = {k} left out: {reason}")
         config = dataclasses.replace(eval_config, shots=tuple(shots),
@@ -163,7 +169,7 @@ def _summary(history: dict, num_samples: int, model_config: ModelConfig, train_c
     (:func:`~hierarchical_meta.train.heldout_elbo`), the configs and the training seconds."""
     final = history["eval"][-1]
     return {"num_samples": num_samples, "elbo": final["elbo_per_point"], "kl_phi1": final["kl_phi1_per_task"],
-            "kl_phi2": final["kl_phi2_per_task"], "model": dataclasses.asdict(model_config),
+            "kl_phi2": final["kl_phi2_per_task"], "elbo_units": ELBO_UNITS, "model": dataclasses.asdict(model_config),
             "train": dataclasses.asdict(train_config), "eval": dataclasses.asdict(config),
             "train_seconds": history["seconds"]}
 
@@ -192,7 +198,9 @@ def _comparison(run: _Run, model_config: ModelConfig, view: TaskFamily, config: 
             "mse_units": f"squared units of {y}",
             "data": {"name": family.name, "group": schema.group, **{role: schema.names(role) for role in ROLES},
                      "groups": {split: len(family.split_indices[split]) for split in SPLITS},
-                     "evaluated_groups": len(view.split_indices["test"]), "notes": list(family.notes) + notes},
+                     "evaluated_groups": len(view.split_indices["test"]),
+                     "scored_groups": scored_groups(config.shots, config.same_groups),
+                     "split": family.split_options, "notes": list(family.notes) + notes},
             "schema": schema.to_dict()}
 
 
@@ -212,7 +220,8 @@ def _write_outputs(out_dir: str, family: TaskFamily, metrics: dict, history: dic
     curves = {LABELS["model"]: metrics, **{b["label"]: b for b in metrics.get("baselines", {}).values()}}
     units = ", ".join(family.schema.names("y"))
     plot_metrics_vs_shots(curves, os.path.join(out_dir, "loglik_vs_k.png"), ylabel=(
-        f"held-out loglik / point (nats, {units} in its units)" if family.fixed_dataset else None))
+        f"held-out loglik / point\n(nats, {units} in its units)" if family.fixed_dataset else None),
+        tasks="groups" if family.fixed_dataset else "tasks")
 
 
 def run_predict(checkpoint: str, tasks_file: str, out: str, num_samples: int = NUM_SAMPLES, seed: int = 0,

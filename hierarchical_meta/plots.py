@@ -1,4 +1,4 @@
-"""Figures for a fitted model: training curve, predictions with bands, metrics against K.
+"""Figures for a fitted model: training curve, predictions with bands, metrics against K, a comparison over splits.
 
 The functions write files and close their figures; they leave matplotlib's backend to
 the caller (the command line chooses a non-interactive one).
@@ -13,7 +13,7 @@ import torch
 
 from .tasks import TaskBatch, TaskFamily
 
-__all__ = ["plot_training_curve", "plot_predictions", "plot_metrics_vs_shots"]
+__all__ = ["plot_training_curve", "plot_predictions", "plot_metrics_vs_shots", "plot_comparison"]
 
 
 def plot_training_curve(history: dict, path: str) -> None:
@@ -88,25 +88,75 @@ def plot_predictions(meta_model, batch: TaskBatch, path: str, family: TaskFamily
     plt.close(fig)
 
 
-def plot_metrics_vs_shots(results: dict, path: str, metric: str = "loglik", ylabel: str | None = None) -> None:
-    """``metric`` against K for several runs: ``results`` maps a label to a metrics.json dict."""
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    oracle_drawn = False
+def _shot_axis(ax, shots: Sequence[int], xlabel: str = "support points K") -> None:
+    """Ticks at the evaluated K alone, as integers."""
+    ax.set_xticks(sorted(shots))
+    ax.set_xticklabels([str(k) for k in sorted(shots)])
+    ax.set_xlabel(xlabel)
+
+
+def _save(fig, path: str) -> None:
+    """Write the figure with nothing cut (labels included) and close it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_metrics_vs_shots(results: dict, path: str, metric: str = "loglik", ylabel: str | None = None,
+                          tasks: str = "tasks") -> None:
+    """``metric`` against K for several runs: ``results`` maps a label to a metrics.json dict.
+
+    The first run's scores with the metadata shuffled (each of its ``tasks``, e.g. "groups",
+    given another's metadata) are dotted where it has them; ticks at the evaluated K.
+    """
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    oracle_drawn, shots = False, set()
     for i, (label, metrics) in enumerate(results.items()):
         ks = sorted(metrics["shots"], key=int)
+        shots.update(int(k) for k in ks)
         ax.plot([int(k) for k in ks], [metrics["shots"][k][metric] for k in ks], "o-", color=f"C{i}", label=label)
         if "shuffled_metadata" in metrics and i == 0:
             ax.plot([int(k) for k in ks], [metrics["shuffled_metadata"]["shots"][k][metric] for k in ks],
-                    "o:", color=f"C{i}", alpha=0.6, label=f"{label}, m shuffled")
+                    "o:", color=f"C{i}", alpha=0.6, label=f"{label}, metadata shuffled across {tasks}")
         if not oracle_drawn and f"oracle_{metric}" in metrics["shots"][ks[0]]:
             ax.plot([int(k) for k in ks], [metrics["shots"][k][f"oracle_{metric}"] for k in ks], "k--",
                     label="exact Bayes (with m)")
             oracle_drawn = True
         if metric == "loglik" and "noise_floor_loglik" in metrics and i == 0:
             ax.axhline(metrics["noise_floor_loglik"], color="0.5", lw=0.8, label="noise floor")
-    ax.set(xlabel="support points K",
-           ylabel=ylabel or {"loglik": "held-out loglik / point (nats)"}.get(metric, metric))
+    _shot_axis(ax, shots)
+    ax.set_ylabel(ylabel or {"loglik": "held-out loglik / point (nats)"}.get(metric, metric))
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
+
+
+def plot_comparison(summary: dict, path: str) -> None:
+    """A comparison over group splits (:func:`hierarchical_meta.compare.summarize`): left, each
+    model's held-out loglik against K, mean ± sd over splits; right, the model minus each
+    baseline, paired per split, mean ± sd, with the zero line."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    shots = [int(k) for k in summary["shots"]]
+    models = summary["labels"]
+    for i, name in enumerate(models):
+        _error_bars(left, summary, "models", name, i, len(models), models[name])
+    baselines = [name for name in models if name != "model"]
+    for i, name in enumerate(baselines, start=1):
+        _error_bars(right, summary, "margins", name, i, len(models), f"model − {models[name]}")
+    right.axhline(0.0, color="k", lw=0.8)
+    left.set_ylabel(f"held-out loglik / point (nats)\nmean ± sd over {len(summary['splits'])} splits")
+    right.set_ylabel("model minus baseline, same split (nats)\nmean ± sd over splits")
+    for ax in (left, right):
+        _shot_axis(ax, shots)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def _error_bars(ax, summary: dict, section: str, name: str, i: int, n: int, label: str) -> None:
+    """One model's mean ± sd per K of ``summary["shots"][K][section][name]``, dodged by its index ``i`` of ``n``."""
+    points = [(int(k), entry[section][name]) for k, entry in summary["shots"].items() if name in entry[section]]
+    if not points:
+        return
+    ks = [k + 0.08 * (i - (n - 1) / 2) for k, _ in points]
+    sd = [p["sd"] if p["sd"] is not None else 0.0 for _, p in points]
+    ax.errorbar(ks, [p["mean"] for _, p in points], yerr=sd, fmt="o-", color=f"C{i}", capsize=3, label=label)

@@ -26,6 +26,8 @@ import torch
 pandas = pytest.importorskip("pandas")
 
 from hierarchical_meta.__main__ import main  # noqa: E402
+from hierarchical_meta.baselines import linear_baselines  # noqa: E402
+from hierarchical_meta.evaluate import EvalConfig, comparable_groups, evaluate  # noqa: E402
 from hierarchical_meta.fitted import FittedModel, stored_schema  # noqa: E402
 from hierarchical_meta.meta_model import ModelConfig, load_checkpoint  # noqa: E402
 from hierarchical_meta.pipeline import run_fit  # noqa: E402
@@ -97,8 +99,11 @@ def test_fit_on_the_sample_file_writes_every_output(sample_run):
     assert sum(metrics["data"]["groups"].values()) == 60
     assert set(metrics["baselines"]) == {"no_metadata", "mixed_model", "pooled"}, metrics["skipped_baselines"]
     assert list(metrics["shots"]) == SHOTS and metrics["skipped_shots"] == {}
-    groups = {metrics["shots"][k]["num_groups"] for k in SHOTS}
-    assert groups == {metrics["data"]["evaluated_groups"]}  # the same groups at every K
+    family = TabularTasks.from_csv(SAMPLE, group="site", x=["dose"], y=["response"], metadata=["altitude", "region"])
+    sizes = family.group_sizes[family.split_indices["test"]]
+    # at each K, every test group with more than K rows; with K = 0, every test group
+    assert [metrics["shots"][k]["num_groups"] for k in SHOTS] == [int((sizes > int(k)).sum()) for k in SHOTS]
+    assert metrics["data"]["evaluated_groups"] == len(sizes) and "more than K rows" in metrics["data"]["scored_groups"]
     for name, baseline in metrics["baselines"].items():
         for k in SHOTS:
             # the same groups and the same query points for every model
@@ -121,6 +126,30 @@ def test_pooled_baseline_ignores_the_support_and_scores_in_user_units(sample_run
     mixed = metrics["baselines"]["mixed_model"]["shots"]["0"]
     # a density in standardized units would score around -1.4 with an mse below 1
     assert mixed["mse"] > 2 and mixed["loglik"] < -1.8
+
+
+# -- which groups are scored at each K ---------------------------------------------------------
+
+def test_groups_of_two_rows_are_scored_at_k0_and_k1():
+    """Each K scores every test group with more than K rows; --same-groups those with more than the largest K."""
+    frame = known_hierarchy(30, seed=1)
+    frame = frame[~frame["unit"].isin(["u0", "u1"]) | (frame.groupby("unit").cumcount() < 2)]  # two rows each
+    test = ["u0", "u1", "u3", "u5"]
+    frame = frame.assign(part=["test" if u in test else "val" if u == "u2" else "train" for u in frame["unit"]])
+    family = TabularTasks.from_frame(frame, group="unit", x="dose", y="growth", split_column="part")
+    sizes = frame.groupby("unit").size()[test].tolist()
+    assert sizes[:2] == [2, 2] and min(sizes[2:]) > 5
+    pooled = linear_baselines(family)[0]["pooled"]
+    for same_groups, expected in ((False, {"0": 4, "1": 4, "2": 2, "5": 2}), (True, {"0": 2, "1": 2, "2": 2, "5": 2})):
+        config = EvalConfig(shots=(0, 1, 2, 5), same_groups=same_groups, shuffled_metadata=False)
+        view, kept, skipped = comparable_groups(family, config.shots, config.same_groups)
+        assert kept == [0, 1, 2, 5] and skipped == {}
+        scores = evaluate(pooled, view, config)["shots"]
+        assert {k: e["num_tasks"] for k, e in scores.items()} == expected, same_groups
+    assert scores["0"]["num_query_points"] == sum(sizes[2:])
+    view, _, _ = comparable_groups(family, (0, 1, 2, 5))
+    assert evaluate(pooled, view, EvalConfig(shots=(0, 1), shuffled_metadata=False))["shots"]["0"][
+        "num_query_points"] == sum(sizes)  # the two-row groups' rows are scored at K = 0
 
 
 # -- a known hierarchy -------------------------------------------------------------------------
