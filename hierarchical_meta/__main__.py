@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import matplotlib
 import torch
 
+from .baselines import check_degree
 from .errors import DEBUG_ENV, report_errors
 from .evaluate import EvalConfig
 from .meta_model import ModelConfig
@@ -43,6 +44,13 @@ def seed(text: str) -> int:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def baseline_degree(text: str) -> int | str:
+    try:
+        return check_degree(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     debug_help = f"show the traceback of an error (also: {DEBUG_ENV}=1)"
     parser = argparse.ArgumentParser(prog="python -m hierarchical_meta", description=__doc__.split("\n")[0])
@@ -63,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "from DIR/model.pt)")
     add_data_options(fit_p)
     add_fit_options(fit_p)
+    fit_p.add_argument("--baseline-degree", type=baseline_degree, default="auto", metavar="auto|1|2|3",
+                       help="polynomial degree in each numeric x of the mixed model and pooled regression of a data "
+                            "set; 'auto' chooses it on the validation groups")
 
     pred = sub.add_parser("predict", help="predict query points of new tasks given in a CSV file",
                           description="Predict query points of new tasks in the training data's units. Task file "
@@ -223,7 +234,7 @@ def run(args) -> None:
         family = make_fit_family(args)
         model, train, evaluation = configs(args, family)
         run_fit(family, model, train, args.out, evaluation, num_samples=args.num_samples, progress=progress,
-                extend=args.extend)
+                extend=args.extend, baseline_degree=args.baseline_degree)
     else:
         model, train, evaluation = configs(args, make_family("sinusoid"))
         run_demo(args.out, model, train, evaluation, num_samples=args.num_samples, progress=progress,
