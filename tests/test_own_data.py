@@ -3,8 +3,9 @@
 - the sample file (examples/data/grouped_sample.csv) end to end at a tiny budget: every
   output, the baselines per K on the same groups, the schema in the checkpoint;
 - a file with a known hierarchy (intercepts and slopes driven by a numeric and a
-  categorical metadata column, y in large units) at a small budget: the model beats the
-  pooled regression at every K and the model without metadata at K = 0; predictions of
+  categorical metadata column, y in large units) at a small budget: the model comes close
+  to the pooled regression at K = 0 (its interactions are the true mean of a new group) and
+  beats it at every K > 0, and beats the model without metadata at K = 0; predictions of
   new groups come back in the user's units, in the file's order whatever the chunk size;
 - ``--metadata none`` (no metadata columns) and ``use_metadata=False`` from Python;
 - each bad input: exit status 2, one ``error:`` line naming the column, group or row, and
@@ -138,11 +139,14 @@ def known(tmp_path_factory):
         return out, json.load(f)
 
 
-def test_the_model_beats_pooled_at_every_k_and_no_metadata_at_k0(known):
+def test_the_model_beats_pooled_given_support_and_no_metadata_at_k0(known):
     _, metrics = known
     pooled = metrics["baselines"]["pooled"]["shots"]
     no_m = metrics["baselines"]["no_metadata"]["shots"]
-    for k in SHOTS:
+    # the pooled regression's x × m interactions are the true mean of a new group: at K = 0 the
+    # model can only come close to it; every support row then helps the model alone
+    assert metrics["shots"]["0"]["loglik"] > pooled["0"]["loglik"] - 0.15
+    for k in SHOTS[1:]:
         assert metrics["shots"][k]["loglik"] > pooled[k]["loglik"] + 0.05, k
     assert metrics["shots"]["0"]["loglik"] > no_m["0"]["loglik"] + 0.3
     # more support points help the model and the mixed model

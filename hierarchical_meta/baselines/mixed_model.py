@@ -114,6 +114,24 @@ _HARMLESS = ("The MLE may be on the boundary", "Random effects covariance is sin
              "Retrying MixedLM optimization")
 
 
+def _statsmodels_fit(model, reml: bool) -> tuple[object, list]:
+    """statsmodels' fit of ``model`` (L-BFGS, then BFGS from where it stopped if it did not
+    converge) and the warnings it gave. L-BFGS can step to where a matrix is singular and
+    raise: BFGS from the start then has its turn."""
+    from numpy.linalg import LinAlgError
+
+    for methods in (["lbfgs", "bfgs"], ["bfgs"]):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                result = model.fit(reml=reml, method=methods)
+            except LinAlgError:
+                if methods == ["bfgs"]:
+                    raise
+                continue
+        return result, caught
+
+
 def _fit_problems(caught: list, fixed_effects_cov: torch.Tensor) -> list[str]:
     """What makes a statsmodels fit unreliable: its convergence warnings but the harmless ones
     (a Hessian that is not positive definite among them), and fixed-effect variances that are
@@ -238,10 +256,8 @@ class MixedModel:
         if len(set(groups[mask].tolist())) < 2:
             raise ValueError("fitting a mixed model needs at least 2 tasks with points")
         model = sm.MixedLM(y[mask].numpy(), exog, groups=groups[mask].numpy(), exog_re=exog_re)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            result = model.fit(reml=self.reml, method=["lbfgs", "bfgs"])
-            covariance = torch.as_tensor(result.cov_params()[:exog.shape[1], :exog.shape[1]])
+        result, caught = _statsmodels_fit(model, self.reml)
+        covariance = torch.as_tensor(result.cov_params()[:exog.shape[1], :exog.shape[1]])
         self.fit_warnings = list(dict.fromkeys(str(w.message) for w in caught))
         if not result.converged:
             gradient = [m for m in self.fit_warnings if m.startswith("Gradient optimization failed")]
