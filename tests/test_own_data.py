@@ -89,7 +89,7 @@ def sample_run(tmp_path_factory):
 
 def test_fit_on_the_sample_file_writes_every_output(sample_run):
     for name in ("model.pt", "metrics.json", "metrics.csv", "loglik_vs_k.png", "training_curve.png",
-                 os.path.join("no_metadata", "model.pt")):
+                 "effects.csv", "effects.png", os.path.join("no_metadata", "model.pt")):
         assert os.path.getsize(os.path.join(sample_run, name)) > 0, name
     with open(os.path.join(sample_run, "metrics.json")) as f:
         metrics = json.load(f)
@@ -105,8 +105,17 @@ def test_fit_on_the_sample_file_writes_every_output(sample_run):
             # the same groups and the same query points for every model
             assert baseline["shots"][k]["num_groups"] == metrics["shots"][k]["num_groups"], (name, k)
             assert baseline["shots"][k]["num_query_points"] == metrics["shots"][k]["num_query_points"], (name, k)
+    mixed = metrics["baselines"]["mixed_model"]
+    assert mixed["formula"].startswith("response ~ ") and "| site)" in mixed["formula"]
+    assert metrics["baselines"]["pooled"]["formula"] == mixed["formula"].split(" + (")[0]
+    assert mixed["fixed_effects"][0]["term"] == "(Intercept)" and mixed["scale"].startswith("the data's units")
+    assert all(e["std_error"] > 0 for e in mixed["fixed_effects"])
     rows = read(os.path.join(sample_run, "metrics.csv"))
     assert [(r["K"], r["model"]) for r in rows] == [(k, m) for k in SHOTS for m in LABELS]
+    assert {r["formula"] for r in rows if r["model"] == "mixed_model"} == {mixed["formula"]}
+    effects = read(os.path.join(sample_run, "effects.csv"))
+    assert {r["predictor"] for r in effects} == {LABELS["model"], LABELS["mixed_model"]}
+    assert {r["varied"] for r in effects} == {"altitude", "region"}
     assert all(math.isfinite(float(r["loglik"])) and 0 <= float(r["coverage90"]) <= 1 for r in rows)
     model, checkpoint = load_checkpoint(os.path.join(sample_run, "model.pt"))
     schema = stored_schema(checkpoint, model)
