@@ -165,9 +165,10 @@ def fixed_effects_table(fit: MixedFit) -> dict:
                           for t, e, s in zip(fixed, estimates, std_errors, strict=True)],
         "random_effects": {"terms": [rename.get(t, t) for t in random], "covariance": random_cov.tolist()},
         "residual_variance": y_std ** 2 * p.residual_var,
-        "scale": (f"the data's units: {schema.y[0].name} per unit of each term at every x and metadata "
-                  "column 0 (categorical columns in treatment coding: name=level against the first level); "
-                  "standard errors from statsmodels' inverse Hessian, REML")}
+        "scale": (f"the data's units: the coefficients of the formula on the data's own columns, {schema.y[0].name} "
+                  "per unit of each term (x and numeric metadata as given, not standardized; a categorical "
+                  "column as name=level against its first level); standard errors from the inverse Hessian "
+                  "of statsmodels' REML fit")}
 
 
 def _candidate_degrees(family, degree: int | str, notes: list[str]) -> list[int]:
