@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import matplotlib
 import torch
 
+from .baselines import check_degree
 from .compare import run_compare
 from .errors import DEBUG_ENV, report_errors
 from .evaluate import EvalConfig
@@ -46,6 +47,13 @@ def seed(text: str) -> int:
     value = int(text)  # argparse reports a ValueError here as "invalid seed value"
     try:
         return check_seed(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def baseline_degree(text: str) -> int | str:
+    try:
+        return check_degree(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -168,13 +176,17 @@ def add_data_options(p: argparse.ArgumentParser, split_seed: bool = True) -> Non
 
 
 def add_shot_options(p: argparse.ArgumentParser) -> None:
-    """--shots and --same-groups: which K are scored, and on which groups of a data set."""
+    """--shots, --same-groups and --baseline-degree: which K are scored, on which groups of a data set,
+    against which baselines."""
     g = p.add_argument_group("which K (support rows per held-out group) are scored")
     g.add_argument("--shots", metavar="K[,K...]", default=",".join(str(k) for k in EVAL.shots),
                    help="the numbers K of support points, comma-separated (ranges A-B too); a data set is scored "
                         "at each K on every test group with more than K rows")
     g.add_argument("--same-groups", action="store_true",
                    help="score a data set on the same test groups at every K: those with more than the largest K rows")
+    g.add_argument("--baseline-degree", type=baseline_degree, default="auto", metavar="auto|1|2|3",
+                   help="polynomial degree in each numeric x of the mixed model and pooled regression of a data "
+                        "set; 'auto' chooses it on the validation groups")
 
 
 def add_compare_parser(sub, common: argparse.ArgumentParser) -> None:
@@ -300,7 +312,7 @@ def run_compare_command(args, progress: bool) -> None:
     family_of_split = functools.cache(lambda seed: make_fit_family(argparse.Namespace(**vars(args), split_seed=seed)))
     model, train, evaluation = configs(args, family_of_split(seeds[0]))  # checks the data before any training
     run_compare(family_of_split, seeds, model, train, args.out, evaluation, num_samples=args.num_samples,
-                progress=progress, extend=args.extend)
+                progress=progress, extend=args.extend, baseline_degree=args.baseline_degree)
 
 
 def run_render(out: str, guide: bool) -> None:
@@ -325,7 +337,7 @@ def run(args) -> None:
         family = make_fit_family(args)
         model, train, evaluation = configs(args, family)
         run_fit(family, model, train, args.out, evaluation, num_samples=args.num_samples, progress=progress,
-                extend=args.extend)
+                extend=args.extend, baseline_degree=args.baseline_degree)
     else:
         model, train, evaluation = configs(args, make_family("sinusoid"))
         run_demo(args.out, model, train, evaluation, num_samples=args.num_samples, progress=progress,

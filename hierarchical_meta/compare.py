@@ -295,6 +295,7 @@ class _Compare:
     progress: bool
     log: Callable[[str], None]
     extend: bool
+    baseline_degree: int | str
 
     def split(self, seed: int, out_dir: str) -> tuple[dict, dict]:
         """Split ``seed``'s metrics (run, or read back when finished) and the model's second scoring."""
@@ -310,7 +311,8 @@ class _Compare:
         if metrics is None:
             self.log(f"== split {seed} -> {folder}")
             metrics = run_fit(family, config, self.train_config, folder, self.eval_config, self.num_samples,
-                              progress=self.progress, log=self.log, extend=self.extend)
+                              progress=self.progress, log=self.log, extend=self.extend,
+                              baseline_degree=self.baseline_degree)
         else:
             self.log(f"== split {seed}: finished, read back from {folder}")
         return metrics, _second_scoring(folder, family, metrics, self.train_config.seed + 1, self.log)
@@ -336,7 +338,7 @@ def _write_comparison(out_dir: str, summary: dict) -> None:
 def run_compare(family_of_split: Callable[[int], TaskFamily], split_seeds: Sequence[int], model_config: ModelConfig,
                 train_config: TrainConfig, out_dir: str, eval_config: EvalConfig | None = None,
                 num_samples: int = NUM_SAMPLES, progress: bool = True, log: Callable[[str], None] | None = print,
-                extend: bool = False) -> dict:
+                extend: bool = False, baseline_degree: int | str = "auto") -> dict:
     """Fit and score a data set on each split of ``split_seeds``; compare over splits; returns the summary.
 
     ``family_of_split(seed)`` is the data set with its groups split by ``seed``. Each split is
@@ -346,7 +348,7 @@ def run_compare(family_of_split: Callable[[int], TaskFamily], split_seeds: Seque
     seed ``train_config.seed + 1`` (``split-SEED/rescore.json``). Writes ``comparison.json``
     (:func:`summarize`), ``comparison.csv`` and ``comparison.png`` into ``out_dir``, whose lock
     it holds throughout, and logs :func:`format_comparison`. ``progress`` shows a bar over the
-    splits (and run_fit's bars).
+    splits (and run_fit's bars). ``baseline_degree``: as for run_fit.
     """
     seeds = _check_seeds(split_seeds)
     say = log or (lambda text: None)
@@ -356,7 +358,7 @@ def run_compare(family_of_split: Callable[[int], TaskFamily], split_seeds: Seque
             say(text)
 
     work = _Compare(family_of_split, model_config, train_config, eval_config or EvalConfig(), num_samples,
-                    progress, write if progress else say, extend)
+                    progress, write if progress else say, extend, baseline_degree)
     runs, rescored = {}, {}
     with hold_folder(out_dir, say):
         for seed in tqdm(seeds, desc="splits", unit="split", disable=not progress):

@@ -12,7 +12,9 @@ is the log-density of y in its units (nats per point; it changes by -log s when 
 by s), ``mse`` is in the squared units of y, ``coverage90`` a fraction. The output folder
 receives ``model.pt`` (a data set's schema inside, as plain data, for ``predict``),
 ``metrics.json``, ``metrics.csv`` (:mod:`hierarchical_meta.report`), ``training_curve.png``,
-``loglik_vs_k.png`` (every model) and, for a sampled family with 1-D x and y,
+``loglik_vs_k.png`` (every model), for a data set with a numeric x ``effects.csv`` and
+``effects.png`` (the model's and the mixed model's predictions for a new group along x, per
+metadata level: :mod:`hierarchical_meta.effects`) and, for a sampled family with 1-D x and y,
 ``predictions.png``.
 
 :func:`run_predict` predicts the query points of a task file (:mod:`hierarchical_meta.taskfile`)
@@ -33,7 +35,8 @@ from collections.abc import Callable
 
 import torch
 
-from .baselines import linear_baselines
+from .baselines import check_degree, linear_baselines
+from .effects import effects_frame
 from .evaluate import EvalConfig, comparable_groups, count_groups, evaluate, heldout_tasks, scored_groups, user_metrics
 from .fitted import FittedModel, checkpoint_extra
 from .meta_model import HierarchicalMetaModel, ModelConfig
@@ -91,6 +94,7 @@ class _Run:
     progress: bool
     log: Callable[[str], None]
     extend: bool
+    baseline_degree: int | str = "auto"
 
     def train(self, config: ModelConfig, out_dir: str) -> tuple[HierarchicalMetaModel, dict]:
         """Train (or resume) one model into ``out_dir/model.pt``, the family's schema beside the weights."""
@@ -127,7 +131,7 @@ def _check_arguments(family, model_config, train_config, eval_config) -> None:
 
 def run_fit(family: TaskFamily, model_config: ModelConfig, train_config: TrainConfig, out_dir: str,
             eval_config: EvalConfig | None = None, num_samples: int = NUM_SAMPLES,
-            progress: bool = True, log: Log = print, extend: bool = False) -> dict:
+            progress: bool = True, log: Log = print, extend: bool = False, baseline_degree: int | str = "auto") -> dict:
     """Train (or resume from ``out_dir/model.pt``), evaluate and plot into ``out_dir``; returns the metrics.
 
     The metrics dict is ``metrics.json``: the model's scores per K
@@ -139,11 +143,12 @@ def run_fit(family: TaskFamily, model_config: ModelConfig, train_config: TrainCo
     ``elbo_units``), the three configs (``eval`` as used: the kept K) and the training seconds. ``log`` receives the
     status lines, the notes and the table (None: silent); ``progress`` shows bars while training
     and evaluating. A resume must have the checkpoint's options (:func:`~hierarchical_meta.train.fit`;
-    ``extend`` allows more steps). The run holds the lock of ``out_dir`` throughout.
+    ``extend`` allows more steps). ``baseline_degree`` is the linear baselines' polynomial degree
+    (:func:`~hierarchical_meta.baselines.linear_baselines`). The run holds the lock of ``out_dir`` throughout.
     """
     _check_arguments(family, model_config, train_config, eval_config)
     eval_config = eval_config if eval_config is not None else EvalConfig()
-    run = _Run(family, train_config, num_samples, progress, log or _quiet, extend)
+    run = _Run(family, train_config, num_samples, progress, log or _quiet, extend, check_degree(baseline_degree))
     with hold_folder(out_dir, run.log):
         for note in family.notes:
             run.log(f"note: {note}")
@@ -156,7 +161,7 @@ def run_fit(family: TaskFamily, model_config: ModelConfig, train_config: TrainCo
         metrics = run.score(meta_model, view, config, progress)
         if family.fixed_dataset:
             metrics = count_groups(metrics)
-            metrics.update(_comparison(run, model_config, view, config, out_dir, skipped_shots))
+            metrics.update(_comparison(run, meta_model, model_config, view, config, out_dir, skipped_shots))
         metrics.update(_summary(history, num_samples, model_config, train_config, config))
         _write_outputs(out_dir, family, metrics, history, meta_model, config, num_samples)
     run.log(format_table(metrics))
@@ -174,26 +179,32 @@ def _summary(history: dict, num_samples: int, model_config: ModelConfig, train_c
             "train_seconds": history["seconds"]}
 
 
-def _comparison(run: _Run, model_config: ModelConfig, view: TaskFamily, config: EvalConfig, out_dir: str,
-                skipped_shots: dict) -> dict:
+def _comparison(run: _Run, meta_model: HierarchicalMetaModel, model_config: ModelConfig, view: TaskFamily,
+                config: EvalConfig, out_dir: str, skipped_shots: dict) -> dict:
     """A data set's baselines scored on the same groups and draws as the model, what was left
-    out and why, the units and the data (the module docstring); notes go to the log."""
+    out and why, the units and the data (the module docstring); notes go to the log.
+    Writes ``effects.csv`` and ``effects.png`` (:func:`_write_effects`)."""
     family, schema = run.family, run.family.schema
     config = dataclasses.replace(config, shuffled_metadata=False)
     baselines = {}
     if "no_metadata" in family.baselines and family.metadata_dim > 0 and model_config.use_metadata:
         twin, _ = run.train(dataclasses.replace(model_config, use_metadata=False), os.path.join(out_dir, "no_metadata"))
         baselines["no_metadata"] = run.score(twin, view, config)
-    predictors, skipped, notes = linear_baselines(family)
-    for name, predictor in predictors.items():
+    tic = time.perf_counter()
+    linear = linear_baselines(family, config.shots, run.baseline_degree, config.seed)
+    for name, predictor in linear.predictors.items():
         baselines[name] = evaluate(predictor, view, config, metrics=user_metrics(schema))
-    for name, reason in skipped.items():
+    if linear.predictors:
+        run.log(f"fitted and scored the linear baselines in {time.perf_counter() - tic:.0f}s")
+    for name, reason in linear.skipped.items():
         run.log(f"note: {LABELS[name]} left out: {reason}")
+    notes = linear.notes + _write_effects(run, meta_model, linear.predictors.get("mixed_model"), out_dir)
     for note in notes:
         run.log(f"note: {note}")
     y = ", ".join(schema.names("y"))
-    return {"baselines": {name: {"label": LABELS[name], **count_groups(result)} for name, result in baselines.items()},
-            "skipped_baselines": skipped, "skipped_shots": skipped_shots,
+    return {"baselines": {name: {"label": LABELS[name], **linear.details.get(name, {}), **count_groups(result)}
+                          for name, result in baselines.items()},
+            "skipped_baselines": linear.skipped, "skipped_shots": skipped_shots,
             "loglik_units": f"nats per query point: log-density of {y} in the data's own units",
             "mse_units": f"squared units of {y}",
             "data": {"name": family.name, "group": schema.group, **{role: schema.names(role) for role in ROLES},
@@ -202,6 +213,27 @@ def _comparison(run: _Run, model_config: ModelConfig, view: TaskFamily, config: 
                      "scored_groups": scored_groups(config.shots, config.same_groups),
                      "split": family.split_options, "notes": list(family.notes) + notes},
             "schema": schema.to_dict()}
+
+
+def _write_effects(run: _Run, meta_model: HierarchicalMetaModel, mixed_model, out_dir: str) -> list[str]:
+    """``effects.csv`` and ``effects.png``: the model's and the mixed model's zero-shot predictions
+    along x for each metadata level (:mod:`hierarchical_meta.effects`); returns notes (why not)."""
+    from .plots import plot_effects
+
+    family = run.family
+    if not any(c.kind == "numeric" for c in family.schema.x):
+        return ["no effects.csv: it draws y against a numeric x column, and the data have none"]
+
+    def model(batch):
+        return meta_model.predict(batch, num_samples=run.num_samples)[0]
+
+    predictors = {LABELS["model"]: model, **({LABELS["mixed_model"]: mixed_model} if mixed_model else {})}
+    torch.manual_seed(run.train_config.seed)
+    frame = effects_frame(predictors, family)
+    with atomic_write(os.path.join(out_dir, "effects.csv"), newline="") as f:
+        frame.to_csv(f, index=False, float_format="%.6g")
+    plot_effects(frame, family.schema, os.path.join(out_dir, "effects.png"))
+    return []
 
 
 def _write_outputs(out_dir: str, family: TaskFamily, metrics: dict, history: dict, meta_model: HierarchicalMetaModel,

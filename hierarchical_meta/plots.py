@@ -13,7 +13,7 @@ import torch
 
 from .tasks import TaskBatch, TaskFamily
 
-__all__ = ["plot_training_curve", "plot_predictions", "plot_metrics_vs_shots", "plot_comparison"]
+__all__ = ["plot_training_curve", "plot_predictions", "plot_metrics_vs_shots", "plot_comparison", "plot_effects"]
 
 
 def plot_training_curve(history: dict, path: str) -> None:
@@ -160,3 +160,33 @@ def _error_bars(ax, summary: dict, section: str, name: str, i: int, n: int, labe
     ks = [k + 0.08 * (i - (n - 1) / 2) for k, _ in points]
     sd = [p["sd"] if p["sd"] is not None else 0.0 for _, p in points]
     ax.errorbar(ks, [p["mean"] for _, p in points], yerr=sd, fmt="o-", color=f"C{i}", capsize=3, label=label)
+
+
+def _level_label(column: str, value) -> str:
+    return f"{column} = {value:.4g}" if isinstance(value, float) else f"{column} = {value}"
+
+
+def plot_effects(frame, schema, path: str) -> None:
+    """``effects.csv`` (:func:`hierarchical_meta.effects.effects_frame`) drawn: one column of
+    panels per predictor, one row per metadata column varied; the predictive mean and central
+    90% band of the first y against the first numeric x, a curve per level."""
+    x = next(c.name for c in schema.x if c.kind == "numeric")
+    y = schema.names("y")[0]
+    predictors, varied = list(dict.fromkeys(frame["predictor"])), list(dict.fromkeys(frame["varied"]))
+    fig, axes = plt.subplots(len(varied), len(predictors), figsize=(4.4 * len(predictors), 3.2 * len(varied)),
+                             sharex=True, sharey=True, squeeze=False)
+    for row, column in enumerate(varied):
+        for col, predictor in enumerate(predictors):
+            ax = axes[row][col]
+            rows = frame[(frame["predictor"] == predictor) & (frame["varied"] == column)]
+            for i, (level, curve) in enumerate(rows.groupby(column, sort=False) if column else [(None, rows)]):
+                label = _level_label(column, level) if column else "every group"
+                ax.fill_between(curve[x], curve[f"{y}_q05"], curve[f"{y}_q95"], color=f"C{i}", alpha=0.15)
+                ax.plot(curve[x], curve[f"{y}_mean"], color=f"C{i}", lw=1.5, label=label)
+            ax.set_title(f"{predictor}: a new group (K = 0)", fontsize=9)
+            ax.legend(fontsize=7, title="mean, 90% band", title_fontsize=7)
+            if col == 0:
+                ax.set_ylabel(f"{y} (the data's units)")
+            if row == len(varied) - 1:
+                ax.set_xlabel(f"{x} (the data's units)")
+    _save(fig, path)

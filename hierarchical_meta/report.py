@@ -38,11 +38,12 @@ def _models(metrics: dict) -> dict[str, dict]:
 
 def _comparison_rows(metrics: dict) -> list[list]:
     """A data set's ``metrics.csv``: one row per K and model."""
-    rows = [["K", "model", "num_groups", "num_query_points", *CSV_METRICS]]
+    rows = [["K", "model", "num_groups", "num_query_points", *CSV_METRICS, "formula"]]
     for k in metrics["shots"]:
         for name, scores in _models(metrics).items():
             e = scores["shots"][k]
-            rows.append([k, name, e["num_groups"], e["num_query_points"]] + [f"{e[key]:.4f}" for key in CSV_METRICS])
+            rows.append([k, name, e["num_groups"], e["num_query_points"]] + [f"{e[key]:.4f}" for key in CSV_METRICS]
+                        + [scores.get("formula", "")])
     return rows
 
 
@@ -59,8 +60,8 @@ def _shot_rows(metrics: dict) -> list[list]:
 
 def write_metrics_csv(metrics: dict, path: str) -> None:
     """``metrics.csv``: for a data set one row per K and model (K, model, num_groups,
-    num_query_points, loglik, mse, coverage90); else one row per K, the model's scores, the
-    reference's and the shuffled-metadata model's side by side."""
+    num_query_points, loglik, mse, coverage90, and a baseline's lme4 formula); else one row
+    per K, the model's scores, the reference's and the shuffled-metadata model's side by side."""
     with atomic_write(path, newline="") as f:
         csv.writer(f).writerows(_comparison_rows(metrics) if "baselines" in metrics else _shot_rows(metrics))
 
@@ -72,7 +73,7 @@ def _comparison_table(metrics: dict) -> list[str]:
     for k in metrics["shots"]:
         lines.append(f"{k:>3} {metrics['shots'][k]['num_groups']:>6} "
                      + " ".join(f"{m['shots'][k]['loglik']:24.3f}" for m in models.values()))
-    return lines
+    return lines + [f"{LABELS[name]}: {m['formula']}" for name, m in models.items() if "formula" in m]
 
 
 def _shot_table(metrics: dict) -> list[str]:
@@ -88,7 +89,8 @@ def _shot_table(metrics: dict) -> list[str]:
 
 def format_table(metrics: dict) -> str:
     """The metrics of a run per K as a text table: for a data set the held-out loglik of every
-    model with the number of groups; else the model's scores beside the reference's."""
+    model with the number of groups, then each baseline's formula; else the model's scores
+    beside the reference's."""
     return "\n".join(_comparison_table(metrics) if "baselines" in metrics else _shot_table(metrics))
 
 

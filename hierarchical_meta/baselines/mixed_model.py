@@ -47,6 +47,7 @@ import torch
 from .. import linear_gaussian
 from ..predictive import MixturePredictive
 from ..tasks.base import TaskBatch
+from .design import linear_features
 
 __all__ = ["MixedModel", "MixedModelParameters", "random_effects_posterior"]
 
@@ -103,6 +104,48 @@ def random_effects_posterior(z: torch.Tensor, residual: torch.Tensor, mask: torc
     return linear_gaussian.posterior(random_cov.to(z.dtype), z, residual, residual_var, mask)
 
 
+#: statsmodels' warnings that leave a fit usable. "The MLE may be on the boundary" comes whenever
+#: a random-effect variance is below an absolute 0.01 whatever the data's scale (on
+#: standardized nlschools the IQ-slope variance is 0.002-0.013); "Random effects covariance is
+#: singular" while the optimizer passes a rank-deficient Ψ (the conditioning here never inverts
+#: Ψ, and summary() reports Ψ's smallest eigenvalue); "Retrying" when the second optimizer
+#: takes over (a failure of that one is a warning of its own).
+_HARMLESS = ("The MLE may be on the boundary", "Random effects covariance is singular",
+             "Retrying MixedLM optimization")
+
+
+def _statsmodels_fit(model, reml: bool) -> tuple[object, list]:
+    """statsmodels' fit of ``model`` (L-BFGS, then BFGS from where it stopped if it did not
+    converge) and the warnings it gave. L-BFGS can step to where a matrix is singular and
+    raise: BFGS from the start then has its turn."""
+    from numpy.linalg import LinAlgError
+
+    for methods in (["lbfgs", "bfgs"], ["bfgs"]):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                result = model.fit(reml=reml, method=methods)
+            except LinAlgError:
+                if methods == ["bfgs"]:
+                    raise
+                continue
+        return result, caught
+
+
+def _fit_problems(caught: list, fixed_effects_cov: torch.Tensor) -> list[str]:
+    """What makes a statsmodels fit unreliable: its convergence warnings but the harmless ones
+    (a Hessian that is not positive definite among them), and fixed-effect variances that are
+    not finite and positive."""
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning
+
+    problems = [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)
+                and not str(w.message).startswith(_HARMLESS)]
+    variances = fixed_effects_cov.diagonal()
+    if not (torch.isfinite(variances).all() and (variances > 0).all()):
+        problems.append("some fixed effects have no finite standard error")
+    return list(dict.fromkeys(problems))
+
+
 class MixedModel:
     """Random intercept and random slopes per task, fixed effects with metadata interactions.
 
@@ -138,6 +181,9 @@ class MixedModel:
         self.result = None  # the statsmodels results object after fit() (the start, if heteroscedastic)
         self.fit_log_likelihood: float | None = None  # the heteroscedastic ML fit's, on its data
         self._fitted_dims: tuple[int, int] | None = None  # (x_dim, metadata_dim) after fit()
+        self.fixed_effects_cov: torch.Tensor | None = None  # [P, P] after fit() (see there)
+        self.fit_warnings: list[str] = []
+        self.fit_problems: list[str] = []
 
     # -- features -----------------------------------------------------------------------
 
@@ -156,10 +202,7 @@ class MixedModel:
         if missing:
             raise ValueError(f"the mixed model needs observed metadata, but task(s) {missing[:10]} "
                              "have missing (NaN) entries; impute them or leave those tasks out")
-        m = metadata[:, None, :].expand(-1, x.shape[1], -1)  # [T, N, Dm]
-        products = [x[..., i] * m[..., j] for i, j in self.interactions]
-        return torch.cat([x.new_ones(x.shape[:-1] + (1,)), x, m] +
-                         [p[..., None] for p in products], -1)
+        return linear_features(x, metadata, self.interactions)
 
     def random_features(self, x: torch.Tensor) -> torch.Tensor:
         """z(x): x [T, N, Dx] -> [T, N, R]."""
@@ -193,10 +236,16 @@ class MixedModel:
         return torch.where(mask[..., None], x, 0.0), torch.where(mask, y, 0.0), mask
 
     def fit(self, batch: TaskBatch) -> MixedModel:
-        """Fit β, Ψ, σ² (and c) by (RE)ML on every point, support and query, of the batch's tasks."""
+        """Fit β, Ψ, σ² (and c) by (RE)ML on every point, support and query, of the batch's tasks.
+
+        statsmodels' warnings are recorded, never shown: ``fit_warnings`` holds them all and
+        ``fit_problems`` those that make the fit unreliable (:func:`_fit_problems`), for the
+        caller to act on (the linear baselines then drop random slopes). A fit that did not
+        converge raises ``RuntimeError``. ``fixed_effects_cov`` [P, P] is the estimates'
+        covariance (statsmodels' inverse Hessian; None after a heteroscedastic fit).
+        """
         try:
             import statsmodels.api as sm
-            from statsmodels.tools.sm_exceptions import ConvergenceWarning, SingularMatrixWarning
         except ImportError as error:
             raise ImportError("the mixed-model baseline needs statsmodels: "
                               f"{_INSTALL_HINT}") from error
@@ -207,25 +256,14 @@ class MixedModel:
         if len(set(groups[mask].tolist())) < 2:
             raise ValueError("fitting a mixed model needs at least 2 tasks with points")
         model = sm.MixedLM(y[mask].numpy(), exog, groups=groups[mask].numpy(), exog_re=exog_re)
-        with warnings.catch_warnings():
-            # A boundary estimate is legitimate here, so two warnings about it are ignored,
-            # and nothing else: failed convergence still warns and is checked below.
-            # - "The MLE may be on the boundary": raised whenever a random-effect variance
-            #   is below an absolute 0.01 whatever the data's scale (on standardized
-            #   nlschools the IQ-slope variance is 0.002-0.013);
-            # - "Random effects covariance is singular": raised while the optimizer
-            #   evaluates the score at a rank-deficient Ψ. On some class splits the REML
-            #   optimum has rank-1 Ψ (intercept and slope perfectly correlated); the
-            #   conditioning below never inverts Ψ, and summary() reports Ψ's smallest
-            #   eigenvalue so a boundary fit is visible.
-            warnings.filterwarnings("ignore", message="The MLE may be on the boundary",
-                                    category=ConvergenceWarning)
-            warnings.filterwarnings("ignore", message="Random effects covariance is singular",
-                                    category=SingularMatrixWarning)
-            result = model.fit(reml=self.reml, method=["lbfgs", "bfgs"])
+        result, caught = _statsmodels_fit(model, self.reml)
+        covariance = torch.as_tensor(result.cov_params()[:exog.shape[1], :exog.shape[1]])
+        self.fit_warnings = list(dict.fromkeys(str(w.message) for w in caught))
         if not result.converged:
-            raise RuntimeError("MixedLM did not converge; see result.mle_retvals")
-        self.result = result
+            gradient = [m for m in self.fit_warnings if m.startswith("Gradient optimization failed")]
+            raise RuntimeError("MixedLM did not converge" + "".join(f" ({m})" for m in gradient[:1]))
+        self.fit_problems = _fit_problems(caught, covariance)
+        self.result, self.fixed_effects_cov = result, covariance
         self.parameters = MixedModelParameters(
             fixed_effects=torch.as_tensor(result.fe_params),
             random_cov=torch.as_tensor(result.cov_re),  # already scaled by σ² in statsmodels
@@ -233,6 +271,7 @@ class MixedModel:
         self._fitted_dims = (batch.x_support.shape[-1], batch.metadata.shape[-1])
         if self.noise_slopes:
             self.parameters, self.fit_log_likelihood = self._fit_noise(batch)
+            self.fixed_effects_cov = None
         return self
 
     def log_likelihood(self, batch: TaskBatch, parameters: MixedModelParameters | None = None
@@ -310,6 +349,8 @@ class MixedModel:
             names = self.x_names or [f"x{i}" for i in range(max(self.noise_slopes) + 1)]
             out["log_sd_slopes"] = {names[i]: c for i, c in zip(self.noise_slopes, p.log_sd_slopes.tolist(),
                                                                 strict=True)}
+        if self.fit_warnings:
+            out["fit_warnings"] = list(self.fit_warnings)
         if self.fit_log_likelihood is not None:  # ML with this noise against ML with a constant one
             out["log_likelihood"] = {"fitted": self.fit_log_likelihood, "constant_noise": float(self.result.llf)}
         return out

@@ -1,7 +1,9 @@
 """Pooled linear regression: one line for every task, ignoring which task a point is in.
 
 The baseline a model of grouped data has to beat: with features h = [1, x] (and the task's
-metadata m, with ``use_metadata``) for every training point, pooled over tasks::
+metadata m with ``use_metadata``, and chosen products x_i m_j,
+:func:`~hierarchical_meta.baselines.design.linear_features`) for every training point, pooled
+over tasks::
 
     y_n = h_nᵀ w + ε_n,    w ~ N(0, τ² I),    ε_n ~ N(0, σ²)
 
@@ -20,22 +22,27 @@ import torch
 from .. import linear_gaussian
 from ..predictive import MixturePredictive
 from ..tasks.base import TaskBatch
+from .design import linear_features
 
 __all__ = ["PooledRegression"]
 
 
 class PooledRegression:
-    """Bayesian linear regression on [1, x(, m)] over all points of all training tasks.
+    """Bayesian linear regression on [1, x(, m, x_i m_j)] over all points of all training tasks.
 
     Args:
         use_metadata: add the task metadata to the features.
+        interactions: pairs (i, j) adding the feature x_i · m_j (with ``use_metadata``).
         prior_std: τ, the prior standard deviation of each weight (on standardized data the
             default 10 is broad: the fit is least squares with a tiny ridge).
     """
 
-    def __init__(self, use_metadata: bool = True, prior_std: float = 10.0):
+    def __init__(self, use_metadata: bool = True, prior_std: float = 10.0, interactions=()):
         if not prior_std > 0:
             raise ValueError(f"prior_std must be > 0, got {prior_std}")
+        self.interactions = [(int(i), int(j)) for i, j in interactions]
+        if self.interactions and not use_metadata:
+            raise ValueError(f"interactions {self.interactions} with the metadata need use_metadata=True")
         self.use_metadata = bool(use_metadata)
         self.prior_std = float(prior_std)
         self.mean: torch.Tensor | None = None  # E[w | data], [P]
@@ -44,15 +51,14 @@ class PooledRegression:
 
     def features(self, x: torch.Tensor, metadata: torch.Tensor) -> torch.Tensor:
         """h(x, m): x [T, N, Dx], metadata [T, Dm] -> [T, N, P] (float64)."""
-        parts = [x.new_ones(x.shape[:-1] + (1,)), x]
-        if self.use_metadata:
-            missing = torch.isnan(metadata).any(-1).nonzero()[:, 0].tolist()
-            if missing:
-                raise ValueError(f"the pooled regression with metadata needs observed metadata, but "
-                                 f"task(s) {missing[:10]} have missing (NaN) entries; impute them, leave "
-                                 "those tasks out or use use_metadata=False")
-            parts.append(metadata[:, None, :].expand(-1, x.shape[1], -1))
-        return torch.cat(parts, -1).double()
+        if not self.use_metadata:
+            return linear_features(x, metadata[:, :0], ()).double()
+        missing = torch.isnan(metadata).any(-1).nonzero()[:, 0].tolist()
+        if missing:
+            raise ValueError(f"the pooled regression with metadata needs observed metadata, but "
+                             f"task(s) {missing[:10]} have missing (NaN) entries; impute them, leave "
+                             "those tasks out or use use_metadata=False")
+        return linear_features(x, metadata, self.interactions).double()
 
     def fit(self, batch: TaskBatch) -> PooledRegression:
         """Fit on every point, support and query, of the batch's tasks (``y_dim = 1``)."""
