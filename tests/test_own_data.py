@@ -149,7 +149,7 @@ def test_groups_of_two_rows_are_scored_at_k0_and_k1():
     family = TabularTasks.from_frame(frame, group="unit", x="dose", y="growth", split_column="part")
     sizes = frame.groupby("unit").size()[test].tolist()
     assert sizes[:2] == [2, 2] and min(sizes[2:]) > 5
-    pooled = linear_baselines(family)[0]["pooled"]
+    pooled = linear_baselines(family).predictors["pooled"]
     for same_groups, expected in ((False, {"0": 4, "1": 4, "2": 2, "5": 2}), (True, {"0": 2, "1": 2, "2": 2, "5": 2})):
         config = EvalConfig(shots=(0, 1, 2, 5), same_groups=same_groups, shuffled_metadata=False)
         view, kept, skipped = comparable_groups(family, config.shots, config.same_groups)
