@@ -321,12 +321,12 @@ def make_svi(meta_model: HierarchicalMetaModel, config: TrainConfig):
     """The stepper that ``config.elbo`` names: :class:`FastSVI` or :class:`PyroSVI`.
 
     Both have ``step(x, metadata, y, mask, latent_scale) -> loss`` and ``get_state``/``set_state``
-    of their optimizer (what a checkpoint stores). ``config`` must be sized (:func:`data_sized`):
-    its ``steps`` set the learning rate's decay.
+    of their optimizer (what a checkpoint stores). ``config.steps``, which sets the learning
+    rate's decay, must be given or sized (:func:`data_sized`).
     """
-    if config.unsized:
-        raise ValueError(f"the training options {config.unsized} are None: size them to the task family with "
-                         "data_sized(config, family) first")
+    if config.steps is None:
+        raise ValueError("steps is None: give it, or size the options to the task family with "
+                         "data_sized(config, family)")
     return FastSVI(meta_model, config) if config.elbo == "fast" else PyroSVI(meta_model, config)
 
 
@@ -394,10 +394,12 @@ def resume_conflicts(checkpoint: Checkpoint, meta_model: HierarchicalMetaModel, 
                      config: TrainConfig, extend: bool = False, extra: dict | None = None) -> list[str]:
     """Why ``checkpoint`` cannot be resumed by this run: one entry per difference ([] if none).
 
-    The model configuration, the task family, every training option but :data:`NOT_COMPARED`
-    and the entries of ``extra`` (fit's ``checkpoint_extra``) must be the checkpoint's;
-    ``steps`` may be raised with ``extend``. ValueError for training options of another version.
+    The model configuration, the task family, every training option (``config`` sized to the
+    family, :func:`data_sized`) but :data:`NOT_COMPARED` and the entries of ``extra`` (fit's
+    ``checkpoint_extra``) must be the checkpoint's; ``steps`` may be raised with ``extend``.
+    ValueError for training options of another version.
     """
+    config, _ = data_sized(config, family)
     saved_model, now_model = checkpoint.model_config, dataclasses.asdict(meta_model.config)
     conflicts = [f"model {key} {saved_model[key]!r} (now {now_model[key]!r})"
                  for key in now_model if saved_model[key] != now_model[key]]

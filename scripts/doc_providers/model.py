@@ -8,7 +8,8 @@ import re
 
 from hierarchical_meta.pipeline import TARGET_COVERAGE as COVERAGE
 from hierarchical_meta.pipeline import TARGET_ORACLE_GAP as GAP_TARGET
-from hierarchical_meta.train import TrainConfig
+from hierarchical_meta.tasks import SinusoidTasks
+from hierarchical_meta.train import TrainConfig, data_sized
 
 from .common import and_list, extent, grouped, ks, ks_or_none, minus, read_json, read_text, sci, slashed, table
 
@@ -100,8 +101,8 @@ def sinusoid_values() -> dict[str, object]:
 
 
 def train_values() -> dict[str, object]:
-    """TrainConfig's defaults, as train.*."""
-    train = TrainConfig()
+    """TrainConfig's defaults, sized for a sampled family (the demo's schedule), as train.*."""
+    train, _ = data_sized(TrainConfig(), SinusoidTasks())
     v: dict[str, object] = {f"train.{key}": getattr(train, key) for key in TRAIN_DEFAULTS}
     v["train.lr"], v["train.points"] = sci(train.lr), f"{train.min_points}–{train.max_points}"
     return v
