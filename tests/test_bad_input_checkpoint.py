@@ -282,7 +282,8 @@ CASES = [
     file("resume-field-after-a-stop", resealed(lambda s: s["history"].update(stopped="early stopping")), "error",
          "field(s) ['last_weights', 'optimizer'] must be None in the checkpoint of a run that stopped early"),
     file("last-weights-of-another-shape",
-         resealed(lambda s: s.update(last_weights={**s["weights"], WEIGHT: torch.zeros(1)})), "error", "field 'last_weights' must hold tensors of the names, shapes and dtypes of field 'weights'"),
+         resealed(lambda s: s.update(last_weights={**s["weights"], WEIGHT: torch.zeros(1)})), "error",
+         "field 'last_weights' must hold tensors of the names, shapes and dtypes of field 'weights'"),
     file("last-weights-not-finite", resealed(lambda s: s.update(last_weights={
         **s["weights"], WEIGHT: torch.full_like(s["weights"][WEIGHT], float("nan"))})), "error",
          f"field 'last_weights' entry '{WEIGHT}' holds NaN"),
