@@ -155,9 +155,9 @@ SIZED = tuple(SAMPLED_SCHEDULE)
 #: A fixed data set's schedule: DATA_EPOCHS passes over its training groups (so at least
 #: DATA_EPOCHS steps), at most DATA_MAX_STEPS; EVALUATIONS evaluations (each with a checkpoint);
 #: the KL annealed over ANNEAL_SHARE of the steps (the demo's 1000 of 8000); early stopping after
-#: PATIENCE evaluations without a better validation score. Measured on bodyweight, co2,
-#: sleepstudy and chickweight (docs/own_data.md): the validation score peaks after 150 to 1500
-#: steps, and a patience of 10 kept the same steps as 5 or worse ones.
+#: PATIENCE evaluations without a better validation score. On bodyweight, co2, sleepstudy and
+#: chickweight the validation score peaked after 150 to 1500 of these steps, and a patience of 10
+#: kept the same steps as 5, or later and worse ones.
 DATA_EPOCHS = 1500
 DATA_MAX_STEPS = 8000
 EVALUATIONS = 20
