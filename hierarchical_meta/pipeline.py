@@ -138,10 +138,13 @@ def run_fit(family: TaskFamily, model_config: ModelConfig, train_config: TrainCo
     (:func:`~hierarchical_meta.evaluate.evaluate`, with ``ess``; for a data set ``num_groups``),
     for a data set also ``baselines`` (name -> ``{"label", "shots"}``), ``skipped_baselines`` and
     ``skipped_shots`` (name or K -> reason), the units, ``data`` (columns, groups per split,
-    notes) and ``schema``; then ``num_samples``, the held-out ELBO and KLs at the last step, the
-    three configs (``eval`` as used: the kept K) and the training seconds. ``log`` receives the
-    status lines, the notes and the table (None: silent); ``progress`` shows bars while training
-    and evaluating. A resume must have the checkpoint's options (:func:`~hierarchical_meta.train.fit`;
+    notes) and ``schema``; then ``num_samples``, the held-out ELBO and KLs at the kept step, the
+    three configs (``eval`` as used: the kept K; ``train`` as sized) and the training seconds, and
+    how the training ended (:func:`_summary`). ``train_config`` is sized to the family first
+    (:func:`~hierarchical_meta.train.data_sized`: its options left None follow the data; a note
+    says how, and when the groups per step are capped). ``log`` receives the status lines, the
+    notes, the warnings and the table (None: silent); ``progress`` shows bars while training and
+    evaluating. A resume must have the checkpoint's options (:func:`~hierarchical_meta.train.fit`;
     ``extend`` allows more steps). The run holds the lock of ``out_dir`` throughout.
     """
     _check_arguments(family, model_config, train_config, eval_config)
@@ -171,8 +174,9 @@ def _summary(history: dict, num_samples: int, model_config: ModelConfig, train_c
              config: EvalConfig) -> dict:
     """The run's settings and training: the held-out ELBO and KLs at the kept step
     (:func:`~hierarchical_meta.train.heldout_elbo`), the configs (training: as sized), the
-    training seconds; the kept step, its validation score (with ``patience``), why the run
-    stopped early (or None) and whether the model is clearly untrained, with the warnings."""
+    training seconds; ``kept_step``, its ``val_loglik`` (None without ``patience``),
+    ``last_step``, ``stopped`` (why the run ended early, or None) and ``untrained`` with the
+    ``training_warnings`` (:func:`~hierarchical_meta.train.untrained_warnings`)."""
     kept = kept_evaluation(history)
     warnings = untrained_warnings(history, train_config)
     return {"num_samples": num_samples, "elbo": kept["elbo_per_point"], "kl_phi1": kept["kl_phi1_per_task"],
