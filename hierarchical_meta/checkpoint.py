@@ -40,7 +40,7 @@ __all__ = ["Checkpoint", "FORMAT", "VERSION", "TRAINING_FIELDS", "RESUME_FIELDS"
 
 FORMAT = "hierarchical_meta checkpoint"
 #: The format version this code writes and reads (1: the dict without "format" of earlier versions;
-#: 2: without ``last_weights`` and the history's ``kept_step`` and ``stopped``).
+#: 2: without ``last_weights`` and the history's ``kept_step``, ``stopped`` and ``initial_val_loglik``).
 VERSION = 3
 #: The fields a training checkpoint sets and a model-only checkpoint leaves None.
 TRAINING_FIELDS = ("step", "batch_rng", "torch_rng", "history", "train_config", "family")
@@ -48,8 +48,10 @@ TRAINING_FIELDS = ("step", "batch_rng", "torch_rng", "history", "train_config", 
 RESUME_FIELDS = ("last_weights", "optimizer")
 #: The entries of ``Checkpoint.history``: lists ``step``, ``loss`` (one per step), ``eval_step``,
 #: ``eval`` (one per evaluation), the numbers ``seconds``, ``trained_steps`` and ``kept_step``
-#: (the step whose weights are kept), and ``stopped`` (why the run stopped early, or None).
-HISTORY_KEYS = ("step", "loss", "eval_step", "eval", "seconds", "trained_steps", "kept_step", "stopped")
+#: (the step whose weights are kept), ``stopped`` (why the run stopped early, or None) and
+#: ``initial_val_loglik`` (the validation score of the untrained model, or None when none is kept).
+HISTORY_KEYS = ("step", "loss", "eval_step", "eval", "seconds", "trained_steps", "kept_step", "stopped",
+                "initial_val_loglik")
 #: Bytes of the state of torch's CPU generator (Mersenne Twister).
 RNG_STATE_SIZE = torch.Generator().get_state().numel()
 #: The way out of a checkpoint that cannot be used.
@@ -313,6 +315,9 @@ def _history(value) -> str | None:
         return f"entry 'kept_step' must be one of the steps trained, got {value['kept_step']!r}"
     if value["stopped"] is not None and not isinstance(value["stopped"], str):
         return f"entry 'stopped' must be None or a text, got {type(value['stopped']).__name__}"
+    initial = value["initial_val_loglik"]
+    if initial is not None and not (isinstance(initial, float) and math.isfinite(initial)):
+        return f"entry 'initial_val_loglik' must be None or a finite number, got {initial!r}"
     return None
 
 

@@ -50,8 +50,10 @@ def plot_training_curve(history: dict, path: str) -> None:
 def _plot_validation(axes, history: dict) -> None:
     """The validation score per evaluation on the last of ``axes``; the kept step marked on all of them."""
     ax = axes[-1]
-    ax.plot(history["eval_step"], [e["val_loglik"] for e in history["eval"]], "o-", ms=3, color="C2",
-            label="validation predictive loglik / point")
+    steps, scores = history["eval_step"], [e["val_loglik"] for e in history["eval"]]
+    if history["initial_val_loglik"] is not None:
+        steps, scores = [0, *steps], [history["initial_val_loglik"], *scores]
+    ax.plot(steps, scores, "o-", ms=3, color="C2", label="validation predictive loglik / point (0: untrained)")
     ax.set(xlabel="SVI step", ylabel="nats per point (y in its units)")
     ax.set_title("the validation score that chooses the kept step", fontsize=9)
     for each in axes:

@@ -492,15 +492,17 @@ def from_non_finite(error: Exception, meta_model: HierarchicalMetaModel) -> bool
 
 def untrained_warnings(history: dict, config: TrainConfig) -> list[str]:
     """Why the model that ``history`` keeps is clearly untrained ([] if it is not): its training
-    ended before the KL annealing was over, or ``patience`` kept the first evaluation (no later
-    step scored better on the validation tasks)."""
-    warnings, last, kept = [], history["step"][-1], history["kept_step"]
+    ended before the KL annealing was over, or the validation score of its kept step is no
+    better than the untrained model's (``history["initial_val_loglik"]``)."""
+    warnings, last, initial = [], history["step"][-1], history["initial_val_loglik"]
     if last < config.anneal_steps:
         warnings.append(f"the training ended at step {last}, before the KL annealing's {config.anneal_steps} "
                         "steps were over: the model is barely trained; give more --steps")
-    if config.patience and history["eval_step"][:1] == [kept]:
-        warnings.append(f"the kept step is the first evaluation (step {kept}): no later step scored better on "
-                        "the validation groups, so the model learned little; try a lower --lr")
+    kept = kept_evaluation(history).get("val_loglik")
+    if initial is not None and kept is not None and kept <= initial:
+        warnings.append(f"the kept step {history['kept_step']} scores {kept:.3f} nats per point on the validation "
+                        f"groups, no better than the untrained model's {initial:.3f}: training did not help; try a "
+                        "lower --lr")
     return warnings
 
 
@@ -568,7 +570,7 @@ class Training:
         self.generator = torch.Generator().manual_seed(config.seed)
         torch.manual_seed(config.seed)
         self.history = {"step": [], "loss": [], "eval_step": [], "eval": [], "seconds": 0.0, "kept_step": 0,
-                        "stopped": None}
+                        "stopped": None, "initial_val_loglik": None}
         self.step, self.optimizer_state, self.kept_weights = 0, None, None
 
     def resume(self, extend: bool) -> None:
@@ -603,7 +605,11 @@ class Training:
         svi = self.stepper()
         eval_batch = self.family.sample(config.eval_tasks, config.max_points, 0, split="val",
                                         generator=torch.Generator().manual_seed(config.seed + 1))
-        evaluation = (eval_batch, validation_tasks(self.family, config) if config.patience else None)
+        val_tasks = validation_tasks(self.family, config) if config.patience else None
+        if val_tasks and self.step == 0:  # the untrained model's score: what training must beat
+            self.history["initial_val_loglik"] = validation_loglik(self.meta_model, val_tasks, self.family.schema,
+                                                                   config.seed)
+        evaluation = (eval_batch, val_tasks)
         tic = time.perf_counter()
         with tqdm(range(self.step, config.steps), initial=self.step, total=config.steps, disable=not progress,
                   desc="fit", unit="step") as bar:

@@ -291,6 +291,8 @@ CASES = [
          "entry 'kept_step' must be one of the steps trained, got 99"),
     file("stopped-not-a-text", resealed(lambda s: s["history"].update(stopped=1)), "error",
          "entry 'stopped' must be None or a text, got int"),
+    file("initial-score-not-finite", resealed(lambda s: s["history"].update(initial_val_loglik=float("nan"))),
+         "error", "entry 'initial_val_loglik' must be None or a finite number, got nan"),
     file("family-not-a-string", resealed(lambda s: s.update(family=3)), "error", "field 'family' must be a string"),
     file("extra-with-a-number-key", resealed(lambda s: s.update(extra={1: "a"})), "error",
          "field 'extra' must be a dict with string keys"),

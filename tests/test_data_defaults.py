@@ -211,7 +211,28 @@ def test_a_one_step_fit_warns_that_it_is_untrained(tmp_path, capsys, data):
     assert metrics["untrained"] and metrics["training_warnings"][0].startswith("the training ended at step 1")
     if data:
         assert "note: 64 groups per step capped at the 11 training groups" in out
-        assert any("the kept step is the first evaluation (step 1)" in line for line in warnings)
+
+
+def history_of(kept: int, last: int, scores: dict, initial: float | None) -> dict:
+    """A history with evaluations ``scores`` (step -> validation score) that keeps step ``kept``."""
+    return {"step": list(range(1, last + 1)), "eval_step": list(scores), "kept_step": kept,
+            "eval": [{"elbo_per_point": 0.0, "val_loglik": score} for score in scores.values()],
+            "initial_val_loglik": initial}
+
+
+@pytest.mark.parametrize("history, anneal_steps, expected", [
+    (history_of(20, 40, {10: -3.0, 20: -2.0, 30: -2.5, 40: -2.6}, -5.0), 10, []),
+    (history_of(10, 10, {10: -2.0}, -5.0), 100, ["the training ended at step 10, before the KL annealing's 100"]),
+    (history_of(10, 30, {10: -5.2, 20: -5.3, 30: -5.4}, -5.2), 5,
+     ["the kept step 10 scores -5.200 nats per point on the validation groups, no better than the untrained "
+      "model's -5.200: training did not help"]),
+    (history_of(1, 1, {1: -6.0}, -5.0), 2, ["before the KL annealing's 2", "no better than the untrained"]),
+    (history_of(30, 30, {30: -9.0}, None), 0, []),  # nothing kept by the validation score: nothing to compare
+], ids=["trained", "ended-while-annealing", "no-better-than-untrained", "both", "without-validation-score"])
+def test_untrained_warnings(history, anneal_steps, expected):
+    warnings = train.untrained_warnings(history, TrainConfig(anneal_steps=anneal_steps))
+    assert len(warnings) == len(expected), warnings
+    assert all(part in text for part, text in zip(expected, warnings, strict=True)), warnings
 
 
 # -- resume ---------------------------------------------------------------------------------------
