@@ -169,8 +169,8 @@ def data_sized(config: TrainConfig, family: TaskFamily) -> tuple[TrainConfig, li
     """``config`` with its schedule (:data:`SIZED`) left None sized to ``family``, and notes for the user.
 
     A sampled family gets :data:`SAMPLED_SCHEDULE`. A fixed data set of G training groups
-    draws B = min(``batch_tasks``, G) groups per step (a note says so when that caps it) and
-    scores at most all of its validation groups (``eval_tasks``). Its data-sized run is
+    draws B = min(``batch_tasks``, G) groups per step (a note says so when that caps it). Its
+    data-sized run is
     S = min(DATA_EPOCHS · G / B rounded up, DATA_MAX_STEPS) steps; it is evaluated and
     checkpointed every max(1, S // EVALUATIONS) steps, annealed over S · ANNEAL_SHARE steps and
     stopped early with ``patience`` PATIENCE. The schedule follows S, not ``steps``, so a run
@@ -178,7 +178,7 @@ def data_sized(config: TrainConfig, family: TaskFamily) -> tuple[TrainConfig, li
     """
     if not family.fixed_dataset:
         return dataclasses.replace(config, **{name: SAMPLED_SCHEDULE[name] for name in config.unsized}), []
-    groups, val_groups = len(family.split_indices["train"]), len(family.split_indices["val"])
+    groups = len(family.split_indices["train"])
     batch = min(config.batch_tasks, groups)
     notes = [f"{config.batch_tasks} groups per step capped at the {groups} training groups"] \
         if batch < config.batch_tasks else []
@@ -186,8 +186,7 @@ def data_sized(config: TrainConfig, family: TaskFamily) -> tuple[TrainConfig, li
     every = max(1, steps // EVALUATIONS)
     schedule = {"steps": steps, "eval_every": every, "checkpoint_every": every,
                 "anneal_steps": round(steps * ANNEAL_SHARE), "patience": PATIENCE}
-    sized = dataclasses.replace(config, batch_tasks=batch, eval_tasks=min(config.eval_tasks, val_groups),
-                                **{name: schedule[name] for name in config.unsized})
+    sized = dataclasses.replace(config, batch_tasks=batch, **{name: schedule[name] for name in config.unsized})
     if config.unsized:
         chosen = ", ".join(f"{name} {getattr(sized, name)}" for name in config.unsized)
         notes.append(f"training schedule sized to the {groups} training groups: {chosen}")
