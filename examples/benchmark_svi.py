@@ -25,7 +25,7 @@ import torch
 
 from hierarchical_meta import HierarchicalMetaModel, SinusoidTasks
 from hierarchical_meta.errors import report_errors
-from hierarchical_meta.train import TrainConfig, make_svi
+from hierarchical_meta.train import TrainConfig, data_sized, make_svi
 
 
 def pass_seconds(svi, batches) -> float:
@@ -57,7 +57,8 @@ def main(argv=None) -> dict:
     for name, (elbo, _) in variants.items():
         pyro.clear_param_store()
         meta_model = HierarchicalMetaModel(metadata_dim=family.metadata_dim)
-        steppers[name] = make_svi(meta_model, TrainConfig(num_particles=args.particles, lr=1e-3, elbo=elbo))
+        config, _ = data_sized(TrainConfig(num_particles=args.particles, lr=1e-3, elbo=elbo), family)
+        steppers[name] = make_svi(meta_model, config)
     times = {name: [] for name in variants}
     for repeat in range(args.repeats + 1):  # interleaved passes; the first warms up
         for name, (_, batches) in variants.items():

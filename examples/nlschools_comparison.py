@@ -113,7 +113,8 @@ def run_split(args, split_seed, log):
                                    metadata_swap=args.metadata_swap,
                                    max_points=int(family.group_sizes.max()),
                                    eval_every=max(args.steps // 4, 1), eval_tasks=64,
-                                   checkpoint_every=args.steps, seed=split_seed)
+                                   checkpoint_every=args.steps, seed=split_seed,
+                                   anneal_steps=1000, patience=0)  # the last step, as in docs/nlschools.md
         tic = time.perf_counter()
         history = fit(model, family, train_config, progress=args.progress)
         fits[name] = {"seconds": time.perf_counter() - tic, "final_eval": history["eval"][-1]}

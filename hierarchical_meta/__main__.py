@@ -28,7 +28,17 @@ from .predict import NUM_SAMPLES, PREDICT_CHUNK
 from .runfiles import check_output_file
 from .tasks import FAMILIES, TabularTasks, TaskFamily, make_family
 from .tasks.tabular import TEST_FRACTION, VAL_FRACTION
-from .train import ELBOS, TrainConfig, check_seed
+from .train import (
+    ANNEAL_SHARE,
+    DATA_EPOCHS,
+    DATA_MAX_STEPS,
+    ELBOS,
+    EVALUATIONS,
+    PATIENCE,
+    SAMPLED_SCHEDULE,
+    TrainConfig,
+    check_seed,
+)
 
 #: The most values a list option (--shots, --split-seeds) takes.
 MAX_LIST = 1000
@@ -40,6 +50,13 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
     return value
 
 
@@ -72,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit_p = sub.add_parser("fit", help="train on your grouped data (--data) or a task family with SVI, evaluate, "
                                        "write model.pt, metrics.json, plots",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter, parents=[common])
+                           formatter_class=HelpFormatter, parents=[common])
     fit_p.add_argument("--tasks", choices=sorted(FAMILIES), help="a built-in task family (default sinusoid)")
     fit_p.add_argument("--out", required=True, help="output folder (rerunning on it with the same options resumes "
                                                      "from DIR/model.pt)")
@@ -97,25 +114,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the main job end to end on a small default: diagram, fit with and "
                                        "without metadata, evaluation, plots (what `make demo` runs)",
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter, parents=[common])
+                          formatter_class=HelpFormatter, parents=[common])
     demo.add_argument("--out", default="runs/demo", help="output folder")
     add_fit_options(demo)
     return parser
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except None: the help of a sized option says how it is sized."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def sized(what: str) -> str:
+    """The default of a training option :func:`~hierarchical_meta.train.data_sized` sizes, for its help."""
+    return f"(default: {SAMPLED_SCHEDULE[what]} for sinusoid and basis, sized to a data set)"
+
+
 def add_fit_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("training")
-    g.add_argument("--steps", type=positive_int, default=TRAIN.steps, help="SVI steps")
+    g = p.add_argument_group("training", f"The schedule options left out are sized to the task family "
+                                         f"(train.data_sized; docs/own_data.md): a data set (--data, --tasks "
+                                         f"NAME) of G training groups trains {DATA_EPOCHS}·G/B steps of B = "
+                                         f"min(--batch-tasks, G) groups (at most {DATA_MAX_STEPS}), evaluates "
+                                         f"{EVALUATIONS} times, anneals the KL over 1/{round(1 / ANNEAL_SHARE)} of "
+                                         f"the steps, keeps the step best on the validation groups and stops "
+                                         f"after {PATIENCE} evaluations without a better one.")
+    g.add_argument("--steps", type=positive_int, default=None, help=f"SVI steps {sized('steps')}")
     g.add_argument("--extend", action="store_true",
                    help="resume a checkpoint trained with fewer --steps (otherwise a resume needs the same options)")
-    g.add_argument("--checkpoint-every", type=positive_int, default=TRAIN.checkpoint_every,
-                   help="steps between writes of model.pt (a killed run resumes from the last one)")
+    g.add_argument("--eval-every", type=positive_int, default=None,
+                   help=f"steps between evaluations on the validation tasks {sized('eval_every')}")
+    g.add_argument("--patience", type=nonnegative_int, default=None,
+                   help="evaluations without a better validation score before the run stops and keeps its best "
+                        f"step; 0: no early stopping, the last step is kept {sized('patience')}")
+    g.add_argument("--checkpoint-every", type=positive_int, default=None,
+                   help=f"steps between writes of model.pt (a killed run resumes from the last one) "
+                        f"{sized('checkpoint_every')}")
     g.add_argument("--seed", type=seed, default=TRAIN.seed, help="random seed (tasks, initialization, draws)")
     g.add_argument("--metadata", metavar="use|none|COL[,COL...]", default=None,
                    help="built-in families: 'use' (default) or 'none', which withholds m everywhere (the "
                         "ablation); with --data: the metadata columns (constant within a group), or "
                         "'none' (or omitted) for no metadata")
-    g.add_argument("--batch-tasks", type=positive_int, default=TRAIN.batch_tasks, help="tasks per SVI step")
+    g.add_argument("--batch-tasks", type=positive_int, default=TRAIN.batch_tasks,
+                   help="tasks per SVI step (on a data set at most its training groups)")
     g.add_argument("--max-points", type=positive_int, default=TRAIN.max_points,
                    help="points per training task (each task keeps a random min..max of them)")
     g.add_argument("--min-points", type=int, default=TRAIN.min_points,
@@ -124,7 +166,8 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr-decay", type=float, default=TRAIN.lr_decay,
                    help="the learning rate decays geometrically to lr / LR_DECAY over the run")
     g.add_argument("--clip-norm", type=float, default=TRAIN.clip_norm, help="gradients are clipped to this norm")
-    g.add_argument("--anneal-steps", type=int, default=TRAIN.anneal_steps, help="KL annealing steps (β to 1)")
+    g.add_argument("--anneal-steps", type=nonnegative_int, default=None,
+                   help=f"KL annealing steps (β to 1) {sized('anneal_steps')}")
     g.add_argument("--metadata-dropout", type=float, default=TRAIN.metadata_dropout,
                    help="fraction of training tasks whose metadata is dropped (read as missing)")
     g.add_argument("--metadata-swap", type=float, default=TRAIN.metadata_swap,
@@ -285,7 +328,7 @@ def configs(args, family: TaskFamily):
                         min_points=args.min_points, lr=args.lr, lr_decay=args.lr_decay, clip_norm=args.clip_norm,
                         anneal_steps=args.anneal_steps, metadata_dropout=args.metadata_dropout,
                         metadata_swap=args.metadata_swap, seed=args.seed, checkpoint_every=args.checkpoint_every,
-                        elbo=args.elbo)
+                        elbo=args.elbo, eval_every=args.eval_every, patience=args.patience)
     return model, train, evaluation_config(args, family)
 
 

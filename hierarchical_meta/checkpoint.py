@@ -1,15 +1,18 @@
 """The checkpoint file (``DIR/model.pt``): :class:`Checkpoint` alone writes and reads it.
 
 A checkpoint holds a model (its ``ModelConfig`` fields and weights); a training checkpoint
-also holds what a fit resumes from (step, optimizer state, RNG states, history, training
-options, the task family's name); ``extra`` is plain data that identifies the data the model
-was trained on (a grouped data set's ``{"schema": ...}``).
+also holds what a fit resumes from (step, the last step's weights and optimizer state, RNG
+states, history, training options, the task family's name); ``extra`` is plain data that
+identifies the data the model was trained on (a grouped data set's ``{"schema": ...}``).
+``weights`` are the model a fit keeps: the last step's, or the best step's on the validation
+tasks when the fit selects one (``history["kept_step"]``); a run that stopped early
+(``history["stopped"]``) keeps no state to resume from (``last_weights`` and ``optimizer`` None).
 
 The file is ``torch.save`` of one dict of plain data, read with
 ``torch.load(weights_only=True)`` (tensors, numbers, strings, lists, tuples, dicts: nothing
 in it can run code), written atomically (:func:`~hierarchical_meta.runfiles.atomic_write`)::
 
-    {"format": "hierarchical_meta checkpoint", "version": 2,
+    {"format": "hierarchical_meta checkpoint", "version": 3,
      "sha256": {field: sha256 of the field's contents (digest), for every field},
      "model_config": {...}, "weights": {name: tensor}, "step": int or None, ...}
 
@@ -32,17 +35,23 @@ import torch
 
 from .runfiles import atomic_write, check_input_file
 
-__all__ = ["Checkpoint", "FORMAT", "VERSION", "TRAINING_FIELDS", "HISTORY_KEYS", "RNG_STATE_SIZE", "REFIT",
-           "SCALARS", "digest"]
+__all__ = ["Checkpoint", "FORMAT", "VERSION", "TRAINING_FIELDS", "RESUME_FIELDS", "HISTORY_KEYS", "RNG_STATE_SIZE",
+           "REFIT", "SCALARS", "digest"]
 
 FORMAT = "hierarchical_meta checkpoint"
-#: The format version this code writes and reads (1: the dict without "format" of earlier versions).
-VERSION = 2
+#: The format version this code writes and reads (1: the dict without "format" of earlier versions;
+#: 2: without ``last_weights`` and the history's ``kept_step``, ``stopped`` and ``initial_val_loglik``).
+VERSION = 3
 #: The fields a training checkpoint sets and a model-only checkpoint leaves None.
-TRAINING_FIELDS = ("step", "optimizer", "batch_rng", "torch_rng", "history", "train_config", "family")
+TRAINING_FIELDS = ("step", "batch_rng", "torch_rng", "history", "train_config", "family")
+#: The fields a training checkpoint sets unless its run stopped early: the state it resumes from.
+RESUME_FIELDS = ("last_weights", "optimizer")
 #: The entries of ``Checkpoint.history``: lists ``step``, ``loss`` (one per step), ``eval_step``,
-#: ``eval`` (one per evaluation), the number ``seconds`` and ``trained_steps``.
-HISTORY_KEYS = ("step", "loss", "eval_step", "eval", "seconds", "trained_steps")
+#: ``eval`` (one per evaluation), the numbers ``seconds``, ``trained_steps`` and ``kept_step``
+#: (the step whose weights are kept), ``stopped`` (why the run stopped early, or None) and
+#: ``initial_val_loglik`` (the validation score of the untrained model, or None when none is kept).
+HISTORY_KEYS = ("step", "loss", "eval_step", "eval", "seconds", "trained_steps", "kept_step", "stopped",
+                "initial_val_loglik")
 #: Bytes of the state of torch's CPU generator (Mersenne Twister).
 RNG_STATE_SIZE = torch.Generator().get_state().numel()
 #: The way out of a checkpoint that cannot be used.
@@ -55,8 +64,9 @@ SCALARS = (type(None), bool, int, float, str)
 class Checkpoint:
     """A model and, for a training checkpoint, the state a fit resumes from.
 
-    ``model_config``: the ``ModelConfig`` fields; ``weights``: the model's ``state_dict``;
-    ``step``: steps trained; ``optimizer``: the stepper's state (``train.make_svi``);
+    ``model_config``: the ``ModelConfig`` fields; ``weights``: the kept model's ``state_dict``;
+    ``step``: steps trained; ``last_weights``: the ``state_dict`` after step ``step``, and
+    ``optimizer``: the stepper's state (``train.make_svi``), which a fit resumes from;
     ``batch_rng`` and ``torch_rng``: the states [RNG_STATE_SIZE] (uint8) of the generator
     fit draws batches from and of torch's global RNG; ``history``: :data:`HISTORY_KEYS`;
     ``train_config``: the ``TrainConfig`` fields; ``family``: the task family's name;
@@ -66,6 +76,7 @@ class Checkpoint:
     model_config: dict
     weights: dict
     step: int | None = None
+    last_weights: dict | None = None
     optimizer: dict | None = None
     batch_rng: torch.Tensor | None = None
     torch_rng: torch.Tensor | None = None
@@ -78,6 +89,11 @@ class Checkpoint:
     def resumable(self) -> bool:
         """True for a training checkpoint (a fit can resume from it)."""
         return self.step is not None
+
+    @property
+    def stopped(self) -> bool:
+        """True for the checkpoint of a run that stopped early (it does not train on)."""
+        return self.history is not None and self.history["stopped"] is not None
 
     def write(self, path: str) -> None:
         """Write the file atomically (a crash never leaves half a file at ``path``); ValueError for a
@@ -113,14 +129,34 @@ class Checkpoint:
             return f"training field(s) {missing} are missing while {training} are set"
         checks = [("model_config", _plain_dict), ("weights", _finite_tensors), ("extra", _plain_dict)]
         if training:
-            checks += [("step", _count), ("optimizer", _finite_plain_dict), ("batch_rng", _rng_state),
-                       ("torch_rng", _rng_state), ("history", _history), ("train_config", _plain_dict),
-                       ("family", _text)]
+            checks += [("step", _count), ("batch_rng", _rng_state), ("torch_rng", _rng_state), ("history", _history),
+                       ("train_config", _plain_dict), ("family", _text)]
         for name, check in checks:
             problem = check(getattr(self, name))
             if problem:
                 return f"field {name!r} {problem}"
-        return _history_length(self.history, self.step) if training else None
+        if not training:
+            return _absent(self, RESUME_FIELDS, "a model-only checkpoint")
+        return _history_length(self.history, self.step) or self._resume_problem()
+
+    def _resume_problem(self) -> str | None:
+        """What is wrong with the state to resume from: absent after an early stop, else well formed."""
+        if self.stopped:
+            return _absent(self, RESUME_FIELDS, "the checkpoint of a run that stopped early")
+        missing = [name for name in RESUME_FIELDS if getattr(self, name) is None]
+        if missing:
+            return f"field(s) {missing} are missing: a training checkpoint of a run that goes on resumes from them"
+        for name, problem in (("last_weights", _same_tensors(self.last_weights, self.weights)),
+                              ("optimizer", _finite_plain_dict(self.optimizer))):
+            if problem:
+                return f"field {name!r} {problem}"
+        return None
+
+
+def _absent(checkpoint: Checkpoint, names: tuple[str, ...], what: str) -> str | None:
+    """Why the fields ``names`` must be None in ``what``, if any of them is set."""
+    present = [name for name in names if getattr(checkpoint, name) is not None]
+    return f"field(s) {present} must be None in {what}" if present else None
 
 
 def digest(value, name: str = "value") -> str:
@@ -275,6 +311,24 @@ def _history(value) -> str | None:
         return f"entry 'seconds' must be a finite number, got {value['seconds']!r}"
     if len(value["eval_step"]) != len(value["eval"]):
         return "entries 'eval_step' and 'eval' must have one item per evaluation"
+    if type(value["kept_step"]) is not int or not 0 <= value["kept_step"] <= len(value["step"]):
+        return f"entry 'kept_step' must be one of the steps trained, got {value['kept_step']!r}"
+    if value["stopped"] is not None and not isinstance(value["stopped"], str):
+        return f"entry 'stopped' must be None or a text, got {type(value['stopped']).__name__}"
+    initial = value["initial_val_loglik"]
+    if initial is not None and not (isinstance(initial, float) and math.isfinite(initial)):
+        return f"entry 'initial_val_loglik' must be None or a finite number, got {initial!r}"
+    return None
+
+
+def _same_tensors(value, weights: dict) -> str | None:
+    """What keeps ``value`` from being finite weights with the names, shapes and dtypes of ``weights``."""
+    problem = _finite_tensors(value)
+    if problem:
+        return problem
+    shapes = {name: (tensor.shape, tensor.dtype) for name, tensor in weights.items()}
+    if {name: (tensor.shape, tensor.dtype) for name, tensor in value.items()} != shapes:
+        return "must hold tensors of the names, shapes and dtypes of field 'weights'"
     return None
 
 

@@ -43,7 +43,7 @@ from .predict import NUM_SAMPLES
 from .report import LABELS
 from .runfiles import atomic_write, hold_folder
 from .tasks import TaskFamily
-from .train import TrainConfig
+from .train import TrainConfig, data_sized
 
 __all__ = ["RESCORE_FILE", "CSV_COLUMNS", "model_scores", "model_labels", "spread", "paired_margin", "mc_error",
            "summarize", "comparison_rows", "format_comparison", "run_compare"]
@@ -224,9 +224,11 @@ def _settings(metrics: dict) -> dict:
 
 def _expected(family: TaskFamily, model_config: ModelConfig, train_config: TrainConfig, eval_config: EvalConfig,
                num_samples: int) -> dict:
-    """:func:`_settings` of the metrics that :func:`run_fit` writes for these arguments."""
+    """:func:`_settings` of the metrics that :func:`run_fit` writes for these arguments (the training
+    config as run_fit sizes it to the family)."""
     evaluation = dataclasses.asdict(eval_config)
-    return _settings({"model": dataclasses.asdict(model_config), "train": dataclasses.asdict(train_config),
+    sized, _ = data_sized(train_config, family)
+    return _settings({"model": dataclasses.asdict(model_config), "train": dataclasses.asdict(sized),
                       "eval": evaluation, "shots": {str(k): {} for k in eval_config.shots},
                       "num_samples": num_samples, "schema": family.schema.to_dict(),
                       "data": {"split": family.split_options}})

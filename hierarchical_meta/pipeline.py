@@ -46,7 +46,7 @@ from .runfiles import atomic_write, check_input_file, check_output_file, hold_fo
 from .taskfile import read_tasks
 from .tasks import SPLITS, SinusoidTasks, TaskFamily
 from .tasks.schema import ROLES
-from .train import TrainConfig, fit
+from .train import TrainConfig, data_sized, fit, kept_evaluation, untrained_warnings
 
 __all__ = ["run_fit", "run_demo", "run_predict", "evaluate_model", "check_targets",
            "TARGET_ORACLE_GAP", "TARGET_COVERAGE", "TARGET_METADATA_GAIN", "TARGET_SHUFFLED_LOSS"]
@@ -97,14 +97,23 @@ class _Run:
     baseline_degree: int | str = "auto"
 
     def train(self, config: ModelConfig, out_dir: str) -> tuple[HierarchicalMetaModel, dict]:
-        """Train (or resume) one model into ``out_dir/model.pt``, the family's schema beside the weights."""
+        """Train (or resume) one model into ``out_dir/model.pt``, the family's schema beside the weights;
+        log how it ended: an early stop, the kept step, :func:`~hierarchical_meta.train.untrained_warnings`."""
         torch.manual_seed(self.train_config.seed)  # the initial weights
         meta_model = HierarchicalMetaModel(config)
         tic = time.perf_counter()
         history = fit(meta_model, self.family, self.train_config, out_dir=out_dir, progress=self.progress,
                       extend=self.extend, checkpoint_extra=checkpoint_extra(self.family))
+        path = os.path.join(out_dir, "model.pt")
         self.log(f"trained {history['trained_steps']} steps in {time.perf_counter() - tic:.0f}s "
-                 f"(step {history['step'][-1]} of {self.train_config.steps}) -> {os.path.join(out_dir, 'model.pt')}")
+                 f"(step {history['step'][-1]} of {self.train_config.steps}) -> {path}")
+        if history["stopped"]:
+            self.log(f"stopped at step {history['step'][-1]}: {history['stopped']}")
+        if self.train_config.patience:
+            self.log(f"kept step {history['kept_step']}: {kept_evaluation(history)['val_loglik']:.3f} nats per "
+                     "point on the validation groups")
+        for warning in untrained_warnings(history, self.train_config):
+            self.log(f"warning: {path}: {warning}")
         return meta_model, history
 
     def score(self, meta_model: HierarchicalMetaModel, view: TaskFamily, config: EvalConfig,
@@ -139,18 +148,23 @@ def run_fit(family: TaskFamily, model_config: ModelConfig, train_config: TrainCo
     for a data set also ``baselines`` (name -> ``{"label", "shots"}``), ``skipped_baselines`` and
     ``skipped_shots`` (name or K -> reason), the units, ``data`` (columns, groups per split, the
     groups scored at each K in words, the split options, notes) and ``schema``; then
-    ``num_samples``, the held-out ELBO and KLs at the last step (in the model's units:
-    ``elbo_units``), the three configs (``eval`` as used: the kept K) and the training seconds. ``log`` receives the
-    status lines, the notes and the table (None: silent); ``progress`` shows bars while training
-    and evaluating. A resume must have the checkpoint's options (:func:`~hierarchical_meta.train.fit`;
-    ``extend`` allows more steps). ``baseline_degree`` is the linear baselines' polynomial degree
-    (:func:`~hierarchical_meta.baselines.linear_baselines`). The run holds the lock of ``out_dir`` throughout.
+    ``num_samples``, the held-out ELBO and KLs at the kept step (in the model's units:
+    ``elbo_units``), the three configs (``eval`` as used: the kept K; ``train`` as sized) and the
+    training seconds, and how the training ended (:func:`_summary`). ``train_config`` is sized
+    to the family first (:func:`~hierarchical_meta.train.data_sized`: its options left None
+    follow the data; a note says how, and when the groups per step are capped). ``log`` receives
+    the status lines, the notes, the warnings and the table (None: silent); ``progress`` shows
+    bars while training and evaluating. A resume must have the checkpoint's options
+    (:func:`~hierarchical_meta.train.fit`; ``extend`` allows more steps). ``baseline_degree`` is
+    the linear baselines' polynomial degree (:func:`~hierarchical_meta.baselines.linear_baselines`).
+    The run holds the lock of ``out_dir`` throughout.
     """
     _check_arguments(family, model_config, train_config, eval_config)
     eval_config = eval_config if eval_config is not None else EvalConfig()
+    train_config, sizing_notes = data_sized(train_config, family)
     run = _Run(family, train_config, num_samples, progress, log or _quiet, extend, check_degree(baseline_degree))
     with hold_folder(out_dir, run.log):
-        for note in family.notes:
+        for note in [*family.notes, *sizing_notes]:
             run.log(f"note: {note}")
         view, shots, skipped_shots = comparable_groups(family, eval_config.shots, eval_config.same_groups)
         for k, reason in skipped_shots.items():
@@ -170,13 +184,19 @@ def run_fit(family: TaskFamily, model_config: ModelConfig, train_config: TrainCo
 
 def _summary(history: dict, num_samples: int, model_config: ModelConfig, train_config: TrainConfig,
              config: EvalConfig) -> dict:
-    """The run's settings and training: the held-out ELBO and KLs at the last step
-    (:func:`~hierarchical_meta.train.heldout_elbo`), the configs and the training seconds."""
-    final = history["eval"][-1]
-    return {"num_samples": num_samples, "elbo": final["elbo_per_point"], "kl_phi1": final["kl_phi1_per_task"],
-            "kl_phi2": final["kl_phi2_per_task"], "elbo_units": ELBO_UNITS, "model": dataclasses.asdict(model_config),
+    """The run's settings and training: the held-out ELBO and KLs at the kept step
+    (:func:`~hierarchical_meta.train.heldout_elbo`), the configs (training: as sized), the
+    training seconds; ``kept_step``, its ``val_loglik`` (None without ``patience``),
+    ``last_step``, ``stopped`` (why the run ended early, or None) and ``untrained`` with the
+    ``training_warnings`` (:func:`~hierarchical_meta.train.untrained_warnings`)."""
+    kept = kept_evaluation(history)
+    warnings = untrained_warnings(history, train_config)
+    return {"num_samples": num_samples, "elbo": kept["elbo_per_point"], "kl_phi1": kept["kl_phi1_per_task"],
+            "kl_phi2": kept["kl_phi2_per_task"], "elbo_units": ELBO_UNITS, "model": dataclasses.asdict(model_config),
             "train": dataclasses.asdict(train_config), "eval": dataclasses.asdict(config),
-            "train_seconds": history["seconds"]}
+            "train_seconds": history["seconds"], "kept_step": history["kept_step"],
+            "val_loglik": kept.get("val_loglik"), "last_step": history["step"][-1],
+            "stopped": history["stopped"], "untrained": bool(warnings), "training_warnings": warnings}
 
 
 def _comparison(run: _Run, meta_model: HierarchicalMetaModel, model_config: ModelConfig, view: TaskFamily,

@@ -17,8 +17,11 @@ __all__ = ["plot_training_curve", "plot_predictions", "plot_metrics_vs_shots", "
 
 
 def plot_training_curve(history: dict, path: str) -> None:
-    """Training loss (negative ELBO per point, smoothed) and held-out ELBO and KLs per step."""
-    fig, (ax, ax_kl) = plt.subplots(1, 2, figsize=(10, 3.6))
+    """Training loss (negative ELBO per point, smoothed) and held-out ELBO and KLs per step; with a
+    validation score (``patience`` > 0), a third panel of it, the kept step marked on every panel."""
+    scored = [e for e in history["eval"] if "val_loglik" in e]
+    fig, axes = plt.subplots(1, 3 if scored else 2, figsize=(15 if scored else 10, 3.6))
+    ax, ax_kl = axes[:2]
     loss = torch.tensor(history["loss"])
     window = max(1, len(loss) // 100)
     smooth = loss.unfold(0, window, window).mean(1) if len(loss) >= window else loss
@@ -33,13 +36,28 @@ def plot_training_curve(history: dict, path: str) -> None:
     if lows:
         ax.set_ylim(lows[len(lows) // 20] - 0.5, max(lows) + 0.3)
     ax.set(xlabel="SVI step", ylabel="nats per point")
-    ax.legend(fontsize=8)
     ax_kl.set(xlabel="SVI step", ylabel="nats per task")
-    ax_kl.legend(fontsize=8)
     ax_kl.set_title("each latent's KL (held-out)", fontsize=9)
+    if scored:
+        _plot_validation(axes, history)
+    for each in axes:
+        each.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _plot_validation(axes, history: dict) -> None:
+    """The validation score per evaluation on the last of ``axes``; the kept step marked on all of them."""
+    ax = axes[-1]
+    steps, scores = history["eval_step"], [e["val_loglik"] for e in history["eval"]]
+    if history["initial_val_loglik"] is not None:
+        steps, scores = [0, *steps], [history["initial_val_loglik"], *scores]
+    ax.plot(steps, scores, "o-", ms=3, color="C2", label="validation predictive loglik / point (0: untrained)")
+    ax.set(xlabel="SVI step", ylabel="nats per point (y in its units)")
+    ax.set_title("the validation score that chooses the kept step", fontsize=9)
+    for each in axes:
+        each.axvline(history["kept_step"], color="0.4", ls="--", lw=0.8, label=f"kept step {history['kept_step']}")
 
 
 def _bands(predictive):

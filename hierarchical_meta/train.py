@@ -44,12 +44,18 @@ from tqdm.auto import tqdm
 
 from .bound import elbo_terms, fast_elbo
 from .checkpoint import REFIT, SCALARS, Checkpoint
+from .evaluate import user_metrics
 from .meta_model import HierarchicalMetaModel, load_checkpoint
+from .predict import predict_in_chunks
 from .tasks import TaskBatch, TaskFamily
+from .tasks.schema import TabularSchema
 
 __all__ = ["TrainConfig", "ELBOS", "MAX_SEED", "fit", "Training", "make_svi", "lr_factor", "resume_conflicts",
            "option_conflicts", "extra_conflicts", "corrupt_metadata", "ragged_mask", "check_seed",
-           "heldout_collapse", "DIVERGED_ELBO_DROP", "NOT_COMPARED", "OTHER_DATA"]
+           "heldout_collapse", "DIVERGED_ELBO_DROP", "NOT_COMPARED", "OTHER_DATA", "Diverged",
+           "data_sized", "SIZED", "SAMPLED_SCHEDULE", "DATA_EPOCHS", "DATA_MAX_STEPS", "EVALUATIONS", "ANNEAL_SHARE",
+           "PATIENCE", "validation_tasks", "validation_loglik", "VAL_SHOTS", "VAL_SAMPLES", "untrained_warnings",
+           "kept_evaluation"]
 
 ELBOS = ("fast", "pyro")
 #: The largest seed: torch's seeds are 64-bit, and fit draws its held-out batch with seed + 1.
@@ -71,9 +77,16 @@ class TrainConfig:
     given m widens (10% left the intervals too wide at K = 1 and 2; 3% keeps shuffled m at
     K = 10 close to withheld m). These defaults are for runs of the demo's length: over 150 000
     steps they diverged, and lr 3e-3 with 10% swaps did not (docs/model.md).
+
+    The schedule (:data:`SIZED`: ``steps``, ``eval_every``, ``checkpoint_every``,
+    ``anneal_steps``, ``patience``) left None is sized to the task family by :func:`data_sized`,
+    which :func:`fit` and ``run_fit`` call: a sampled family gets the demo's
+    (:data:`SAMPLED_SCHEDULE`), a fixed data set one sized to its training groups.
+    ``patience`` > 0 scores the validation tasks at each evaluation, keeps the best step's
+    weights and stops after ``patience`` evaluations without improvement; 0 keeps the last step.
     """
 
-    steps: int = 8000
+    steps: int | None = None
     batch_tasks: int = 64
     max_points: int = 20
     min_points: int = 0
@@ -81,15 +94,16 @@ class TrainConfig:
     lr_decay: float = 10.0
     clip_norm: float = 10.0
     num_particles: int = 2
-    anneal_steps: int = 1000
+    anneal_steps: int | None = None
     initial_kl_weight: float = 0.1
     metadata_dropout: float = 0.1
     metadata_swap: float = 0.03
-    eval_every: int = 250
+    eval_every: int | None = None
     eval_tasks: int = 128
-    checkpoint_every: int = 250
+    checkpoint_every: int | None = None
     seed: int = 0
     elbo: str = "fast"
+    patience: int | None = None
 
     def __post_init__(self):
         for name in ("lr", "lr_decay", "clip_norm", "initial_kl_weight", "metadata_dropout", "metadata_swap"):
@@ -97,8 +111,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         for name in ("steps", "batch_tasks", "max_points", "num_particles", "eval_every",
                      "eval_tasks", "checkpoint_every"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.patience is not None and self.patience < 0:
+            raise ValueError(f"patience must be >= 0 (0: no early stopping, the last step is kept), "
+                             f"got {self.patience}")
         check_seed(self.seed)
         self._check_ranges()
 
@@ -119,11 +136,61 @@ class TrainConfig:
         if self.elbo not in ELBOS:
             raise ValueError(f"elbo must be one of {ELBOS}, got {self.elbo!r}")
 
+    @property
+    def unsized(self) -> list[str]:
+        """The :data:`SIZED` options still None (:func:`data_sized` fills them)."""
+        return [name for name in SIZED if getattr(self, name) is None]
+
     def kl_weight(self, step: int) -> float:
         """β at ``step``: linear from ``initial_kl_weight`` to 1 over ``anneal_steps``."""
         if self.anneal_steps <= 0:
             return 1.0
         return min(1.0, self.initial_kl_weight + (1 - self.initial_kl_weight) * step / self.anneal_steps)
+
+
+#: The schedule of a sampled task family (sinusoid, basis): the demo's, tuned at its 8000 steps.
+SAMPLED_SCHEDULE = {"steps": 8000, "eval_every": 250, "checkpoint_every": 250, "anneal_steps": 1000, "patience": 0}
+#: The options :func:`data_sized` fills when they are None.
+SIZED = tuple(SAMPLED_SCHEDULE)
+#: A fixed data set's schedule: DATA_EPOCHS passes over its training groups (so at least
+#: DATA_EPOCHS steps), at most DATA_MAX_STEPS; EVALUATIONS evaluations (each with a checkpoint);
+#: the KL annealed over ANNEAL_SHARE of the steps (the demo's 1000 of 8000); early stopping after
+#: PATIENCE evaluations without a better validation score. On bodyweight, co2, sleepstudy and
+#: chickweight the validation score peaked after 150 to 1500 of these steps, and a patience of 10
+#: kept the same steps as 5, or later and worse ones.
+DATA_EPOCHS = 1500
+DATA_MAX_STEPS = 8000
+EVALUATIONS = 20
+ANNEAL_SHARE = 1 / 8
+PATIENCE = 5
+
+
+def data_sized(config: TrainConfig, family: TaskFamily) -> tuple[TrainConfig, list[str]]:
+    """``config`` with its schedule (:data:`SIZED`) left None sized to ``family``, and notes for the user.
+
+    A sampled family gets :data:`SAMPLED_SCHEDULE`. A fixed data set of G training groups
+    draws B = min(``batch_tasks``, G) groups per step (a note says so when that caps it). Its
+    data-sized run is
+    S = min(DATA_EPOCHS · G / B rounded up, DATA_MAX_STEPS) steps; it is evaluated and
+    checkpointed every max(1, S // EVALUATIONS) steps, annealed over S · ANNEAL_SHARE steps and
+    stopped early with ``patience`` PATIENCE. The schedule follows S, not ``steps``, so a run
+    given more ``steps`` (``extend``) keeps it. A sized config is returned unchanged.
+    """
+    if not family.fixed_dataset:
+        return dataclasses.replace(config, **{name: SAMPLED_SCHEDULE[name] for name in config.unsized}), []
+    groups = len(family.split_indices["train"])
+    batch = min(config.batch_tasks, groups)
+    notes = [f"{config.batch_tasks} groups per step capped at the {groups} training groups"] \
+        if batch < config.batch_tasks else []
+    steps = min(math.ceil(DATA_EPOCHS * groups / batch), DATA_MAX_STEPS)
+    every = max(1, steps // EVALUATIONS)
+    schedule = {"steps": steps, "eval_every": every, "checkpoint_every": every,
+                "anneal_steps": round(steps * ANNEAL_SHARE), "patience": PATIENCE}
+    sized = dataclasses.replace(config, batch_tasks=batch, **{name: schedule[name] for name in config.unsized})
+    if config.unsized:
+        chosen = ", ".join(f"{name} {getattr(sized, name)}" for name in config.unsized)
+        notes.append(f"training schedule sized to the {groups} training groups: {chosen}")
+    return sized, notes
 
 
 def check_seed(seed) -> int:
@@ -253,8 +320,12 @@ def make_svi(meta_model: HierarchicalMetaModel, config: TrainConfig):
     """The stepper that ``config.elbo`` names: :class:`FastSVI` or :class:`PyroSVI`.
 
     Both have ``step(x, metadata, y, mask, latent_scale) -> loss`` and ``get_state``/``set_state``
-    of their optimizer (what a checkpoint stores).
+    of their optimizer (what a checkpoint stores). ``config.steps``, which sets the learning
+    rate's decay, must be given or sized (:func:`data_sized`).
     """
+    if config.steps is None:
+        raise ValueError("steps is None: give it, or size the options to the task family with "
+                         "data_sized(config, family)")
     return FastSVI(meta_model, config) if config.elbo == "fast" else PyroSVI(meta_model, config)
 
 
@@ -272,14 +343,62 @@ def heldout_elbo(meta_model: HierarchicalMetaModel, batch: TaskBatch, num_partic
             "kl_phi2_per_task": float(terms["kl_phi2"].mean())}
 
 
+#: The validation score: the predictive log-likelihood per query point of the validation tasks
+#: at each K of VAL_SHOTS (their mean), with VAL_SAMPLES importance samples per task.
+VAL_SHOTS = (0, 5)
+VAL_SAMPLES = 256
+
+
+def validation_tasks(family: TaskFamily, config: TrainConfig) -> list[TaskBatch]:
+    """The tasks :func:`validation_loglik` scores at every evaluation: one batch per K of VAL_SHOTS.
+
+    A fixed data set: every validation group with more than K rows, K of them the support and
+    the others the query (a K that no group can serve is left out); a sampled family:
+    ``eval_tasks`` validation tasks with K support and ``max_points`` query points. The rows
+    come from a generator seeded with ``seed + 1``: the same tasks at every evaluation.
+    """
+    batches = []
+    for k in VAL_SHOTS:
+        generator = torch.Generator().manual_seed(config.seed + 1)
+        if not family.fixed_dataset:
+            batches.append(family.sample(config.eval_tasks, k, config.max_points, split="val", generator=generator))
+        elif bool((family.group_sizes[family.split_indices["val"]] > k).any()):
+            batches.append(family.all_tasks(k, split="val", generator=generator))
+    return batches
+
+
+@torch.no_grad()
+def validation_loglik(meta_model: HierarchicalMetaModel, batches: list[TaskBatch], schema: TabularSchema,
+                      seed: int) -> float:
+    """The mean over ``batches`` (one per K) of the predictive log-likelihood per query point, in the
+    units of ``schema`` (nats per point of the user's y). The importance samples (VAL_SAMPLES per
+    task) come from torch's RNG seeded with ``seed`` in a fork: every evaluation draws the same
+    way, and the training's own draws are left as they were."""
+    scores = user_metrics(schema)
+    per_k = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for batch in batches:
+            total, points = 0.0, 0
+            for tasks, predictive in predict_in_chunks(lambda b: meta_model.predict(b, VAL_SAMPLES)[0], batch):
+                part = batch.subset(tasks)
+                n = int(part.query_mask.sum())
+                total += scores(predictive, part.y_query, part.query_mask)["loglik"] * n if n else 0.0
+                points += n
+            per_k.append(total / points)
+    return sum(per_k) / len(per_k)
+
+
 def resume_conflicts(checkpoint: Checkpoint, meta_model: HierarchicalMetaModel, family: TaskFamily,
                      config: TrainConfig, extend: bool = False, extra: dict | None = None) -> list[str]:
     """Why ``checkpoint`` cannot be resumed by this run: one entry per difference ([] if none).
 
-    The model configuration, the task family, every training option but :data:`NOT_COMPARED`
-    and the entries of ``extra`` (fit's ``checkpoint_extra``) must be the checkpoint's;
-    ``steps`` may be raised with ``extend``. ValueError for training options of another version.
+    The model configuration, the task family, every training option (``config`` sized to the
+    family, :func:`data_sized`) but :data:`NOT_COMPARED` and the entries of ``extra`` (fit's
+    ``checkpoint_extra``) must be the checkpoint's; ``steps`` may be raised with ``extend``.
+    ValueError for training options of another version.
     """
+    config, _ = data_sized(config, family)
     saved_model, now_model = checkpoint.model_config, dataclasses.asdict(meta_model.config)
     conflicts = [f"model {key} {saved_model[key]!r} (now {now_model[key]!r})"
                  for key in now_model if saved_model[key] != now_model[key]]
@@ -352,10 +471,13 @@ def heldout_collapse(evals: list[tuple[int, float]], after_step: int) -> str | N
     return None
 
 
-def _diverged(step: int, config: TrainConfig, what: str) -> FloatingPointError:
-    return FloatingPointError(f"the training diverged at step {step} ({what}); in a new --out folder, lower --lr "
-                              f"(now {config.lr:g}; long runs: docs/model.md), or check the task data for extreme "
-                              "values")
+class Diverged(FloatingPointError):
+    """The run diverged at step ``step``: ``what`` happened (a non-finite loss, or :func:`heldout_collapse`)."""
+
+    def __init__(self, step: int, config: TrainConfig, what: str):
+        self.step, self.what = step, what
+        super().__init__(f"the training diverged at step {step} ({what}); in a new --out folder, lower --lr (now "
+                         f"{config.lr:g}; long runs: docs/model.md), or check the task data for extreme values")
 
 
 def from_non_finite(error: Exception, meta_model: HierarchicalMetaModel) -> bool:
@@ -365,6 +487,27 @@ def from_non_finite(error: Exception, meta_model: HierarchicalMetaModel) -> bool
     """
     finite = all(bool(torch.isfinite(p).all()) for p in meta_model.parameters())
     return not finite or isinstance(error, torch.linalg.LinAlgError) or "invalid values" in str(error)
+
+
+def untrained_warnings(history: dict, config: TrainConfig) -> list[str]:
+    """Why the model that ``history`` keeps is clearly untrained ([] if it is not): its training
+    ended before the KL annealing was over, or the validation score of its kept step is no
+    better than the untrained model's (``history["initial_val_loglik"]``)."""
+    warnings, last, initial = [], history["step"][-1], history["initial_val_loglik"]
+    if last < config.anneal_steps:
+        warnings.append(f"the training ended at step {last}, before the KL annealing's {config.anneal_steps} "
+                        "steps were over: the model is barely trained; give more --steps")
+    kept = kept_evaluation(history).get("val_loglik")
+    if initial is not None and kept is not None and kept <= initial:
+        warnings.append(f"the kept step {history['kept_step']} scores {kept:.3f} nats per point on the validation "
+                        f"groups, no better than the untrained model's {initial:.3f}: training did not help; try a "
+                        "lower --lr")
+    return warnings
+
+
+def kept_evaluation(history: dict) -> dict:
+    """The held-out metrics of the evaluation of the kept step (``history["kept_step"]``)."""
+    return history["eval"][history["eval_step"].index(history["kept_step"])]
 
 
 def check_dimensions(meta_model: HierarchicalMetaModel, family: TaskFamily) -> None:
@@ -382,14 +525,22 @@ def fit(meta_model: HierarchicalMetaModel, family: TaskFamily, config: TrainConf
         checkpoint_extra: dict | None = None) -> dict:
     """Train ``meta_model`` on tasks from ``family``; returns the history dict.
 
-    With ``out_dir`` (created if missing), resumes from ``out_dir/model.pt`` if present
-    (:func:`resume_conflicts` must find none, else ValueError listing them) and writes it every
-    ``checkpoint_every`` steps and at the end, with the plain data ``checkpoint_extra``
-    (a grouped data set's ``{"schema": ...}``; ``Checkpoint.extra``). ``history["trained_steps"]``
-    counts the steps this call trained. ``callback(step, metrics)`` follows every held-out
-    evaluation. A run whose loss or parameters become NaN or infinite, or whose held-out ELBO
-    collapses (:func:`heldout_collapse`), raises FloatingPointError.
+    ``config`` is first sized to the family (:func:`data_sized`). With ``out_dir`` (created if
+    missing), resumes from ``out_dir/model.pt`` if present (:func:`resume_conflicts` must find
+    none, else ValueError listing them) and writes it every ``checkpoint_every`` steps and at the
+    end, with the plain data ``checkpoint_extra`` (a grouped data set's ``{"schema": ...}``;
+    ``Checkpoint.extra``). ``history["trained_steps"]`` counts the steps this call trained.
+    ``callback(step, metrics)`` follows every held-out evaluation.
+
+    With ``patience`` > 0 every evaluation also scores the validation tasks
+    (:func:`validation_loglik`, ``metrics["val_loglik"]``); the best step's weights are kept
+    (``history["kept_step"]``) and are ``meta_model``'s when fit returns, and the run stops
+    (``history["stopped"]`` says why) after ``patience`` evaluations without a better score, or
+    when it diverges: a non-finite loss or parameters, or a held-out ELBO that collapses
+    (:func:`heldout_collapse`). With ``patience`` 0 the last step is kept and a diverged run
+    raises FloatingPointError. A stopped run does not train on when resumed, even with ``extend``.
     """
+    config, _ = data_sized(config, family)
     check_dimensions(meta_model, family)
     path = None
     if out_dir:
@@ -397,16 +548,19 @@ def fit(meta_model: HierarchicalMetaModel, family: TaskFamily, config: TrainConf
         path = os.path.join(out_dir, "model.pt")
     training = Training(meta_model, family, config, path, checkpoint_extra or {})
     training.resume(extend)
-    if training.step < config.steps:
+    if training.step < config.steps and training.history["stopped"] is None:
         training.run(progress, callback)
+    training.keep()
     return training.history
 
 
 class Training:
     """One call of :func:`fit`: the model, the batch generator, the history and the checkpoint's path.
 
-    Created, it has seeded the generator and torch's RNG with ``config.seed``; :meth:`resume`
-    continues from the checkpoint at ``path`` (if any), :meth:`run` trains the remaining steps.
+    Created, it has seeded the generator and torch's RNG with ``config.seed`` (a sized config);
+    :meth:`resume` continues from the checkpoint at ``path`` (if any), :meth:`run` trains the
+    remaining steps, :meth:`keep` gives the model the kept weights. ``kept_weights`` is a copy
+    of the best step's weights while ``patience`` selects them (None otherwise).
     """
 
     def __init__(self, meta_model: HierarchicalMetaModel, family: TaskFamily, config: TrainConfig,
@@ -414,8 +568,9 @@ class Training:
         self.meta_model, self.family, self.config, self.path, self.extra = meta_model, family, config, path, extra
         self.generator = torch.Generator().manual_seed(config.seed)
         torch.manual_seed(config.seed)
-        self.history = {"step": [], "loss": [], "eval_step": [], "eval": [], "seconds": 0.0}
-        self.step, self.optimizer_state = 0, None
+        self.history = {"step": [], "loss": [], "eval_step": [], "eval": [], "seconds": 0.0, "kept_step": 0,
+                        "stopped": None, "initial_val_loglik": None}
+        self.step, self.optimizer_state, self.kept_weights = 0, None, None
 
     def resume(self, extend: bool) -> None:
         """Take over the weights, RNG states, history and optimizer state of the checkpoint, if there is one."""
@@ -431,34 +586,69 @@ class Training:
             if not checkpoint.resumable:
                 raise ValueError(f"{self.path} holds a model but not the training state to resume from; "
                                  "use a new --out folder")
-            self.meta_model.load_state_dict(checkpoint.weights)
-            self.step, self.optimizer_state, self.history = checkpoint.step, checkpoint.optimizer, checkpoint.history
-            self.generator.set_state(checkpoint.batch_rng)
-            torch.set_rng_state(checkpoint.torch_rng)
+            self.take_over(checkpoint)
         self.history["trained_steps"] = 0
 
+    def take_over(self, checkpoint: Checkpoint) -> None:
+        """The state of a training checkpoint: a stopped run's kept weights, else the last step's."""
+        self.step, self.optimizer_state, self.history = checkpoint.step, checkpoint.optimizer, checkpoint.history
+        self.meta_model.load_state_dict(checkpoint.weights if checkpoint.stopped else checkpoint.last_weights)
+        if self.config.patience and not checkpoint.stopped and self.history["kept_step"] in self.history["eval_step"]:
+            self.kept_weights = checkpoint.weights
+        self.generator.set_state(checkpoint.batch_rng)
+        torch.set_rng_state(checkpoint.torch_rng)
+
     def run(self, progress: bool, callback: Callable[[int, dict], None] | None) -> None:
-        """Train from ``self.step`` to ``config.steps``, evaluating and saving on the way."""
+        """Train from ``self.step`` to ``config.steps`` or a stop, evaluating and saving on the way."""
         config = self.config
         svi = self.stepper()
         eval_batch = self.family.sample(config.eval_tasks, config.max_points, 0, split="val",
                                         generator=torch.Generator().manual_seed(config.seed + 1))
-        bar = tqdm(range(self.step, config.steps), initial=self.step, total=config.steps,
-                   disable=not progress, desc="fit", unit="step")
+        val_tasks = validation_tasks(self.family, config) if config.patience else None
+        if val_tasks and self.step == 0:  # the untrained model's score: what training must beat
+            self.history["initial_val_loglik"] = validation_loglik(self.meta_model, val_tasks, self.family.schema,
+                                                                   config.seed)
+        evaluation = (eval_batch, val_tasks)
         tic = time.perf_counter()
-        for step in bar:
-            evaluate = (step + 1) % config.eval_every == 0 or step + 1 == config.steps
-            loss_per_point, metrics = self.take_step(svi, step, eval_batch if evaluate else None)
+        with tqdm(range(self.step, config.steps), initial=self.step, total=config.steps, disable=not progress,
+                  desc="fit", unit="step") as bar:
+            for step in bar:
+                evaluate = (step + 1) % config.eval_every == 0 or step + 1 == config.steps
+                metrics = self.advance(svi, step, evaluation if evaluate else None)
+                if metrics is not None:
+                    bar.set_postfix(elbo=f"{metrics['elbo_per_point']:.3f}", kl1=f"{metrics['kl_phi1_per_task']:.2f}",
+                                    kl2=f"{metrics['kl_phi2_per_task']:.2f}")
+                    if callback:
+                        callback(step + 1, metrics)
+                if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps or self.stopped:
+                    self.history["seconds"] += time.perf_counter() - tic
+                    tic = time.perf_counter()
+                    self.save(svi)
+                if self.stopped:
+                    break
+
+    def advance(self, svi, step: int, evaluation: tuple | None) -> dict | None:
+        """Take and record step ``step`` (from 0): its held-out metrics, or None. A diverged step stops
+        a run that has kept a step (``history["stopped"]``) and raises :class:`Diverged` otherwise."""
+        metrics = None
+        try:
+            loss_per_point, metrics = self.take_step(svi, step, evaluation)
             self.record(step + 1, loss_per_point, metrics)
-            if metrics is not None:
-                bar.set_postfix(elbo=f"{metrics['elbo_per_point']:.3f}", kl1=f"{metrics['kl_phi1_per_task']:.2f}",
-                                kl2=f"{metrics['kl_phi2_per_task']:.2f}")
-                if callback:
-                    callback(step + 1, metrics)
-            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-                self.history["seconds"] += time.perf_counter() - tic
-                tic = time.perf_counter()
-                self.save(svi, step + 1)
+        except Diverged as error:
+            if not self.selected:
+                raise
+            self.history["stopped"] = f"diverged at step {error.step} ({error.what})"
+        return metrics
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the run has stopped before ``config.steps`` (early stopping, or diverged)."""
+        return self.history["stopped"] is not None
+
+    @property
+    def selected(self) -> bool:
+        """Whether ``patience`` has kept an evaluated step (whose weights are ``kept_weights``)."""
+        return self.kept_weights is not None
 
     def stepper(self):
         """A fresh :func:`make_svi` stepper (Pyro's parameter store cleared), with the checkpoint's optimizer state."""
@@ -472,44 +662,82 @@ class Training:
                                  f"{REFIT}") from None
         return svi
 
-    def take_step(self, svi, step: int, eval_batch: TaskBatch | None) -> tuple[float, dict | None]:
-        """Step ``step`` (from 0) on a fresh batch: (loss per point, held-out metrics on ``eval_batch`` or None)."""
+    def take_step(self, svi, step: int, evaluation: tuple | None) -> tuple[float, dict | None]:
+        """Step ``step`` (from 0) on a fresh batch: (loss per point, held-out metrics or None).
+
+        ``evaluation`` = (held-out batch, validation tasks or None): the held-out ELBO and KLs
+        (:func:`heldout_elbo`) and, with validation tasks, ``val_loglik`` (:func:`validation_loglik`).
+        """
         config = self.config
         batch = self.family.sample(config.batch_tasks, config.max_points, 0, split="train", generator=self.generator)
         mask = ragged_mask(batch.support_mask, self.generator, config.min_points)
         metadata = corrupt_metadata(self.meta_model.model_metadata(batch.metadata), config.metadata_dropout,
                                     config.metadata_swap, self.generator)
+        metrics = None
         try:
             loss = svi.step(batch.x_support, metadata, batch.y_support, mask, latent_scale=config.kl_weight(step))
-            metrics = None if eval_batch is None else heldout_elbo(self.meta_model, eval_batch)
+            if evaluation is not None:
+                eval_batch, val_tasks = evaluation
+                metrics = heldout_elbo(self.meta_model, eval_batch)
+                if val_tasks is not None:
+                    metrics["val_loglik"] = validation_loglik(self.meta_model, val_tasks, self.family.schema,
+                                                              config.seed)
         except (ValueError, torch.linalg.LinAlgError) as error:
             if not from_non_finite(error, self.meta_model):
                 raise
-            raise _diverged(step + 1, config, "a distribution's parameters became NaN or infinite") from error
+            raise Diverged(step + 1, config, "a distribution's parameters became NaN or infinite") from error
         loss_per_point = loss / max(int(mask.sum()), 1)
         if not math.isfinite(loss_per_point):
-            raise _diverged(step + 1, config, f"the loss became {loss_per_point}")
+            raise Diverged(step + 1, config, f"the loss became {loss_per_point}")
         return loss_per_point, metrics
 
     def record(self, step: int, loss_per_point: float, metrics: dict | None) -> None:
-        """Append step ``step`` (from 1) to the history; FloatingPointError if the held-out ELBO collapsed."""
+        """Append step ``step`` (from 1) to the history and keep or stop (:meth:`select`);
+        FloatingPointError if the held-out ELBO collapsed."""
         history = self.history
         history["step"].append(step)
         history["loss"].append(loss_per_point)
         history["trained_steps"] += 1
-        if metrics is not None:
-            history["eval_step"].append(step)
-            history["eval"].append(metrics)
-            collapse = heldout_collapse([(s, e["elbo_per_point"]) for s, e in zip(history["eval_step"],
-                                                                                   history["eval"], strict=True)],
-                                        after_step=self.config.anneal_steps)
-            if collapse:
-                raise _diverged(step, self.config, collapse)
+        if not self.selected:
+            history["kept_step"] = step
+        if metrics is None:
+            return
+        history["eval_step"].append(step)
+        history["eval"].append(metrics)
+        if self.config.patience:
+            self.select(step, metrics["val_loglik"])
+        collapse = heldout_collapse([(s, e["elbo_per_point"]) for s, e in zip(history["eval_step"],
+                                                                               history["eval"], strict=True)],
+                                    after_step=self.config.anneal_steps)
+        if collapse:
+            raise Diverged(step, self.config, collapse)
 
-    def save(self, svi, step: int) -> None:
-        """Write the checkpoint of step ``step`` (when fit has an ``out_dir``)."""
-        if self.path:
-            self.meta_model.to_checkpoint(step=step, optimizer=svi.get_state(), batch_rng=self.generator.get_state(),
-                                          torch_rng=torch.get_rng_state(), history=self.history,
-                                          train_config=dataclasses.asdict(self.config), family=self.family.name,
-                                          extra=self.extra).write(self.path)
+    def select(self, step: int, score: float) -> None:
+        """Keep this step's weights if ``score`` beats the kept one; stop after ``patience`` evaluations that do not."""
+        history = self.history
+        scores = dict(zip(history["eval_step"], (e["val_loglik"] for e in history["eval"]), strict=True))
+        if not self.selected or score > scores[history["kept_step"]]:
+            history["kept_step"] = step
+            self.kept_weights = {name: value.clone() for name, value in self.meta_model.state_dict().items()}
+        elif step < self.config.steps and sum(s > history["kept_step"] for s in history["eval_step"]) >= \
+                self.config.patience:
+            history["stopped"] = (f"early stopping: no better validation score in {self.config.patience} "
+                                  f"evaluations after step {history['kept_step']}")
+
+    def keep(self) -> None:
+        """Give the model the kept weights (the last step's unless ``patience`` selected others)."""
+        if self.kept_weights is not None:
+            self.meta_model.load_state_dict(self.kept_weights)
+
+    def save(self, svi) -> None:
+        """Write the checkpoint of the last step recorded (when fit has an ``out_dir``): the kept weights,
+        and the last step's weights and optimizer state to resume from, which a stopped run drops."""
+        if not self.path:
+            return
+        last = self.meta_model.state_dict()
+        resume = {} if self.stopped else {"last_weights": last, "optimizer": svi.get_state()}
+        Checkpoint(model_config=dataclasses.asdict(self.meta_model.config),
+                   weights=self.kept_weights if self.selected else last, step=self.history["step"][-1],
+                   batch_rng=self.generator.get_state(), torch_rng=torch.get_rng_state(), history=self.history,
+                   train_config=dataclasses.asdict(self.config), family=self.family.name, extra=self.extra,
+                   **resume).write(self.path)

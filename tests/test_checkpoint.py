@@ -18,7 +18,7 @@ import torch
 from hierarchical_meta.checkpoint import FORMAT, HISTORY_KEYS, RNG_STATE_SIZE, VERSION, Checkpoint, digest
 from hierarchical_meta.meta_model import HierarchicalMetaModel, ModelConfig, load_checkpoint
 from hierarchical_meta.tasks import SinusoidTasks
-from hierarchical_meta.train import OTHER_DATA, TrainConfig, extra_conflicts, fit
+from hierarchical_meta.train import OTHER_DATA, TrainConfig, data_sized, extra_conflicts, fit
 
 MODEL = ModelConfig(hidden=4, latent_dim=2, layers=1)
 
@@ -48,9 +48,13 @@ def test_fit_stores_its_training_state_and_extra(tmp_path):
                   checkpoint_extra={"schema": {"y": ["growth"]}})
     _, checkpoint = load_checkpoint(str(tmp_path / "model.pt"))
     assert checkpoint.resumable and checkpoint.step == 3 and checkpoint.family == "sinusoid"
-    assert checkpoint.train_config == dataclasses.asdict(config) and checkpoint.extra == {"schema": {"y": ["growth"]}}
+    sized, _ = data_sized(config, SinusoidTasks())
+    assert checkpoint.train_config == dataclasses.asdict(sized) and checkpoint.extra == {"schema": {"y": ["growth"]}}
     assert checkpoint.history == history and set(history) == set(HISTORY_KEYS)
     assert checkpoint.history["step"] == [1, 2, 3] and checkpoint.history["eval_step"] == [2, 3]
+    assert (history["kept_step"], history["stopped"]) == (3, None)  # patience 0: the last step is kept
+    for name, tensor in checkpoint.weights.items():
+        assert torch.equal(checkpoint.last_weights[name], tensor), name
     for rng in (checkpoint.batch_rng, checkpoint.torch_rng):
         assert rng.dtype == torch.uint8 and rng.shape == (RNG_STATE_SIZE,)
     assert checkpoint.optimizer["param_groups"][0]["lrd"] == pytest.approx(0.1 ** (1 / 3), rel=1e-12)
@@ -94,7 +98,7 @@ def test_writing_refuses_a_checkpoint_reading_would_refuse(tmp_path):
     with pytest.raises(ValueError, match="refused to write .*'model.raw_noise' holds NaN"):
         checkpoint.write(str(tmp_path / "model.pt"))
     checkpoint = tiny_model().to_checkpoint(step=1)
-    with pytest.raises(ValueError, match=r"training field\(s\) \['optimizer', "):
+    with pytest.raises(ValueError, match=r"training field\(s\) \['batch_rng', "):
         checkpoint.write(str(tmp_path / "model.pt"))
     assert os.listdir(tmp_path) == []
 

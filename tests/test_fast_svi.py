@@ -80,5 +80,5 @@ def test_a_checkpoint_resumes_only_under_its_own_elbo(tmp_path):
 
 def test_make_svi_returns_the_stepper_config_elbo_names():
     meta_model = HierarchicalMetaModel(ModelConfig(hidden=8, layers=1))
-    assert type(make_svi(meta_model, TrainConfig(elbo="fast"))) is FastSVI
-    assert type(make_svi(meta_model, TrainConfig(elbo="pyro"))) is PyroSVI
+    assert type(make_svi(meta_model, TrainConfig(elbo="fast", steps=10))) is FastSVI
+    assert type(make_svi(meta_model, TrainConfig(elbo="pyro", steps=10))) is PyroSVI

