@@ -167,10 +167,13 @@ class CategoricalMixturePredictive(_Weighted):
 
 
 def point_metrics(predictive, y: torch.Tensor, mask: torch.Tensor | None = None,
-                  level: float = 0.9) -> dict:
+                  level: float = 0.9, per_task: bool = False) -> dict:
     """Per-query-point metrics averaged over the unmasked points of all tasks.
 
     - ``loglik``: mean of log p(y_q | support, m) (nats per point);
+    - ``task_loglik`` (with ``per_task``): the same per task, a tensor [T] (NaN for a task
+      without unmasked points), from which :func:`~hierarchical_meta.evaluate.evaluate` finds
+      the worst task;
 
     and for a :class:`MixturePredictive` (regression)
 
@@ -188,17 +191,27 @@ def point_metrics(predictive, y: torch.Tensor, mask: torch.Tensor | None = None,
     n = mask.sum()
     if n == 0:
         raise ValueError("no unmasked query points to score")
-    if isinstance(predictive, CategoricalMixturePredictive):
-        y = torch.where(mask[..., None], y, 0.0)  # padded slots may hold anything
-        logp = torch.where(mask, predictive.log_prob(y), 0.0)
-        correct = (predictive.predicted_class() == y[..., 0].long()) & mask
-        return {"loglik": float(logp.sum() / n), "accuracy": float(correct.sum() / n)}
-    y = torch.where(mask[..., None], y, predictive.predictive_mean())  # padded slots may hold anything
+    categorical = isinstance(predictive, CategoricalMixturePredictive)
+    # padded slots may hold anything
+    y = torch.where(mask[..., None], y, 0.0 if categorical else predictive.predictive_mean())
     logp = torch.where(mask, predictive.log_prob(y), 0.0)
+    scores = {"loglik": float(logp.sum() / n)}
+    if categorical:
+        correct = (predictive.predicted_class() == y[..., 0].long()) & mask
+        scores["accuracy"] = float(correct.sum() / n)
+    else:
+        scores.update(_interval_metrics(predictive, y, mask, level))
+    if per_task:
+        scores["task_loglik"] = logp.sum(-1) / mask.sum(-1)
+    return scores
+
+
+def _interval_metrics(predictive: MixturePredictive, y: torch.Tensor, mask: torch.Tensor, level: float) -> dict:
+    """``mse`` and the coverage of the central ``level`` interval (:func:`point_metrics`)."""
+    n = mask.sum()
     sq = torch.where(mask, ((predictive.predictive_mean() - y) ** 2).mean(-1), 0.0)
     u = predictive.cdf(y)
     tail = (1 - level) / 2
     inside = ((u >= tail) & (u <= 1 - tail)).all(-1)
     key = f"coverage{int(round(level * 100))}"
-    return {"loglik": float(logp.sum() / n), "mse": float(sq.sum() / n),
-            key: float((inside & mask).sum() / n)}
+    return {"mse": float(sq.sum() / n), key: float((inside & mask).sum() / n)}
