@@ -20,6 +20,12 @@ Prior of φ2 (``prior``):
 
 - ``"linear"``: μ = g(m) + L φ1, σ = σ(m). φ1 is a non-centred task residual and
   p(φ2 | m) = N(g(m), L Lᵀ + diag σ(m)²) in closed form.
+- ``"affine"``: μ = b + W m̃ + r(m̃) + L φ1, σ one learned vector, where m̃ = [m, missing
+  flags] (:func:`~hierarchical_meta.networks.metadata_features`) and the residual MLP r
+  starts at zero: p(φ2 | m) = N(b + W m̃ + r(m̃), L Lᵀ + diag σ²), a mixed model's random
+  effects (fixed effects linear in m, one covariance Ψ = L Lᵀ + diag σ² for all tasks)
+  until the data ask for more. The covariance does not depend on m, so a few tasks per
+  value of m cannot shrink it.
 - ``"mlp"``: μ = L φ1 + MLP(φ1, m), σ = σ(φ1, m): a neural conditional Gaussian whose
   marginal p(φ2 | m) can be non-Gaussian (rings, mixtures).
 
@@ -28,7 +34,17 @@ Decoder f_θ (``decoder``), with Dout = Dy (normal) or C (categorical) outputs:
 - ``"features"``: f(x, φ2) = ⟨h_θ(x), φ2⟩ + c_θ(x), Bayesian linear regression on learned
   features (y is linear in φ2, so with the linear prior and a normal likelihood the
   evidence is closed form; categorical: multinomial logistic regression on the features);
+- ``"polynomial"``: f(x, φ2) = ⟨P(x) + h_θ(x), φ2⟩ + c_θ(x), with P(x) the polynomial terms
+  [1, x, x², ..., x^degree] of every input dim (1 + degree Dx terms, x standardized), output
+  o's in the coordinates o P .. (o + 1) P - 1 of φ2, and the learned residual h, c of
+  ``"features"`` starting at zero. With the linear or affine prior it starts as a linear
+  mixed model in P(x) (random coefficients φ2; the textbook model at degree 1) and learns
+  the curve's shape as data allow; it needs D >= Dout P.
 - ``"mlp"``: f(x, φ2) = MLP([x, φ2]).
+
+With the decoders linear in φ2 (features, polynomial), the linear or affine prior and a
+normal likelihood with constant noise the model is linear-Gaussian (:attr:`GenerativeModel.linear_gaussian`):
+its evidence and predictive are Gaussian in closed form (:mod:`hierarchical_meta.predict`).
 
 Observed m and x are sample sites with a flat (improper) density so that
 ``pyro.render_model`` draws them; their log-density is zero and leaves the ELBO
@@ -48,10 +64,10 @@ from torch import nn
 
 from .networks import MLP, cat_broadcast, metadata_features, positive
 
-__all__ = ["GenerativeModel", "check_likelihood", "NOISES"]
+__all__ = ["GenerativeModel", "check_likelihood", "check_polynomial", "polynomial_terms", "NOISES"]
 
-PRIORS = ("linear", "mlp")
-DECODERS = ("features", "mlp")
+PRIORS = ("linear", "mlp", "affine")
+DECODERS = ("features", "mlp", "polynomial")
 LIKELIHOODS = ("normal", "categorical")
 NOISES = ("constant", "heteroscedastic")
 INITIAL_NOISE = 0.3  # s at initialization, learned from there
@@ -81,11 +97,34 @@ def check_likelihood(likelihood: str, num_classes: int | None, y_dim: int,
         raise ValueError(f"noise_std={noise_std} applies to likelihood='normal' only; leave it None")
 
 
+def polynomial_terms(x: torch.Tensor, degree: int) -> torch.Tensor:
+    """[1, x, x², ..., x^degree] of every input dim: x [..., Dx] -> [..., 1 + degree Dx]."""
+    return torch.cat([torch.ones_like(x[..., :1])] + [x ** k for k in range(1, degree + 1)], -1)
+
+
+def check_polynomial(degree: int, x_dim: int, outputs: int, latent_dim: int) -> None:
+    """Raise ``ValueError`` unless φ2 (``latent_dim`` D) holds the polynomial coefficients of every output."""
+    if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
+        raise ValueError(f"polynomial_degree must be an integer >= 1 (1: straight lines), got {degree!r}")
+    needed = outputs * (1 + degree * x_dim)
+    if latent_dim < needed:
+        raise ValueError(f"decoder='polynomial' of degree {degree} on x_dim={x_dim} with {outputs} output(s) has "
+                         f"{needed} coefficients in φ2: latent_dim must be >= {needed}, got {latent_dim} "
+                         "(raise --latent-dim or lower the degree)")
+
+
+def _zero_last_layer(network: nn.Sequential) -> nn.Sequential:
+    """``network`` with its last layer's weights and bias zero: it starts as the zero function."""
+    nn.init.zeros_(network[-1].weight)
+    nn.init.zeros_(network[-1].bias)
+    return network
+
+
 class GenerativeModel(nn.Module):
     def __init__(self, x_dim: int = 1, y_dim: int = 1, metadata_dim: int = 2, latent_dim: int = 4,
                  hidden: int = 64, layers: int = 2, prior: str = "mlp", decoder: str = "features",
                  noise_std: float | None = None, likelihood: str = "normal",
-                 num_classes: int | None = None, noise: str = "constant"):
+                 num_classes: int | None = None, noise: str = "constant", polynomial_degree: int = 2):
         super().__init__()
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
@@ -98,15 +137,16 @@ class GenerativeModel(nn.Module):
         D, M = latent_dim, 2 * metadata_dim  # metadata features carry missing flags
         out = y_dim if likelihood == "normal" else num_classes  # Dout: outputs of f
         self.phi1_to_phi2 = nn.Linear(D, D, bias=False)  # L
-        if prior == "linear":
-            self.prior_mean = MLP(M, D, hidden, layers)  # g(m)
-            self.prior_scale = MLP(M, D, hidden, layers)  # σ(m)
-        else:
-            self.prior_mean = MLP(D + M, D, hidden, layers)
-            self.prior_scale = MLP(D + M, D, hidden, layers)
-        if decoder == "features":
+        self._build_prior(prior, D, M, hidden, layers)
+        if decoder == "polynomial":
+            check_polynomial(polynomial_degree, x_dim, out, D)
+            self.polynomial_degree = polynomial_degree
+        if decoder in ("features", "polynomial"):
             self.features = MLP(x_dim, out * D, hidden, layers)  # h(x)
             self.offset = MLP(x_dim, out, hidden, layers)  # c(x)
+            if decoder == "polynomial":  # the residual starts at zero
+                _zero_last_layer(self.features)
+                _zero_last_layer(self.offset)
         else:
             self.net = MLP(x_dim + D, out, hidden, layers)
         if likelihood == "categorical":
@@ -124,6 +164,26 @@ class GenerativeModel(nn.Module):
             if noise_std <= 0:
                 raise ValueError(f"noise_std must be > 0 (or None to learn it), got {noise_std}")
             self.register_buffer("fixed_noise", torch.full((y_dim,), float(noise_std)))
+
+    def _build_prior(self, prior: str, D: int, M: int, hidden: int, layers: int) -> None:
+        """The networks of p(φ2 | φ1, m) besides L (the module docstring)."""
+        if prior == "linear":
+            self.prior_mean = MLP(M, D, hidden, layers)  # g(m)
+            self.prior_scale = MLP(M, D, hidden, layers)  # σ(m)
+        elif prior == "affine":
+            self.prior_linear = nn.Linear(M, D)  # b + W m̃
+            self.prior_mean = _zero_last_layer(MLP(M, D, hidden, layers))  # r(m̃), zero at the start
+            self.raw_prior_scale = nn.Parameter(torch.zeros(D))  # σ = softplus(raw) + 10⁻³
+        else:
+            self.prior_mean = MLP(D + M, D, hidden, layers)
+            self.prior_scale = MLP(D + M, D, hidden, layers)
+
+    @property
+    def linear_gaussian(self) -> bool:
+        """Whether y is linear in φ2 with Gaussian noise of constant scale and p(φ2 | m) Gaussian:
+        then the evidence and the predictive are closed form (the module docstring)."""
+        return (self.prior in ("linear", "affine") and self.decoder in ("features", "polynomial")
+                and self.likelihood_name == "normal" and self.noise == "constant")
 
     # -- conditional distributions (broadcast over leading dims) ------------------------
     def noise_std(self) -> torch.Tensor:
@@ -154,6 +214,9 @@ class GenerativeModel(nn.Module):
         if self.prior == "linear":
             mean = self.prior_mean(m) + self.phi1_to_phi2(phi1)
             return mean, positive(self.prior_scale(m)).expand(mean.shape)
+        if self.prior == "affine":
+            mean = self.prior_linear(m) + self.prior_mean(m) + self.phi1_to_phi2(phi1)
+            return mean, positive(self.raw_prior_scale).expand(mean.shape)
         h = cat_broadcast([phi1, m])
         return self.phi1_to_phi2(phi1) + self.prior_mean(h), positive(self.prior_scale(h))
 
@@ -161,12 +224,25 @@ class GenerativeModel(nn.Module):
         """p(φ2 | φ1, m): phi1 [..., T, 1, D], metadata [T, 1, Dm] -> event [D]."""
         return dist.Normal(*self.phi2_prior_params(phi1, metadata)).to_event(1)
 
+    def design(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder linear in φ2 as f(x, φ2) = ⟨H(x), φ2⟩ + c(x): x [T, N, Dx] -> H [T, N, Dout, D]
+        (h(x), plus P(x) for ``"polynomial"``) and c [T, N, Dout]."""
+        if self.decoder not in ("features", "polynomial"):
+            raise ValueError(f"decoder={self.decoder!r} is not linear in φ2 (features and polynomial are)")
+        h = self.features(x).unflatten(-1, (-1, self.latent_dim))  # [T, N, Dout, D]
+        if self.decoder == "polynomial":
+            terms = polynomial_terms(x, self.polynomial_degree)  # [T, N, P]
+            out = h.shape[-2]
+            blocks = (torch.eye(out, dtype=x.dtype, device=x.device)[:, :, None] * terms[..., None, None, :])
+            h = h + nn.functional.pad(blocks.flatten(-2), (0, self.latent_dim - out * terms.shape[-1]))
+        return h, self.offset(x)
+
     def decode(self, phi2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """f(x, φ2): phi2 [..., T, 1, D], x [T, N, Dx] -> [..., T, N, Dout] (mean or logits)."""
-        if self.decoder == "features":
-            h = self.features(x).unflatten(-1, (-1, self.latent_dim))  # [T, N, Dout, D]
-            return (h * phi2[..., None, :]).sum(-1) + self.offset(x)  # ⟨h(x), φ2⟩
-        return self.net(cat_broadcast([x, phi2]))
+        if self.decoder == "mlp":
+            return self.net(cat_broadcast([x, phi2]))
+        h, c = self.design(x)
+        return (h * phi2[..., None, :]).sum(-1) + c  # ⟨H(x), φ2⟩ + c(x)
 
     def predictive_mean(self, phi2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """E[y | φ2, x] = f(x, φ2) of the normal likelihood: [..., T, N, Dy]."""
