@@ -28,7 +28,7 @@ __all__ = ["ModelConfig", "HierarchicalMetaModel", "load_checkpoint", "ADDED_FIE
 
 #: ModelConfig fields newer than the checkpoint format: a checkpoint without them was written
 #: before they existed, and its model is the one their defaults build.
-ADDED_FIELDS = ("polynomial_degree",)
+ADDED_FIELDS = ("polynomial_degree", "student_df")
 
 
 @dataclasses.dataclass
@@ -42,7 +42,8 @@ class ModelConfig:
     ``likelihood="categorical"`` with ``num_classes`` = C (and y_dim = 1) makes it a
     classifier: y holds class indices and :meth:`HierarchicalMetaModel.predict` returns a
     ``CategoricalMixturePredictive``. ``polynomial_degree`` is the degree of the
-    ``decoder="polynomial"`` terms (model.py). Fields added after the first checkpoints
+    ``decoder="polynomial"`` terms, ``student_df`` the fixed degrees of freedom of
+    ``likelihood="student"`` (None: learned; model.py). Fields added after the first checkpoints
     (:data:`ADDED_FIELDS`) take their defaults when a checkpoint lacks them.
     """
 
@@ -62,6 +63,7 @@ class ModelConfig:
     likelihood: str = "normal"
     num_classes: int | None = None
     polynomial_degree: int = 2
+    student_df: float | None = None
 
     def __post_init__(self):
         for name in ("x_dim", "y_dim", "latent_dim", "hidden", "guide_components"):
@@ -77,7 +79,7 @@ class ModelConfig:
             raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
         if self.noise_std is not None and not (math.isfinite(self.noise_std) and self.noise_std > 0):
             raise ValueError(f"noise_std must be a finite number > 0 (or None to learn it), got {self.noise_std}")
-        check_likelihood(self.likelihood, self.num_classes, self.y_dim, self.noise_std, self.noise)
+        check_likelihood(self.likelihood, self.num_classes, self.y_dim, self.noise_std, self.noise, self.student_df)
         if self.decoder == "polynomial":
             outputs = self.num_classes if self.likelihood == "categorical" else self.y_dim
             check_polynomial(self.polynomial_degree, self.x_dim, outputs, self.latent_dim)
@@ -97,7 +99,7 @@ class HierarchicalMetaModel(nn.Module):
                       latent_dim=c.latent_dim, hidden=c.hidden, layers=c.layers)
         self.model = GenerativeModel(prior=c.prior, decoder=c.decoder, noise_std=c.noise_std, noise=c.noise,
                                      likelihood=c.likelihood, num_classes=c.num_classes,
-                                     polynomial_degree=c.polynomial_degree, **shared)
+                                     polynomial_degree=c.polynomial_degree, student_df=c.student_df, **shared)
         self.guide = AmortizedGuide(sees_metadata=c.guide_sees_metadata, num_classes=c.num_classes,
                                     components=c.guide_components, **shared)
 

@@ -5,12 +5,17 @@ Per task t (plate ``tasks``) and point n (plate ``points``, nested)::
     φ1_t ~ N(0, I_D)
     φ2_t ~ p_θ(φ2 | φ1_t, m_t) = N(μ_θ(φ1_t, m_t), diag σ_θ(φ1_t, m_t)²)
     y_tn ~ p_θ(y | φ2_t, x_tn) = N(f_θ(x_tn, φ2_t), diag s²)      (likelihood "normal")
+    y_tn ~ p_θ(y | φ2_t, x_tn) = t_ν(f_θ(x_tn, φ2_t), diag s²)    (likelihood "student")
     y_tn ~ p_θ(y | φ2_t, x_tn) = Cat(softmax f_θ(x_tn, φ2_t))      (likelihood "categorical")
 
 Likelihood (``likelihood``): ``"normal"`` (regression, f has Dy outputs, learned or fixed
 noise s; with ``noise="heteroscedastic"`` the noise depends on the input and the task,
 s(x, φ2) = softplus(⟨h_s(x), φ2⟩ + c_s(x)) + 10⁻³ per output dim, starting at 0.3
-everywhere) or ``"categorical"`` (classification into ``num_classes`` = C classes, f gives C
+everywhere), ``"student"`` (the same with Student-t noise of scale s and ν degrees of
+freedom, one per output dim: ``student_df``, or learned, ν = 1 + softplus(·) starting at
+:data:`INITIAL_DF`; ν > 1 so that the predictive has a mean; its tails fall off as
+|y|^-(ν+1), so a point far from f costs about (ν + 1) log|y - f| nats instead of
+(y - f)²/2s²) or ``"categorical"`` (classification into ``num_classes`` = C classes, f gives C
 logits). Categorical y is stored like a regression target, a float tensor [T, N, 1]
 holding the class index (as the memorization scenarios store labels), so every caller
 passes y the same way; ``Categorical.log_prob`` reads it as an index. Padded slots of a
@@ -64,29 +69,34 @@ from torch import nn
 
 from .networks import MLP, cat_broadcast, metadata_features, positive
 
-__all__ = ["GenerativeModel", "check_likelihood", "check_polynomial", "polynomial_terms", "NOISES"]
+__all__ = ["GenerativeModel", "check_likelihood", "check_polynomial", "polynomial_terms", "LIKELIHOODS", "NOISES"]
 
 PRIORS = ("linear", "mlp", "affine")
 DECODERS = ("features", "mlp", "polynomial")
-LIKELIHOODS = ("normal", "categorical")
+LIKELIHOODS = ("normal", "student", "categorical")
+CONTINUOUS = ("normal", "student")  # the likelihoods of a regression, with a noise scale s
 NOISES = ("constant", "heteroscedastic")
 INITIAL_NOISE = 0.3  # s at initialization, learned from there
+INITIAL_DF = 4.0  # a learned ν at initialization
 
 
 def check_likelihood(likelihood: str, num_classes: int | None, y_dim: int,
-                     noise_std: float | None = None, noise: str = "constant") -> None:
+                     noise_std: float | None = None, noise: str = "constant", student_df: float | None = None) -> None:
     """Raise ``ValueError`` unless the likelihood options fit together (shared by the config)."""
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
     if noise not in NOISES:
         raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
-    if noise == "heteroscedastic" and (likelihood != "normal" or noise_std is not None):
-        raise ValueError("noise='heteroscedastic' learns s(x, φ2) of likelihood='normal': it takes no fixed "
-                         f"noise_std (got {noise_std}) and no categorical likelihood (got {likelihood!r})")
-    if likelihood == "normal":
+    if student_df is not None and (likelihood != "student" or not (math.isfinite(student_df) and student_df > 1)):
+        raise ValueError(f"student_df={student_df} is the fixed degrees of freedom ν of likelihood='student', a "
+                         f"finite number > 1 (None learns ν); the likelihood is {likelihood!r}")
+    if noise == "heteroscedastic" and (likelihood not in CONTINUOUS or noise_std is not None):
+        raise ValueError("noise='heteroscedastic' learns s(x, φ2) of a normal or student likelihood: it takes no "
+                         f"fixed noise_std (got {noise_std}) and no categorical likelihood (got {likelihood!r})")
+    if likelihood in CONTINUOUS:
         if num_classes is not None:
             raise ValueError(f"num_classes={num_classes} needs likelihood='categorical' "
-                             "(the normal likelihood has no classes)")
+                             f"(the {likelihood} likelihood has no classes)")
         return
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"likelihood='categorical' needs num_classes >= 2, got {num_classes!r}")
@@ -124,36 +134,49 @@ class GenerativeModel(nn.Module):
     def __init__(self, x_dim: int = 1, y_dim: int = 1, metadata_dim: int = 2, latent_dim: int = 4,
                  hidden: int = 64, layers: int = 2, prior: str = "mlp", decoder: str = "features",
                  noise_std: float | None = None, likelihood: str = "normal",
-                 num_classes: int | None = None, noise: str = "constant", polynomial_degree: int = 2):
+                 num_classes: int | None = None, noise: str = "constant", polynomial_degree: int = 2,
+                 student_df: float | None = None):
         super().__init__()
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
-        check_likelihood(likelihood, num_classes, y_dim, noise_std, noise)
+        check_likelihood(likelihood, num_classes, y_dim, noise_std, noise, student_df)
         self.x_dim, self.y_dim, self.metadata_dim, self.latent_dim = x_dim, y_dim, metadata_dim, latent_dim
         self.prior, self.decoder, self.noise = prior, decoder, noise
         self.likelihood_name, self.num_classes = likelihood, num_classes
         D, M = latent_dim, 2 * metadata_dim  # metadata features carry missing flags
-        out = y_dim if likelihood == "normal" else num_classes  # Dout: outputs of f
+        out = num_classes if likelihood == "categorical" else y_dim  # Dout: outputs of f
         self.phi1_to_phi2 = nn.Linear(D, D, bias=False)  # L
         self._build_prior(prior, D, M, hidden, layers)
+        self._build_decoder(decoder, out, hidden, layers, polynomial_degree)
+        if likelihood == "categorical":
+            return  # no observation noise
+        if likelihood == "student":
+            self._build_df(student_df)
+        self._build_noise(noise, noise_std, hidden, layers)
+
+    def _build_decoder(self, decoder: str, out: int, hidden: int, layers: int, polynomial_degree: int) -> None:
+        """The networks of f(x, φ2) with ``out`` = Dout outputs (the module docstring)."""
+        D = self.latent_dim
         if decoder == "polynomial":
-            check_polynomial(polynomial_degree, x_dim, out, D)
+            check_polynomial(polynomial_degree, self.x_dim, out, D)
             self.polynomial_degree = polynomial_degree
         if decoder in ("features", "polynomial"):
-            self.features = MLP(x_dim, out * D, hidden, layers)  # h(x)
-            self.offset = MLP(x_dim, out, hidden, layers)  # c(x)
+            self.features = MLP(self.x_dim, out * D, hidden, layers)  # h(x)
+            self.offset = MLP(self.x_dim, out, hidden, layers)  # c(x)
             if decoder == "polynomial":  # the residual starts at zero
                 _zero_last_layer(self.features)
                 _zero_last_layer(self.offset)
         else:
-            self.net = MLP(x_dim + D, out, hidden, layers)
-        if likelihood == "categorical":
-            return  # no observation noise
+            self.net = MLP(self.x_dim + D, out, hidden, layers)
+
+    def _build_noise(self, noise: str, noise_std: float | None, hidden: int, layers: int) -> None:
+        """The observation noise s: learned or fixed per output dim, or s(x, φ2) (the module docstring)."""
+        y_dim, D = self.y_dim, self.latent_dim
         raw_initial = math.log(math.expm1(INITIAL_NOISE))
         if noise == "heteroscedastic":  # h_s(x) [Dy D] and c_s(x) [Dy], starting at s = 0.3 everywhere
-            self.noise_features = MLP(x_dim, y_dim * (D + 1), hidden, layers)
+            self.noise_features = MLP(self.x_dim, y_dim * (D + 1), hidden, layers)
             last = self.noise_features[-1]
             nn.init.zeros_(last.weight)
             nn.init.constant_(last.bias, 0.0)
@@ -178,6 +201,19 @@ class GenerativeModel(nn.Module):
             self.prior_mean = MLP(D + M, D, hidden, layers)
             self.prior_scale = MLP(D + M, D, hidden, layers)
 
+    def _build_df(self, student_df: float | None) -> None:
+        """ν of the student likelihood, one per output dim: fixed, or learned from :data:`INITIAL_DF`."""
+        if student_df is None:
+            self.raw_df = nn.Parameter(torch.full((self.y_dim,), math.log(math.expm1(INITIAL_DF - 1))))
+        else:
+            self.register_buffer("fixed_df", torch.full((self.y_dim,), float(student_df)))
+
+    def df(self) -> torch.Tensor:
+        """ν [Dy] of the student likelihood (> 1)."""
+        if self.likelihood_name != "student":
+            raise ValueError(f"df is the degrees of freedom of likelihood='student', not {self.likelihood_name!r}")
+        return 1 + nn.functional.softplus(self.raw_df) if hasattr(self, "raw_df") else self.fixed_df
+
     @property
     def linear_gaussian(self) -> bool:
         """Whether y is linear in φ2 with Gaussian noise of constant scale and p(φ2 | m) Gaussian:
@@ -187,14 +223,14 @@ class GenerativeModel(nn.Module):
 
     # -- conditional distributions (broadcast over leading dims) ------------------------
     def noise_std(self) -> torch.Tensor:
-        """s [Dy] of the normal likelihood with constant noise."""
-        if self.likelihood_name != "normal" or self.noise != "constant":
-            raise ValueError(f"noise_std is the constant noise of likelihood='normal'; this model has "
+        """s [Dy] of the normal (or student) likelihood with constant noise."""
+        if self.likelihood_name not in CONTINUOUS or self.noise != "constant":
+            raise ValueError(f"noise_std is the constant noise of likelihood='normal' or 'student'; this model has "
                              f"likelihood={self.likelihood_name!r}, noise={self.noise!r} (use scale(phi2, x))")
         return positive(self.raw_noise) if hasattr(self, "raw_noise") else self.fixed_noise
 
     def scale(self, phi2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """s(x, φ2) of the normal likelihood: phi2 [..., T, 1, D], x [T, N, Dx] -> [..., T, N, Dy]."""
+        """s(x, φ2) of the normal or student likelihood: phi2 [..., T, 1, D], x [T, N, Dx] -> [..., T, N, Dy]."""
         if self.noise == "constant":
             shape = torch.broadcast_shapes(phi2.shape[:-1], x.shape[:-1])  # [..., T, N]
             return self.noise_std().expand(*shape, self.y_dim)
@@ -245,9 +281,9 @@ class GenerativeModel(nn.Module):
         return (h * phi2[..., None, :]).sum(-1) + c  # ⟨H(x), φ2⟩ + c(x)
 
     def predictive_mean(self, phi2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """E[y | φ2, x] = f(x, φ2) of the normal likelihood: [..., T, N, Dy]."""
-        if self.likelihood_name != "normal":
-            raise ValueError("predictive_mean is the normal likelihood's mean; with likelihood="
+        """E[y | φ2, x] = f(x, φ2) of the normal or student likelihood: [..., T, N, Dy]."""
+        if self.likelihood_name not in CONTINUOUS:
+            raise ValueError("predictive_mean is the normal or student likelihood's mean; with likelihood="
                              f"{self.likelihood_name!r}, decode(phi2, x) gives the class logits")
         return self.decode(phi2, x)
 
@@ -256,7 +292,10 @@ class GenerativeModel(nn.Module):
         f = self.decode(phi2, x)
         if self.likelihood_name == "categorical":
             return dist.Categorical(logits=f[..., None, :]).to_event(1)  # logits [..., T, N, 1, C]
-        return dist.Normal(f, self.scale(phi2, x).expand(f.shape)).to_event(1)
+        scale = self.scale(phi2, x).expand(f.shape)
+        if self.likelihood_name == "student":
+            return dist.StudentT(self.df().expand(f.shape), f, scale).to_event(1)
+        return dist.Normal(f, scale).to_event(1)
 
     # -- the Pyro model -------------------------------------------------------------------
     def forward(self, x: torch.Tensor, metadata: torch.Tensor, y: torch.Tensor | None = None,

@@ -96,7 +96,8 @@ def posterior_predictive(model, guide, x_support, y_support, metadata, support_m
     if model.likelihood_name == "categorical":
         return CategoricalMixturePredictive(log_w.T, f.transpose(0, 1)), log_evidence
     mean, std = f, model.scale(phi2, x_query).expand(f.shape)
-    predictive = MixturePredictive(log_w.T, mean.transpose(0, 1), std.transpose(0, 1))
+    df = model.df().detach() if model.likelihood_name == "student" else None  # Student-t components
+    predictive = MixturePredictive(log_w.T, mean.transpose(0, 1), std.transpose(0, 1), df)
     return predictive, log_evidence
 
 
