@@ -194,7 +194,7 @@ class GenerativeModel(nn.Module):
             self.prior_mean = MLP(M, D, hidden, layers)  # g(m)
             self.prior_scale = MLP(M, D, hidden, layers)  # σ(m)
         elif prior == "affine":
-            self.prior_linear = nn.Linear(M, D)  # b + W m̃
+            self.prior_linear = MLP(M, D, layers=0)  # b + W m̃ (an affine map, also of no metadata)
             self.prior_mean = _zero_last_layer(MLP(M, D, hidden, layers))  # r(m̃), zero at the start
             self.raw_prior_scale = nn.Parameter(torch.zeros(D))  # σ = softplus(raw) + 10⁻³
         else:
