@@ -2,7 +2,8 @@
 
 Two latents per task, φ1 → φ2, with φ2 ~ p(φ2 | φ1, m) and y ~ p(y | φ2, x); an amortized
 guide q(φ2 | X, Y) q(φ1 | φ2, m); training by the ELBO with Pyro; prediction on new tasks
-from a few labelled points plus metadata by importance sampling the whole posterior.
+from a few labelled points plus metadata by importance sampling the whole posterior (in
+closed form where the model is linear-Gaussian).
 
 The public names are imported on first use (PEP 562), so ``import hierarchical_meta.runfiles``
 or ``hierarchical_meta.errors`` stays cheap and loads neither torch nor Pyro.

@@ -22,7 +22,7 @@ from .compare import run_compare
 from .errors import DEBUG_ENV, report_errors
 from .evaluate import EvalConfig
 from .meta_model import ModelConfig
-from .model import DECODERS, NOISES, PRIORS
+from .model import CONTINUOUS, DECODERS, NOISES, PRIORS
 from .pipeline import run_demo, run_fit, run_predict
 from .predict import NUM_SAMPLES, PREDICT_CHUNK
 from .runfiles import check_output_file
@@ -184,8 +184,14 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--guide", choices=("data", "data+metadata"),
                    default="data+metadata" if MODEL.guide_sees_metadata else "data",
                    help="what q(φ2 | ...) sees: the support set, or the support set and m")
+    m.add_argument("--polynomial-degree", type=positive_int, default=MODEL.polynomial_degree,
+                   help="degree of --decoder polynomial's terms (it needs --latent-dim >= 1 + degree·x_dim)")
     m.add_argument("--noise", choices=NOISES, default=MODEL.noise,
                    help="observation noise of p(y | φ2, x): one learned s, or s(x, φ2) (heteroscedastic)")
+    m.add_argument("--likelihood", choices=CONTINUOUS, default=MODEL.likelihood,
+                   help="distribution of the noise: normal, or Student-t (heavy tails)")
+    m.add_argument("--student-df", type=float, default=MODEL.student_df,
+                   help="degrees of freedom ν > 1 of --likelihood student (default: learned)")
     m.add_argument("--guide-components", type=positive_int, default=MODEL.guide_components,
                    help="q(φ2 | ...) is a mixture of this many Gaussians (1: one Gaussian)")
     e = p.add_argument_group("evaluation")
@@ -323,7 +329,9 @@ def configs(args, family: TaskFamily):
                         latent_dim=args.latent_dim, hidden=args.hidden, layers=args.layers,
                         prior=args.prior, decoder=args.decoder,
                         guide_sees_metadata=args.guide == "data+metadata", use_metadata=use_metadata,
-                        guide_components=args.guide_components, noise=args.noise)
+                        guide_components=args.guide_components, noise=args.noise,
+                        polynomial_degree=args.polynomial_degree, likelihood=args.likelihood,
+                        student_df=args.student_df)
     train = TrainConfig(steps=args.steps, batch_tasks=args.batch_tasks, max_points=args.max_points,
                         min_points=args.min_points, lr=args.lr, lr_decay=args.lr_decay, clip_norm=args.clip_norm,
                         anneal_steps=args.anneal_steps, metadata_dropout=args.metadata_dropout,

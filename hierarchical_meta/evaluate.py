@@ -10,7 +10,10 @@ For each number of support points K, the same held-out tasks keep their first K 
 points, and the predictor is scored on a disjoint query set, per query point:
 ``loglik`` (log of the predictive density), ``mse`` (of the predictive mean) and
 ``coverage90`` (fraction of query points inside the central 90% predictive interval);
-``accuracy`` for classification (:func:`~hierarchical_meta.predictive.point_metrics`).
+``accuracy`` for classification (:func:`~hierarchical_meta.predictive.point_metrics`); and the
+worst task: ``worst_group_loglik``, the lowest of the tasks' mean loglik per point (a data set's
+group pooled over draws), and ``worst_group``, which one (a predictive that is confidently
+wrong on one atypical group shows here, not in the mean).
 Beside it, where the family has them: the exact-Bayes reference (``oracle_*``,
 ``family.exact_predictive``) and the noise floor (``family.noise_floor_log_prob``: the true
 function with the known noise); and the same predictor with the metadata shuffled across
@@ -45,8 +48,8 @@ from .tasks import TaskBatch, TaskFamily
 from .tasks.schema import TabularSchema
 
 __all__ = ["SHOTS", "MIN_GROUP_FRACTION", "EvalConfig", "Predictor", "evaluate", "heldout_tasks",
-           "shuffle_metadata", "importance_metrics", "user_metrics", "comparable_groups", "scored_groups",
-           "count_groups"]
+           "shuffle_metadata", "task_metrics", "importance_metrics", "user_metrics", "comparable_groups",
+           "scored_groups", "count_groups"]
 
 SHOTS = (0, 1, 2, 5, 10)
 #: A K is evaluated on a fixed data set only if at least this fraction of its test groups have more than K rows.
@@ -54,7 +57,8 @@ MIN_GROUP_FRACTION = 0.5
 
 #: TaskBatch -> predictive distribution of its query points (None: no prediction, skipped).
 Predictor = Callable[[TaskBatch], Any]
-#: (predictive, y_query [T, Q, Dy], query_mask [T, Q]) -> {metric: mean over the unmasked points}.
+#: (predictive, y_query [T, Q, Dy], query_mask [T, Q]) -> {metric: mean over the unmasked points}, and
+#: optionally ``task_loglik``: each task's mean loglik per point, a tensor [T] (NaN for a task without points).
 Metrics = Callable[[Any, torch.Tensor, torch.Tensor], dict[str, float]]
 
 
@@ -108,39 +112,93 @@ def shuffle_metadata(batch: TaskBatch) -> TaskBatch:
     return batch.with_metadata(batch.metadata.roll(1, 0))
 
 
+def task_metrics(predictive, y: torch.Tensor, mask: torch.Tensor) -> dict:
+    """:func:`~hierarchical_meta.predictive.point_metrics` with ``task_loglik`` (each task's mean loglik)."""
+    return point_metrics(predictive, y, mask, per_task=True)
+
+
+def _group_label(family: TaskFamily) -> Callable[[Any], str]:
+    """Names a group key of :func:`_group_keys`: a data set's group label, or "task i of draw d"."""
+    def label(key) -> str:
+        return str(family.group_ids[key]) if isinstance(key, int) else f"task {key[1]} of draw {key[0]}"
+    return label
+
+
+def _group_keys(batch: TaskBatch, draw: int) -> list:
+    """Who each task of ``batch`` is, the same in every draw and K: a data set's group index
+    (``params["group_index"]``), else the task's place ``(draw, task)`` (fresh tasks per draw)."""
+    if "group_index" in batch.params:
+        return batch.params["group_index"].tolist()
+    return [(draw, task) for task in range(batch.num_tasks)]
+
+
+class _Pool:
+    """Scores of chunks pooled over query points, and each group's loglik pooled over draws."""
+
+    def __init__(self):
+        self.totals, self.points, self.group_sums, self.group_counts = {}, 0, {}, {}
+
+    def add(self, scores: dict, mask: torch.Tensor, keys: list) -> None:
+        """One chunk's ``scores`` (means over its points, ``task_loglik`` per task) with its
+        ``query_mask`` [T, Q] and its tasks' group keys."""
+        n = int(mask.sum())
+        task_loglik = scores.pop("task_loglik", None)
+        for key, value in scores.items():
+            self.totals[key] = self.totals.get(key, 0.0) + value * n
+        self.points += n
+        if task_loglik is None:
+            return
+        for key, mean, count in zip(keys, task_loglik.tolist(), mask.sum(-1).tolist(), strict=True):
+            if count:
+                self.group_sums[key] = self.group_sums.get(key, 0.0) + mean * count
+                self.group_counts[key] = self.group_counts.get(key, 0) + count
+
+    def result(self, label: Callable[[Any], str]) -> dict:
+        """The pooled means, and where tasks were scored ``worst_group_loglik``, the lowest of
+        the groups' mean loglik per point, and ``worst_group``, its ``label``."""
+        result = {key: value / self.points for key, value in self.totals.items()}
+        if self.group_sums:
+            mean = {key: self.group_sums[key] / self.group_counts[key] for key in self.group_sums}
+            worst = min(mean, key=mean.get)
+            result.update(worst_group_loglik=mean[worst], worst_group=label(worst))
+        return result
+
+
 def _pooled(predictor: Predictor, batches: list[TaskBatch], chunk: int, metrics: Metrics,
-            bar) -> dict[str, float] | None:
-    """``metrics`` of ``predictor`` averaged over chunks of ``batches``, weighted by query points.
+            bar, label: Callable[[Any], str] = str) -> dict[str, float] | None:
+    """``metrics`` of ``predictor`` averaged over chunks of ``batches`` (one per draw), weighted by
+    query points, with the worst group (:class:`_Pool`; ``label`` names a group key).
 
     None as soon as the predictor returns None (a family without a reference).
     """
-    totals, points = {}, 0
-    for batch in batches:
+    pool = _Pool()
+    for draw, batch in enumerate(batches):
+        keys = _group_keys(batch, draw)
         for start in range(0, batch.num_tasks, chunk):
             part = batch.subset(slice(start, start + chunk))
-            n = int(part.query_mask.sum())
-            if n > 0:
+            if part.query_mask.any():
                 predictive = predictor(part)
                 if predictive is None:
                     return None
-                for key, value in metrics(predictive, part.y_query, part.query_mask).items():
-                    totals[key] = totals.get(key, 0.0) + value * n
-                points += n
+                pool.add(metrics(predictive, part.y_query, part.query_mask), part.query_mask,
+                         keys[start:start + chunk])
             if bar is not None:
                 bar.update(1)
-    return {key: value / points for key, value in totals.items()}
+    return pool.result(label)
 
 
 @torch.no_grad()
 def evaluate(predictor: Predictor, family: TaskFamily, config: EvalConfig | None = None,
-             metrics: Metrics = point_metrics, progress: bool = False) -> dict:
+             metrics: Metrics = task_metrics, progress: bool = False) -> dict:
     """Metrics per K on held-out tasks (see the module docstring); a JSON-ready dict.
 
     ``{"shots": {"K": {metric: value, "oracle_<metric>": ..., "num_tasks": tasks per draw,
-    "num_query_points": over all draws}}, "shuffled_metadata": {"shots": {"K": {...}}},
+    "num_query_points": over all draws, "worst_group_loglik": the lowest mean loglik per point of
+    one task (a data set's group, pooled over draws), "worst_group": its label}},
+    "shuffled_metadata": {"shots": {"K": {...}}},
     "noise_floor_loglik": ...}``; the reference, the shuffled scores and the noise floor where
     the family and ``config`` have them. ``metrics`` scores one chunk's predictive
-    (default :func:`~hierarchical_meta.predictive.point_metrics`). ``config`` defaults to
+    (default :func:`task_metrics`). ``config`` defaults to
     ``EvalConfig()``; ``progress`` shows a bar over the chunks of tasks.
     """
     config = config if config is not None else EvalConfig()
@@ -151,11 +209,12 @@ def evaluate(predictor: Predictor, family: TaskFamily, config: EvalConfig | None
     result = {"shots": {}}
     if config.shuffled_metadata:
         result["shuffled_metadata"] = {"shots": {}}
+    label = _group_label(family)
     with tqdm(total=total, disable=not progress, desc="evaluate", unit="chunk") as bar:
         for k in config.shots:
             bar.set_postfix_str(f"K={k}")
-            entry = _pooled(predictor, tasks[k], config.chunk, metrics, bar)
-            reference = _pooled(family.exact_predictive, tasks[k], config.chunk, point_metrics, None)
+            entry = _pooled(predictor, tasks[k], config.chunk, metrics, bar, label)
+            reference = _pooled(family.exact_predictive, tasks[k], config.chunk, task_metrics, None, label)
             if reference is not None:
                 entry.update({f"oracle_{key}": value for key, value in reference.items()})
             entry["num_tasks"] = tasks[k][0].num_tasks
@@ -163,7 +222,8 @@ def evaluate(predictor: Predictor, family: TaskFamily, config: EvalConfig | None
             result["shots"][str(k)] = entry
             if config.shuffled_metadata:
                 shuffled = [shuffle_metadata(b) for b in tasks[k]]
-                result["shuffled_metadata"]["shots"][str(k)] = _pooled(predictor, shuffled, config.chunk, metrics, bar)
+                result["shuffled_metadata"]["shots"][str(k)] = _pooled(predictor, shuffled, config.chunk, metrics, bar,
+                                                                        label)
     floors = [(family.noise_floor_log_prob(b), b.query_mask) for b in tasks[max(config.shots)]]
     if all(log_prob is not None for log_prob, _ in floors):  # the same query points for every K
         total_log_prob = sum((log_prob * mask).sum() for log_prob, mask in floors)
@@ -172,8 +232,8 @@ def evaluate(predictor: Predictor, family: TaskFamily, config: EvalConfig | None
 
 
 def importance_metrics(predictive, y: torch.Tensor, mask: torch.Tensor) -> dict:
-    """:func:`~hierarchical_meta.predictive.point_metrics` and ``ess``, the mean effective sample size."""
-    return {**point_metrics(predictive, y, mask), "ess": float(predictive.effective_sample_size().mean())}
+    """:func:`task_metrics` and ``ess``, the mean effective sample size."""
+    return {**task_metrics(predictive, y, mask), "ess": float(predictive.effective_sample_size().mean())}
 
 
 def user_metrics(schema: TabularSchema, importance: bool = False) -> Metrics:
@@ -183,7 +243,7 @@ def user_metrics(schema: TabularSchema, importance: bool = False) -> Metrics:
     def scores(predictive, y: torch.Tensor, mask: torch.Tensor) -> dict:
         user = schema.predictive_to_user(predictive)
         y_user = schema.y_to_user(y.double()).to(y.dtype)
-        return (importance_metrics if importance else point_metrics)(user, y_user, mask)
+        return (importance_metrics if importance else task_metrics)(user, y_user, mask)
     return scores
 
 

@@ -19,13 +19,16 @@ from torch import nn
 
 from .checkpoint import REFIT, Checkpoint
 from .guide import AmortizedGuide
-from .model import DECODERS, PRIORS, GenerativeModel, check_likelihood
-from .predict import NUM_SAMPLES, posterior_predictive
+from .model import DECODERS, PRIORS, GenerativeModel, check_likelihood, check_polynomial
+from .predict import NUM_SAMPLES, exact_predictive, posterior_predictive
 from .tasks import TaskBatch
 from .tasks.schema import MAX_INPUT  # the inputs the networks accept, as x, y and m reach them
 
-__all__ = ["ModelConfig", "HierarchicalMetaModel", "load_checkpoint"]
+__all__ = ["ModelConfig", "HierarchicalMetaModel", "load_checkpoint", "ADDED_FIELDS"]
 
+#: ModelConfig fields newer than the checkpoint format: a checkpoint without them was written
+#: before they existed, and its model is the one their defaults build.
+ADDED_FIELDS = ("polynomial_degree", "student_df")
 
 
 @dataclasses.dataclass
@@ -38,7 +41,10 @@ class ModelConfig:
     ``noise="heteroscedastic"`` lets the observation noise depend on x and the task (model.py).
     ``likelihood="categorical"`` with ``num_classes`` = C (and y_dim = 1) makes it a
     classifier: y holds class indices and :meth:`HierarchicalMetaModel.predict` returns a
-    ``CategoricalMixturePredictive``.
+    ``CategoricalMixturePredictive``. ``polynomial_degree`` is the degree of the
+    ``decoder="polynomial"`` terms, ``student_df`` the fixed degrees of freedom of
+    ``likelihood="student"`` (None: learned; model.py). Fields added after the first checkpoints
+    (:data:`ADDED_FIELDS`) take their defaults when a checkpoint lacks them.
     """
 
     x_dim: int = 1
@@ -56,6 +62,8 @@ class ModelConfig:
     noise: str = "constant"
     likelihood: str = "normal"
     num_classes: int | None = None
+    polynomial_degree: int = 2
+    student_df: float | None = None
 
     def __post_init__(self):
         for name in ("x_dim", "y_dim", "latent_dim", "hidden", "guide_components"):
@@ -71,7 +79,10 @@ class ModelConfig:
             raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
         if self.noise_std is not None and not (math.isfinite(self.noise_std) and self.noise_std > 0):
             raise ValueError(f"noise_std must be a finite number > 0 (or None to learn it), got {self.noise_std}")
-        check_likelihood(self.likelihood, self.num_classes, self.y_dim, self.noise_std, self.noise)
+        check_likelihood(self.likelihood, self.num_classes, self.y_dim, self.noise_std, self.noise, self.student_df)
+        if self.decoder == "polynomial":
+            outputs = self.num_classes if self.likelihood == "categorical" else self.y_dim
+            check_polynomial(self.polynomial_degree, self.x_dim, outputs, self.latent_dim)
 
 
 class HierarchicalMetaModel(nn.Module):
@@ -87,7 +98,8 @@ class HierarchicalMetaModel(nn.Module):
         shared = dict(x_dim=c.x_dim, y_dim=c.y_dim, metadata_dim=c.metadata_dim,
                       latent_dim=c.latent_dim, hidden=c.hidden, layers=c.layers)
         self.model = GenerativeModel(prior=c.prior, decoder=c.decoder, noise_std=c.noise_std, noise=c.noise,
-                                     likelihood=c.likelihood, num_classes=c.num_classes, **shared)
+                                     likelihood=c.likelihood, num_classes=c.num_classes,
+                                     polynomial_degree=c.polynomial_degree, student_df=c.student_df, **shared)
         self.guide = AmortizedGuide(sees_metadata=c.guide_sees_metadata, num_classes=c.num_classes,
                                     components=c.guide_components, **shared)
 
@@ -129,11 +141,17 @@ class HierarchicalMetaModel(nn.Module):
 
         Returns ``(predictive, log_evidence)``: a ``MixturePredictive``, or a
         ``CategoricalMixturePredictive`` for ``likelihood="categorical"``. ``log_evidence`` [T] estimates
-        log p(Y_support | X_support, m) by importance sampling.
+        log p(Y_support | X_support, m) by importance sampling. A linear-Gaussian model with one
+        output (``GenerativeModel.linear_gaussian``, y_dim 1) predicts in closed form instead
+        (:func:`~hierarchical_meta.predict.exact_predictive`: one Gaussian per query point, the exact
+        evidence; ``num_samples`` and ``defensive`` unused).
         """
         self.check_batch(batch)
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if self.model.linear_gaussian and self.config.y_dim == 1:
+            return exact_predictive(self.model, batch.x_support, batch.y_support, self.model_metadata(batch.metadata),
+                                    batch.support_mask, batch.x_query)
         return posterior_predictive(self.model, self.guide, batch.x_support, batch.y_support,
                                     self.model_metadata(batch.metadata), batch.support_mask,
                                     batch.x_query, num_samples=num_samples, defensive=defensive)
@@ -175,7 +193,7 @@ def _config_of(fields: dict) -> ModelConfig:
     if unknown:
         raise ValueError(f"it is from another version of hierarchical_meta: unknown model_config key(s) {unknown}; "
                          "refit it with this version (or use the version that wrote it)")
-    missing = [name for name in known if name not in fields]
+    missing = [name for name in known if name not in fields and name not in ADDED_FIELDS]
     if missing:
         raise ValueError(f"field 'model_config' lacks {missing}; {REFIT}")
     try:

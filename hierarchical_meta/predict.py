@@ -14,6 +14,15 @@ likelihood, categorical ones, Σ_s w_s softmax f(x, φ2_s)
 likelihood. The mean of the unnormalized weights estimates p(Y_s | X_s, m) (its log is a
 bound in expectation).
 With K = 0 support points the weights use the metadata alone.
+
+A linear-Gaussian model with one output (:attr:`~hierarchical_meta.model.GenerativeModel.linear_gaussian`:
+the linear or affine prior, a decoder linear in φ2, constant normal noise) needs no sampling:
+with p(φ2 | m) = N(μ0(m), Σ0 = L Lᵀ + diag σ²) and y = ⟨H(x), φ2⟩ + c(x) + N(0, s²),
+:func:`exact_predictive` conditions φ2 on the support in closed form
+(:mod:`hierarchical_meta.linear_gaussian`), and each query point's predictive is one Gaussian,
+N(H_q E[φ2 | support] + c_q, H_q Cov[φ2 | support] H_qᵀ + s²), with tails as wide as the
+model's spread of φ2 (a finite mixture of narrow components falls off at the width s beyond
+its outermost draw).
 """
 
 from __future__ import annotations
@@ -23,9 +32,10 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from . import linear_gaussian
 from .predictive import CategoricalMixturePredictive, MixturePredictive
 
-__all__ = ["NUM_SAMPLES", "PREDICT_CHUNK", "posterior_predictive", "predict_in_chunks"]
+__all__ = ["NUM_SAMPLES", "PREDICT_CHUNK", "posterior_predictive", "exact_predictive", "predict_in_chunks"]
 
 #: Importance samples per task: the default of every predictive of the model (docs/model.md
 #: measures the gap to exact Bayes against it).
@@ -86,8 +96,34 @@ def posterior_predictive(model, guide, x_support, y_support, metadata, support_m
     if model.likelihood_name == "categorical":
         return CategoricalMixturePredictive(log_w.T, f.transpose(0, 1)), log_evidence
     mean, std = f, model.scale(phi2, x_query).expand(f.shape)
-    predictive = MixturePredictive(log_w.T, mean.transpose(0, 1), std.transpose(0, 1))
+    df = model.df().detach() if model.likelihood_name == "student" else None  # Student-t components
+    predictive = MixturePredictive(log_w.T, mean.transpose(0, 1), std.transpose(0, 1), df)
     return predictive, log_evidence
+
+
+@torch.no_grad()
+def exact_predictive(model, x_support, y_support, metadata, support_mask, x_query):
+    """The closed-form posterior predictive of a linear-Gaussian model with one output (the module docstring).
+
+    Same arguments as :func:`posterior_predictive` (Dy = 1); returns ``(predictive, log_evidence [T])``,
+    a ``MixturePredictive`` of one component per task and the exact log p(Y_s | X_s, m).
+    """
+    if not (model.linear_gaussian and model.y_dim == 1):
+        raise ValueError("exact_predictive needs a linear-Gaussian model with one output (prior linear or affine, "
+                         "decoder features or polynomial, normal likelihood with constant noise, y_dim 1)")
+    phi1 = metadata.new_zeros(metadata.shape[0], 1, model.latent_dim)  # at φ1 = 0 the prior's mean is μ0(m)
+    mean0, scale0 = model.phi2_prior_params(phi1, metadata[:, None, :])  # [T, 1, D] each
+    L = model.phi1_to_phi2.weight
+    cov0 = L @ L.T + torch.diag_embed(scale0[:, 0] ** 2)  # Σ0 [T, D, D]
+    noise_var = model.noise_std() ** 2  # [1]
+    H_s, c_s = model.design(x_support)  # [T, K, 1, D], [T, K, 1]
+    support = (H_s[..., 0, :], (y_support - c_s)[..., 0], noise_var, support_mask, mean0[:, 0])
+    mean, cov = linear_gaussian.posterior(cov0, *support)  # [T, D], [T, D, D]
+    log_evidence = linear_gaussian.log_evidence(torch.linalg.cholesky(cov0), *support)
+    H_q, c_q = model.design(x_query)  # [T, Q, 1, D], [T, Q, 1]
+    y_mean, y_var = linear_gaussian.predictive(H_q[..., 0, :], mean, cov, noise_var)  # [T, Q] each
+    mean_q, std_q = y_mean[..., None] + c_q, y_var.sqrt()[..., None]  # [T, Q, 1]
+    return MixturePredictive(mean_q.new_zeros(mean_q.shape[0], 1), mean_q[:, None], std_q[:, None]), log_evidence
 
 
 def predict_in_chunks(predictor, batch, chunk: int = PREDICT_CHUNK, progress: bool = False):

@@ -8,7 +8,9 @@ components shared by all of that task's query points::
 
 Shapes: ``log_weights`` [T, S] (normalized or not), ``mean`` and ``std`` [T, S, Q, Dy].
 Metrics are per query point (``y`` [T, Q, Dy], ``mask`` [T, Q]); a point's density is
-the product over its Dy output dimensions.
+the product over its Dy output dimensions. With ``df`` = ν [Dy] the components are Student-t
+instead, t_ν(y_q; μ_sq, σ_sq²) (the model's student likelihood), whose CDF is the regularized
+incomplete beta function (:func:`student_t_cdf`).
 
 Classification (the model's categorical likelihood) mixes categorical distributions
 instead, :class:`CategoricalMixturePredictive`::
@@ -25,12 +27,51 @@ import math
 
 import torch
 
-__all__ = ["MixturePredictive", "CategoricalMixturePredictive", "point_metrics"]
+__all__ = ["MixturePredictive", "CategoricalMixturePredictive", "point_metrics", "student_t_cdf", "betainc"]
 
 
 def _compact(t: torch.Tensor) -> torch.Tensor:
     """The smallest tensor that broadcasts to ``t``: its expanded (stride-0) dimensions kept at size 1."""
     return t[tuple(slice(0, 1) if stride == 0 else slice(None) for stride in t.stride())]
+
+
+def betainc(a: torch.Tensor, b: torch.Tensor, x: torch.Tensor, iterations: int = 300) -> torch.Tensor:
+    """The regularized incomplete beta function I_x(a, b) (arguments broadcast; a, b > 0, x in [0, 1]).
+
+    Its continued fraction (Abramowitz and Stegun 26.5.8), evaluated by the modified Lentz method
+    in float64, where it converges fast: for x > (a + 1) / (a + b + 2) through
+    I_x(a, b) = 1 - I_{1-x}(b, a). It stops when every factor is within 1e-15 of 1.
+    """
+    a, b, x = (torch.as_tensor(v, dtype=torch.float64) for v in torch.broadcast_tensors(
+        torch.as_tensor(a), torch.as_tensor(b), torch.as_tensor(x)))
+    flip = x > (a + 1) / (a + b + 2)
+    a, b, x = torch.where(flip, b, a), torch.where(flip, a, b), torch.where(flip, 1 - x, x)
+    log_front = a * x.log() + b * torch.log1p(-x) + torch.lgamma(a + b) - torch.lgamma(a) - torch.lgamma(b) - a.log()
+    tiny = 1e-300
+
+    def guard(v):
+        return torch.where(v.abs() < tiny, tiny, v)
+
+    c, d = torch.ones_like(x), 1 / guard(1 - (a + b) * x / (a + 1))
+    fraction = d
+    for m in range(1, iterations + 1):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1 / guard(1 + numerator * d)
+            c = guard(1 + numerator / c)
+            fraction = fraction * c * d
+        if bool(((c * d - 1).abs() < 1e-15).all()):
+            break
+    value = log_front.exp() * fraction
+    return torch.where(flip, 1 - value, value)
+
+
+def student_t_cdf(z: torch.Tensor, df: torch.Tensor) -> torch.Tensor:
+    """P(t ≤ z) of a standard Student-t with ``df`` = ν degrees of freedom (broadcast; the result in z's dtype):
+    ½ I_{ν/(ν+z²)}(ν/2, ½) for z < 0, one minus that for z ≥ 0."""
+    df = torch.as_tensor(df, dtype=torch.float64)
+    half_tail = 0.5 * betainc(df / 2, 0.5, df / (df + z.double() ** 2))
+    return torch.where(z < 0, half_tail, 1 - half_tail).to(z.dtype)
 
 
 class _Weighted:
@@ -50,17 +91,26 @@ class MixturePredictive(_Weighted):
     log_weights: torch.Tensor  # [T, S]
     mean: torch.Tensor  # [T, S, Q, Dy]
     std: torch.Tensor  # [T, S, Q, Dy]
+    df: torch.Tensor | None = None  # [Dy]: Student-t components with these degrees of freedom (None: Gaussian)
 
     def __post_init__(self):
         T, S = self.log_weights.shape
         if self.mean.dim() != 4 or self.mean.shape[:2] != (T, S) or self.std.shape != self.mean.shape:
             raise ValueError(f"mean/std must be [T={T}, S={S}, Q, Dy], got {tuple(self.mean.shape)} "
                              f"and {tuple(self.std.shape)}")
+        if self.df is not None and not (self.df.shape == self.mean.shape[-1:] and (self.df > 0).all()):
+            raise ValueError(f"df must be [Dy={self.mean.shape[-1]}] degrees of freedom > 0, got {self.df}")
         self.log_weights = self.log_weights - self.log_weights.logsumexp(-1, keepdim=True)
+
+    def components(self) -> torch.distributions.Distribution:
+        """The components as one distribution of batch shape [T, S, Q, Dy]: Normal, or StudentT with ``df``."""
+        if self.df is None:
+            return torch.distributions.Normal(self.mean, self.std)
+        return torch.distributions.StudentT(self.df.to(self.mean), self.mean, self.std)
 
     def log_prob(self, y: torch.Tensor) -> torch.Tensor:
         """log p(y_q | support, m) per query point: y [T, Q, Dy] -> [T, Q]."""
-        comp = torch.distributions.Normal(self.mean, self.std).log_prob(y[:, None]).sum(-1)  # [T, S, Q]
+        comp = self.components().log_prob(y[:, None]).sum(-1)  # [T, S, Q]
         return (self.log_weights[..., None] + comp).logsumexp(1)
 
     def predictive_mean(self) -> torch.Tensor:
@@ -74,7 +124,8 @@ class MixturePredictive(_Weighted):
 
     def cdf(self, y: torch.Tensor) -> torch.Tensor:
         """Marginal CDF of each output dimension at y: [T, Q, Dy] -> [T, Q, Dy]."""
-        return self._mix(torch.special.ndtr((y[:, None] - self.mean) / self.std))
+        z = (y[:, None] - self.mean) / self.std
+        return self._mix(torch.special.ndtr(z) if self.df is None else student_t_cdf(z, self.df))
 
     def heaviest(self, lost: float) -> MixturePredictive:
         """The mixture of the heaviest components, dropping per task the lightest of total weight <= ``lost``.
@@ -91,7 +142,7 @@ class MixturePredictive(_Weighted):
         T, _, Q, Dy = self.mean.shape
         wide = index[:, :, None, None].expand(T, keep, Q, Dy)
         std = self.std[:, :keep] if self.std.stride(1) == 0 else self.std.gather(1, wide)  # shared: a view
-        return MixturePredictive(self.log_weights.gather(1, index), self.mean.gather(1, wide), std)
+        return MixturePredictive(self.log_weights.gather(1, index), self.mean.gather(1, wide), std, self.df)
 
     def quantile(self, level: float, iterations: int = 60) -> torch.Tensor:
         """The ``level`` quantile of each marginal: [T, Q, Dy].
@@ -106,6 +157,8 @@ class MixturePredictive(_Weighted):
         """
         if not 0.0 < level < 1.0:
             raise ValueError(f"level must be in (0, 1), got {level}")
+        if self.df is not None:
+            return self._student_quantile(level, iterations)
         mix = self.heaviest(torch.finfo(self.mean.dtype).eps)
         mu = mix.mean.contiguous()  # [T, S, Q, Dy], so that the sums over S are plain matrix products
         std = _compact(mix.std)  # σ shared by components (an expanded view) stays small
@@ -123,6 +176,34 @@ class MixturePredictive(_Weighted):
             excess = 0.5 * mix._mix(torch.special.erfc(u)) - level  # F(x) - level
             bump = u.square_().neg_().exp_()
             density = (mix._mix(bump) / std[:, 0] if shared else mix._mix(bump.div_(std))) / math.sqrt(2 * math.pi)
+            below = excess < 0
+            low, high = torch.where(below, x, low), torch.where(below, high, x)
+            newton = x - excess / density
+            inside = (newton >= low) & (newton <= high)  # False for NaN (zero density)
+            step = torch.where(inside, newton, (low + high) / 2) - x
+            x = x + step
+            if bool((step.abs() <= tol).all()):
+                break
+        return x
+
+
+    def _student_quantile(self, level: float, iterations: int) -> torch.Tensor:
+        """:meth:`quantile` of Student-t components: the same bracketed Newton steps on the mixture CDF,
+        from the bracket [min μ − 10 max σ, max μ + 10 max σ] widened (doubled) until it holds the
+        quantile (a t's tails reach further), starting at its midpoint."""
+        mix = self.heaviest(torch.finfo(self.mean.dtype).eps)
+        spread = 10 * mix.std.amax(1)
+        low, high = mix.mean.amin(1) - spread, mix.mean.amax(1) + spread  # [T, Q, Dy]
+        for _ in range(64):
+            too_high, too_low = mix.cdf(low) > level, mix.cdf(high) < level
+            if not bool((too_high | too_low).any()):
+                break
+            width = high - low
+            low, high = torch.where(too_high, low - width, low), torch.where(too_low, high + width, high)
+        x, tol = (low + high) / 2, torch.finfo(mix.mean.dtype).eps ** 0.75 * mix.std.amin(1)
+        for _ in range(iterations):
+            excess = mix.cdf(x) - level
+            density = mix._mix(mix.components().log_prob(x[:, None]).exp())
             below = excess < 0
             low, high = torch.where(below, x, low), torch.where(below, high, x)
             newton = x - excess / density
@@ -167,10 +248,13 @@ class CategoricalMixturePredictive(_Weighted):
 
 
 def point_metrics(predictive, y: torch.Tensor, mask: torch.Tensor | None = None,
-                  level: float = 0.9) -> dict:
+                  level: float = 0.9, per_task: bool = False) -> dict:
     """Per-query-point metrics averaged over the unmasked points of all tasks.
 
     - ``loglik``: mean of log p(y_q | support, m) (nats per point);
+    - ``task_loglik`` (with ``per_task``): the same per task, a tensor [T] (NaN for a task
+      without unmasked points), from which :func:`~hierarchical_meta.evaluate.evaluate` finds
+      the worst task;
 
     and for a :class:`MixturePredictive` (regression)
 
@@ -188,17 +272,27 @@ def point_metrics(predictive, y: torch.Tensor, mask: torch.Tensor | None = None,
     n = mask.sum()
     if n == 0:
         raise ValueError("no unmasked query points to score")
-    if isinstance(predictive, CategoricalMixturePredictive):
-        y = torch.where(mask[..., None], y, 0.0)  # padded slots may hold anything
-        logp = torch.where(mask, predictive.log_prob(y), 0.0)
-        correct = (predictive.predicted_class() == y[..., 0].long()) & mask
-        return {"loglik": float(logp.sum() / n), "accuracy": float(correct.sum() / n)}
-    y = torch.where(mask[..., None], y, predictive.predictive_mean())  # padded slots may hold anything
+    categorical = isinstance(predictive, CategoricalMixturePredictive)
+    # padded slots may hold anything
+    y = torch.where(mask[..., None], y, 0.0 if categorical else predictive.predictive_mean())
     logp = torch.where(mask, predictive.log_prob(y), 0.0)
+    scores = {"loglik": float(logp.sum() / n)}
+    if categorical:
+        correct = (predictive.predicted_class() == y[..., 0].long()) & mask
+        scores["accuracy"] = float(correct.sum() / n)
+    else:
+        scores.update(_interval_metrics(predictive, y, mask, level))
+    if per_task:
+        scores["task_loglik"] = logp.sum(-1) / mask.sum(-1)
+    return scores
+
+
+def _interval_metrics(predictive: MixturePredictive, y: torch.Tensor, mask: torch.Tensor, level: float) -> dict:
+    """``mse`` and the coverage of the central ``level`` interval (:func:`point_metrics`)."""
+    n = mask.sum()
     sq = torch.where(mask, ((predictive.predictive_mean() - y) ** 2).mean(-1), 0.0)
     u = predictive.cdf(y)
     tail = (1 - level) / 2
     inside = ((u >= tail) & (u <= 1 - tail)).all(-1)
     key = f"coverage{int(round(level * 100))}"
-    return {"loglik": float(logp.sum() / n), "mse": float(sq.sum() / n),
-            key: float((inside & mask).sum() / n)}
+    return {"mse": float(sq.sum() / n), key: float((inside & mask).sum() / n)}

@@ -15,13 +15,15 @@ import csv
 
 from .runfiles import atomic_write
 
-__all__ = ["LABELS", "CSV_METRICS", "write_metrics_csv", "format_table", "format_targets"]
+__all__ = ["LABELS", "CSV_METRICS", "WORST", "write_metrics_csv", "format_table", "format_targets"]
 
 #: The models of a data set's report, in table order, with their labels.
 LABELS = {"model": "model", "no_metadata": "model, metadata withheld",
           "mixed_model": "mixed model (BLUP)", "pooled": "pooled regression"}
 #: The scores of a data set's ``metrics.csv``.
 CSV_METRICS = ("loglik", "mse", "coverage90")
+#: The worst test group's mean loglik per point and its label (:func:`~hierarchical_meta.evaluate.evaluate`).
+WORST = ("worst_group_loglik", "worst_group")
 
 
 def _shuffled(metrics: dict, k: str) -> dict:
@@ -38,13 +40,18 @@ def _models(metrics: dict) -> dict[str, dict]:
 
 def _comparison_rows(metrics: dict) -> list[list]:
     """A data set's ``metrics.csv``: one row per K and model."""
-    rows = [["K", "model", "num_groups", "num_query_points", *CSV_METRICS, "formula"]]
+    rows = [["K", "model", "num_groups", "num_query_points", *CSV_METRICS, *WORST, "formula"]]
     for k in metrics["shots"]:
         for name, scores in _models(metrics).items():
             e = scores["shots"][k]
             rows.append([k, name, e["num_groups"], e["num_query_points"]] + [f"{e[key]:.4f}" for key in CSV_METRICS]
-                        + [scores.get("formula", "")])
+                        + [f"{e.get(WORST[0], float('nan')):.4f}", e.get(WORST[1], ""), scores.get("formula", "")])
     return rows
+
+
+def _cell(value) -> str:
+    """A number with four decimals; a label (a worst group's) as it is."""
+    return value if isinstance(value, str) else f"{value:.4f}"
 
 
 def _shot_rows(metrics: dict) -> list[list]:
@@ -53,14 +60,15 @@ def _shot_rows(metrics: dict) -> list[list]:
     rows = [["K"] + keys + ["shuffled_loglik", "shuffled_coverage90"]]
     for k, entry in metrics["shots"].items():
         shuffled = _shuffled(metrics, k)
-        rows.append([k] + [f"{entry.get(key, float('nan')):.4f}" for key in keys]
+        rows.append([k] + [_cell(entry.get(key, float("nan"))) for key in keys]
                     + [f"{shuffled['loglik']:.4f}", f"{shuffled['coverage90']:.4f}"])
     return rows
 
 
 def write_metrics_csv(metrics: dict, path: str) -> None:
     """``metrics.csv``: for a data set one row per K and model (K, model, num_groups,
-    num_query_points, loglik, mse, coverage90, and a baseline's lme4 formula); else one row
+    num_query_points, loglik, mse, coverage90, worst_group_loglik, worst_group, and a baseline's lme4
+    formula); else one row
     per K, the model's scores, the reference's and the shuffled-metadata model's side by side."""
     with atomic_write(path, newline="") as f:
         csv.writer(f).writerows(_comparison_rows(metrics) if "baselines" in metrics else _shot_rows(metrics))
@@ -73,7 +81,22 @@ def _comparison_table(metrics: dict) -> list[str]:
     for k in metrics["shots"]:
         lines.append(f"{k:>3} {metrics['shots'][k]['num_groups']:>6} "
                      + " ".join(f"{m['shots'][k]['loglik']:24.3f}" for m in models.values()))
-    return lines + [f"{LABELS[name]}: {m['formula']}" for name, m in models.items() if "formula" in m]
+    formulas = [f"{LABELS[name]}: {m['formula']}" for name, m in models.items() if "formula" in m]
+    return lines + formulas + _worst_table(metrics, models)
+
+
+def _worst_table(metrics: dict, models: dict) -> list[str]:
+    """The worst test group's mean loglik per point (and which group) of the model and the
+    mixed model, per K; nothing for metrics without it."""
+    shown = {name: models[name] for name in ("model", "mixed_model") if name in models}
+    if not all(WORST[0] in m["shots"][k] for m in shown.values() for k in metrics["shots"]):
+        return []
+    lines = ["worst test group: its mean loglik per point (group)",
+             f"{'K':>3} " + " ".join(f"{LABELS[name]:>34}" for name in shown)]
+    for k in metrics["shots"]:
+        cells = (f"{m['shots'][k][WORST[0]]:.3f} ({m['shots'][k][WORST[1]]})" for m in shown.values())
+        lines.append(f"{k:>3} " + " ".join(f"{cell:>34}" for cell in cells))
+    return lines
 
 
 def _shot_table(metrics: dict) -> list[str]:

@@ -35,9 +35,10 @@ T, N, DX, DM, D, C = 4, 5, 2, 2, 2, 3  # tasks, max points, dims of x, m, latent
 def make_problem(prior="linear", decoder="features", seed=0):
     """A small categorical model, its guide (random weights) and a ragged batch of T tasks."""
     torch.manual_seed(seed)
-    model = GenerativeModel(DX, 1, DM, D, hidden=8, layers=1, prior=prior, decoder=decoder,
-                            likelihood="categorical", num_classes=C)
-    guide = AmortizedGuide(DX, 1, DM, D, hidden=8, layers=1, num_classes=C)
+    latent = C * (1 + DX) if decoder == "polynomial" else D  # degree 1: [1, x] per class
+    model = GenerativeModel(DX, 1, DM, latent, hidden=8, layers=1, prior=prior, decoder=decoder,
+                            likelihood="categorical", num_classes=C, polynomial_degree=1)
+    guide = AmortizedGuide(DX, 1, DM, latent, hidden=8, layers=1, num_classes=C)
     x = torch.randn(T, N, DX)  # x: [T, N, Dx]
     metadata = torch.randn(T, DM)  # metadata: [T, Dm]
     mask = torch.arange(N) < torch.tensor(SIZES)[:, None]  # mask: [T, N]; the third task has N = 0

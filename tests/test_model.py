@@ -43,10 +43,16 @@ def _guide(sees_metadata=False, seed=0, **kw):
 
 # -- model shapes ------------------------------------------------------------------------------
 
+def latent_dim(decoder, dy):
+    """D, or what the polynomial decoder needs: a coefficient of each of its 3 terms (degree 2) per output."""
+    return max(D, 3 * dy) if decoder == "polynomial" else D
+
+
 @pytest.mark.parametrize("prior, decoder", list(itertools.product(PRIORS, DECODERS)))
 @pytest.mark.parametrize("dy", [1, 2])
 def test_model_distributions_broadcast_over_particles(prior, decoder, dy):
     torch.manual_seed(0)
+    D = latent_dim(decoder, dy)
     model = GenerativeModel(x_dim=DX, y_dim=dy, metadata_dim=DM, latent_dim=D, hidden=8, layers=1,
                             prior=prior, decoder=decoder)
     x, y, m = _data(dy=dy)
@@ -71,6 +77,7 @@ def test_pyro_vectorized_elbo_runs_for_every_prior_and_decoder(prior, decoder, s
     """Trace_ELBO with vectorized particles (an extra leading dim) and a ragged mask."""
     pyro.clear_param_store()
     torch.manual_seed(0)
+    D = latent_dim(decoder, DY)
     meta = HierarchicalMetaModel(ModelConfig(latent_dim=D, hidden=8, layers=1, prior=prior, decoder=decoder,
                                              guide_sees_metadata=sees_metadata))
     x, y, m = _data()

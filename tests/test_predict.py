@@ -4,6 +4,8 @@ the exact-Bayes reference, each against a closed form or a slow reference.
 - MixturePredictive: log_prob / cdf / quantile / predictive mean of a single Gaussian in
   closed form, and of a two-component mixture by numerical integration of its density;
 - point_metrics: masked points do not count, coverage90 is the documented fraction;
+- evaluate's worst group: the lowest mean loglik per point of one group (pooled over draws)
+  or one task of one draw, against a direct computation;
 - posterior_predictive (importance sampling with a defensive prior mixture) on the
   linear-Gaussian instance (prior "linear", decoder "features"), where p(y_q | support, m)
   and p(Y_s | X_s, m) are Gaussian in closed form: it converges to them, within the
@@ -18,6 +20,7 @@ import math
 import pytest
 import torch
 
+from hierarchical_meta.evaluate import EvalConfig, evaluate, heldout_tasks
 from hierarchical_meta.meta_model import HierarchicalMetaModel, ModelConfig
 from hierarchical_meta.networks import metadata_features, positive
 from hierarchical_meta.predict import posterior_predictive
@@ -508,3 +511,48 @@ def test_heaviest_drops_only_components_below_the_lost_weight():
     torch.testing.assert_close(pruned.weights, torch.tensor([[0.6, 0.4 - 2e-9]], dtype=torch.float64) / (1 - 2e-9))
     assert p.heaviest(1e-10) is p
     assert float((bisection_quantile(p, 0.5) - bisection_quantile(pruned, 0.5)).abs()) < 1e-8
+
+
+# -- the worst group of evaluate -------------------------------------------------------------
+
+def _unit_normal(batch: TaskBatch) -> MixturePredictive:
+    """N(0, 1) at every query point: a predictor whose per-point score is log N(y; 0, 1)."""
+    T, Q = batch.query_mask.shape
+    return MixturePredictive(torch.zeros(T, 1), torch.zeros(T, 1, Q, 1), torch.ones(T, 1, Q, 1))
+
+
+def test_worst_group_of_a_data_set_is_its_lowest_mean_loglik_over_its_rows():
+    """K = 0: every row of a test group is a query point in each draw, so a group's mean loglik
+    pooled over draws is the mean of log N(y; 0, 1) over its rows, computed here from the rows."""
+    pytest.importorskip("pandas")
+    from hierarchical_meta.tasks import TabularTasks
+    from hierarchical_meta.tasks.synthetic import grouped_frame
+
+    family = TabularTasks.from_frame(grouped_frame(30, seed=3), group="site", x="dose", y="response")
+    entry = evaluate(_unit_normal, family, EvalConfig(shots=(0,), draws=2, chunk=4))["shots"]["0"]
+    means = {}
+    for g in family.split_indices["test"].tolist():
+        rows = family.y[family.offsets[g]:family.offsets[g + 1], 0]
+        means[str(family.group_ids[g])] = float(torch.distributions.Normal(0.0, 1.0).log_prob(rows).mean())
+    worst = min(means, key=means.get)
+    assert len(means) > 2 and max(means.values()) - means[worst] > 0.1  # a real choice
+    assert entry["worst_group"] == worst
+    assert entry["worst_group_loglik"] == pytest.approx(means[worst], rel=1e-5)
+    assert entry["worst_group_loglik"] < entry["loglik"]
+
+
+def test_worst_task_of_a_sampled_family_names_its_draw():
+    """Fresh tasks per draw: the worst is one (draw, task), found here by a loop over them."""
+    family = BasisFunctionTasks()
+    config = EvalConfig(shots=(2,), num_tasks=5, num_query=6, draws=2, chunk=2, shuffled_metadata=False)
+    entry = evaluate(_unit_normal, family, config)["shots"]["2"]
+    means = {}
+    for draw in range(2):
+        batch = heldout_tasks(family, config, 2, draw)
+        logp = torch.distributions.Normal(0.0, 1.0).log_prob(batch.y_query[..., 0])  # [T, Q]
+        for task in range(5):
+            means[f"task {task} of draw {draw}"] = float(logp[task][batch.query_mask[task]].mean())
+    worst = min(means, key=means.get)
+    assert entry["worst_group"] == worst
+    assert entry["worst_group_loglik"] == pytest.approx(means[worst], rel=1e-5)
+    assert "oracle_worst_group" in entry  # the exact-Bayes reference's worst task too

@@ -280,7 +280,7 @@ class TabularSchema:
         if all(c.mean == 0 and c.std == 1 for c in self.y):
             return predictive
         mean, std = self._y_scale(predictive.mean)
-        return MixturePredictive(predictive.log_weights, predictive.mean * std + mean, predictive.std * std)
+        return dataclasses.replace(predictive, mean=predictive.mean * std + mean, std=predictive.std * std)
 
     # -- plain data -----------------------------------------------------------------------
     def to_dict(self) -> dict:
