@@ -24,11 +24,7 @@ from .predict import NUM_SAMPLES, exact_predictive, posterior_predictive
 from .tasks import TaskBatch
 from .tasks.schema import MAX_INPUT  # the inputs the networks accept, as x, y and m reach them
 
-__all__ = ["ModelConfig", "HierarchicalMetaModel", "load_checkpoint", "ADDED_FIELDS"]
-
-#: ModelConfig fields newer than the checkpoint format: a checkpoint without them was written
-#: before they existed, and its model is the one their defaults build.
-ADDED_FIELDS = ("polynomial_degree", "student_df")
+__all__ = ["ModelConfig", "HierarchicalMetaModel", "load_checkpoint"]
 
 
 @dataclasses.dataclass
@@ -43,8 +39,7 @@ class ModelConfig:
     classifier: y holds class indices and :meth:`HierarchicalMetaModel.predict` returns a
     ``CategoricalMixturePredictive``. ``polynomial_degree`` is the degree of the
     ``decoder="polynomial"`` terms, ``student_df`` the fixed degrees of freedom of
-    ``likelihood="student"`` (None: learned; model.py). Fields added after the first checkpoints
-    (:data:`ADDED_FIELDS`) take their defaults when a checkpoint lacks them.
+    ``likelihood="student"`` (None: learned; model.py).
     """
 
     x_dim: int = 1
@@ -193,7 +188,7 @@ def _config_of(fields: dict) -> ModelConfig:
     if unknown:
         raise ValueError(f"it is from another version of hierarchical_meta: unknown model_config key(s) {unknown}; "
                          "refit it with this version (or use the version that wrote it)")
-    missing = [name for name in known if name not in fields and name not in ADDED_FIELDS]
+    missing = [name for name in known if name not in fields]
     if missing:
         raise ValueError(f"field 'model_config' lacks {missing}; {REFIT}")
     try:

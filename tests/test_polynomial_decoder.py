@@ -21,7 +21,7 @@ from hierarchical_meta import linear_gaussian
 from hierarchical_meta.__main__ import main
 from hierarchical_meta.baselines import MixedModel, MixedModelParameters
 from hierarchical_meta.evaluate import EvalConfig, evaluate
-from hierarchical_meta.meta_model import ADDED_FIELDS, HierarchicalMetaModel, ModelConfig, _config_of
+from hierarchical_meta.meta_model import HierarchicalMetaModel, ModelConfig
 from hierarchical_meta.model import GenerativeModel, polynomial_terms
 from hierarchical_meta.predict import exact_predictive
 from hierarchical_meta.predictive import MixturePredictive
@@ -208,14 +208,6 @@ def _config(**kw):
     return lambda: ModelConfig(**kw)
 
 
-def _old_checkpoint_config():
-    """A checkpoint's model_config written before the added fields: they take their defaults."""
-    fields = dataclasses.asdict(ModelConfig())
-    for name in ADDED_FIELDS:
-        del fields[name]
-    return _config_of(fields)
-
-
 def _cli(*args):
     def run():
         return main(["fit", "--tasks", "sleepstudy", "--out", "/nonexistent/never-written", *args])
@@ -242,8 +234,6 @@ CASES = [
                                                     torch.zeros(1, 1, 1)), "error", "needs a linear-Gaussian model"),
     ("design-of-mlp-decoder", lambda: GenerativeModel(decoder="mlp").design(torch.zeros(1, 1, 1)), "error",
      "is not linear in φ2"),
-    ("old-checkpoint-config", _old_checkpoint_config, "handled",
-     lambda c: c.polynomial_degree == 2 and c.student_df is None),
     ("cli-latent-too-small", _cli("--decoder", "polynomial", "--latent-dim", "2"), "exit", "latent_dim must be >= 3"),
     ("cli-df-not-above-one", _cli("--likelihood", "student", "--student-df", "0.5"), "exit", "a finite number > 1"),
 ]
