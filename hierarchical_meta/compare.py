@@ -108,6 +108,11 @@ def _at_k(runs: dict[str, dict], rescored: dict[str, dict], k: str, labels: dict
     second = {s: r[k]["loglik"] for s, r in rescored.items() if k in r}
     if second:
         entry["mc_error"] = mc_error(logliks["model"], second)
+    lowest = {name: min(sc[name][k]["worst_group_loglik"] for sc in scores.values()
+                        if "worst_group_loglik" in sc.get(name, {}).get(k, {}))
+              for name in logliks if any("worst_group_loglik" in sc.get(name, {}).get(k, {}) for sc in scores.values())}
+    if lowest:
+        entry["worst_group_by_model"] = lowest  # name -> its lowest one-group loglik per point over the splits
     worst = {s: sc["model"][k] for s, sc in scores.items() if "worst_group_loglik" in sc["model"].get(k, {})}
     if worst:
         split = min(worst, key=lambda s: worst[s]["worst_group_loglik"])
