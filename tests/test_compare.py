@@ -99,6 +99,7 @@ def test_the_summary_is_the_hand_computation():
     assert k0["worst_group_loglik"] == {"values": {"0": -3.0, "1": -4.5}, "min": -4.5, "split": 1, "group": "g-4.5"}
     assert "worst_group_loglik" not in k1
     assert k0["worst_group_by_model"] == {"model": -4.5} and "worst_group_by_model" not in k1
+    json.dumps(summary, allow_nan=False)  # plain JSON: an sd over one split would be None
 
 
 def test_the_worst_group_of_every_model_is_its_lowest_over_splits():
@@ -107,7 +108,6 @@ def test_the_worst_group_of_every_model_is_its_lowest_over_splits():
     runs[0]["baselines"]["mixed_model"]["shots"]["0"]["worst_group_loglik"] = -7.0
     runs[1]["baselines"]["mixed_model"]["shots"]["0"]["worst_group_loglik"] = -1.5
     assert summarize(runs)["shots"]["0"]["worst_group_by_model"] == {"model": -3.0, "mixed_model": -7.0}
-    json.dumps(summary, allow_nan=False)  # plain JSON: an sd over one split would be None
 
 
 def test_one_split_has_no_sd_and_the_table_says_so():
