@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import extent, grouped, ks, ks_or_none, minus, read_json, table
+from .common import ROOT, extent, grouped, ks, ks_or_none, minus, read_json, table
 
 OWN_DATA = ("nlschools", "sleepstudy")  # the committed runs under docs/own_data/
 OWN_MODELS = {"model": "model", "no_metadata": "model, m withheld", "mixed_model": "mixed model (BLUP)",
@@ -61,3 +61,77 @@ def run_table(name: str) -> str:
 
 def tables() -> dict[str, str]:
     return {f"own-data-{name}": run_table(name) for name in OWN_DATA}
+
+
+# ---- the real-data study: compare over five group splits (scripts/real_data_study.sh) ---------
+
+STUDY = "docs/own_data/study"
+LINEAR = ("mixed_model", "pooled")  # the textbook baselines; no_metadata is the model's own ablation
+
+
+def studied() -> list[str]:
+    """The data sets with a committed comparison under docs/own_data/study/, sorted."""
+    return sorted(path.parent.name for path in (ROOT / STUDY).glob("*/comparison.json"))
+
+
+def study(name: str) -> dict:
+    return read_json(f"{STUDY}/{name}/comparison.json")
+
+
+def _pm(score: dict | None, spec: str) -> str:
+    """'mean ± sd' of a compare spread ('–' when absent, the mean alone over one split)."""
+    if score is None:
+        return "–"
+    sd = "" if score["sd"] is None else f" ± {score['sd']:.3f}"
+    return minus(f"{score['mean']:{spec}}{sd}")
+
+
+def best_baseline(entry: dict) -> str | None:
+    """The textbook baseline with the highest mean loglik at one K (None when none was fitted)."""
+    fitted = [name for name in LINEAR if name in entry["models"]]
+    return max(fitted, key=lambda name: entry["models"][name]["mean"]) if fitted else None
+
+
+def _margin(entry: dict, name: str | None) -> str:
+    margin = entry["margins"].get(name) if name else None
+    return "–" if margin is None else f"{_pm(margin, '+.3f')} ({margin['wins']}/{margin['splits']})"
+
+
+def _worst(entry: dict) -> str:
+    worst = entry.get("worst_group_by_model", {})
+    return " / ".join(minus(f"{worst[n]:.2f}") if n in worst else "–" for n in ("model", "mixed_model"))
+
+
+def study_row(k: str, entry: dict) -> list[str]:
+    low, high = min(entry["num_groups"].values()), max(entry["num_groups"].values())
+    best = best_baseline(entry)
+    return [k, str(low) if low == high else f"{low}–{high}",
+            *(_pm(entry["models"].get(name), ".3f") for name in ("model", "no_metadata", *LINEAR)),
+            f"{_margin(entry, best)} {OWN_MODELS[best].split(' (')[0] if best else ''}".strip(),
+            _margin(entry, "no_metadata"), f"{entry['mc_error']['value']:.3f}" if "mc_error" in entry else "–",
+            _worst(entry)]
+
+
+def study_table(name: str) -> str:
+    """Per K over the splits: each model's loglik (mean ± sd), the model's paired margins, its MC error
+    and the worst test group of the model and of the mixed model."""
+    header = ["K", "groups", "model", "model, m withheld", "mixed model", "pooled",
+              "model − best baseline (wins)", "model − m withheld (wins)", "MC error", "worst group: model / mixed"]
+    return table(header, [study_row(k, e) for k, e in study(name)["shots"].items()])
+
+
+def study_values(name: str) -> dict[str, object]:
+    """own.study.NAME.*: the splits, and the smallest paired margin against the best baseline over K."""
+    summary = study(name)
+    margins = [entry["margins"][best]["mean"] for entry in summary["shots"].values()
+               if (best := best_baseline(entry)) in entry["margins"]]
+    return {f"own.study.{name}.splits": len(summary["splits"]),
+            f"own.study.{name}.min_margin": minus(f"{min(margins):+.3f}") if margins else "–"}
+
+
+def study_tables() -> dict[str, str]:
+    return {f"own-data-study-{name}": study_table(name) for name in studied()}
+
+
+def all_study_values() -> dict[str, object]:
+    return {key: value for name in studied() for key, value in study_values(name).items()}
