@@ -176,11 +176,8 @@ class MixturePredictive(_Weighted):
             excess = 0.5 * mix._mix(torch.special.erfc(u)) - level  # F(x) - level
             bump = u.square_().neg_().exp_()
             density = (mix._mix(bump) / std[:, 0] if shared else mix._mix(bump.div_(std))) / math.sqrt(2 * math.pi)
-            below = excess < 0
-            low, high = torch.where(below, x, low), torch.where(below, high, x)
-            newton = x - excess / density
-            inside = (newton >= low) & (newton <= high)  # False for NaN (zero density)
-            step = torch.where(inside, newton, (low + high) / 2) - x
+            target, low, high = _newton_in_bracket(x, excess, density, low, high)
+            step = target - x
             x = x + step
             if bool((step.abs() <= tol).all()):
                 break
@@ -204,15 +201,24 @@ class MixturePredictive(_Weighted):
         for _ in range(iterations):
             excess = mix.cdf(x) - level
             density = mix._mix(mix.components().log_prob(x[:, None]).exp())
-            below = excess < 0
-            low, high = torch.where(below, x, low), torch.where(below, high, x)
-            newton = x - excess / density
-            inside = (newton >= low) & (newton <= high)  # False for NaN (zero density)
-            step = torch.where(inside, newton, (low + high) / 2) - x
+            target, low, high = _newton_in_bracket(x, excess, density, low, high)
+            step = target - x
             x = x + step
             if bool((step.abs() <= tol).all()):
                 break
         return x
+
+
+def _newton_in_bracket(x: torch.Tensor, excess: torch.Tensor, density: torch.Tensor, low: torch.Tensor,
+                       high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One safeguarded Newton step on F(x) − level = ``excess`` with F' = ``density``: the bracket
+    [low, high] shrinks to the side of x that holds the root; returns ``(next x, low, high)``,
+    the Newton point where it falls inside the bracket, else the bracket's midpoint."""
+    below = excess < 0
+    low, high = torch.where(below, x, low), torch.where(below, high, x)
+    newton = x - excess / density
+    inside = (newton >= low) & (newton <= high)  # False for NaN (zero density)
+    return torch.where(inside, newton, (low + high) / 2), low, high
 
 
 @dataclasses.dataclass
