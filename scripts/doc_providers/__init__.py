@@ -13,7 +13,7 @@ __all__ = ["REGISTRY"]
 
 REGISTRY: dict[str, Provider] = {
     "README.md": Provider(values=(model.sinusoid_values, quality.target_values, nlschools.values,
-                                  profiling.scale_values)),
+                                  profiling.scale_values, own_data.all_study_values)),
     "docs/model.md": Provider(values=(model.train_values, model.sinusoid_values, model.svi_values,
                                       quality.target_values, quality.seed_group_values, reliability.values),
                               tables=(model.tables,)),
