@@ -183,7 +183,6 @@ class MixturePredictive(_Weighted):
                 break
         return x
 
-
     def _student_quantile(self, level: float, iterations: int) -> torch.Tensor:
         """:meth:`quantile` of Student-t components: the same bracketed Newton steps on the mixture CDF,
         from the bracket [min μ − 10 max σ, max μ + 10 max σ] widened (doubled) until it holds the
