@@ -171,17 +171,14 @@ class MixturePredictive(_Weighted):
         tol = torch.finfo(mean.dtype).eps ** 0.75 * sd
         scale = 1 / (math.sqrt(2) * std)  # u = (μ - x) / (√2 σ): Φ = erfc(u) / 2, φ / σ = exp(-u²) / (√(2π) σ)
         shared = std.shape[1] == 1  # one σ for all components: 1/σ comes out of the sum over them
-        for _ in range(iterations):
-            u = (mu - x[:, None]).mul_(scale)  # [T, S, Q, Dy]
-            excess = 0.5 * mix._mix(torch.special.erfc(u)) - level  # F(x) - level
+
+        def cdf_and_density(at):
+            u = (mu - at[:, None]).mul_(scale)  # [T, S, Q, Dy]
+            cdf = 0.5 * mix._mix(torch.special.erfc(u))
             bump = u.square_().neg_().exp_()
-            density = (mix._mix(bump) / std[:, 0] if shared else mix._mix(bump.div_(std))) / math.sqrt(2 * math.pi)
-            target, low, high = _newton_in_bracket(x, excess, density, low, high)
-            step = target - x
-            x = x + step
-            if bool((step.abs() <= tol).all()):
-                break
-        return x
+            return cdf, (mix._mix(bump) / std[:, 0] if shared else mix._mix(bump.div_(std))) / math.sqrt(2 * math.pi)
+
+        return _bracketed_newton(cdf_and_density, level, x, low, high, tol, iterations)
 
     def _student_quantile(self, level: float, iterations: int) -> torch.Tensor:
         """:meth:`quantile` of Student-t components: the same bracketed Newton steps on the mixture CDF,
@@ -197,28 +194,30 @@ class MixturePredictive(_Weighted):
             width = high - low
             low, high = torch.where(too_high, low - width, low), torch.where(too_low, high + width, high)
         x, tol = (low + high) / 2, torch.finfo(mix.mean.dtype).eps ** 0.75 * mix.std.amin(1)
-        for _ in range(iterations):
-            excess = mix.cdf(x) - level
-            density = mix._mix(mix.components().log_prob(x[:, None]).exp())
-            target, low, high = _newton_in_bracket(x, excess, density, low, high)
-            step = target - x
-            x = x + step
-            if bool((step.abs() <= tol).all()):
-                break
-        return x
+
+        def cdf_and_density(at):
+            return mix.cdf(at), mix._mix(mix.components().log_prob(at[:, None]).exp())
+
+        return _bracketed_newton(cdf_and_density, level, x, low, high, tol, iterations)
 
 
-def _newton_in_bracket(x: torch.Tensor, excess: torch.Tensor, density: torch.Tensor, low: torch.Tensor,
-                       high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One safeguarded Newton step on F(x) − level = ``excess`` with F' = ``density``: the bracket
-    [low, high] shrinks to the side of x that holds the root; returns ``(next x, low, high)``,
-    the Newton point where it falls inside the bracket, else the bracket's midpoint."""
-    below = excess < 0
-    low, high = torch.where(below, x, low), torch.where(below, high, x)
-    newton = x - excess / density
-    inside = (newton >= low) & (newton <= high)  # False for NaN (zero density)
-    return torch.where(inside, newton, (low + high) / 2), low, high
-
+def _bracketed_newton(cdf_and_density, level: float, x: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
+                      tol: torch.Tensor, iterations: int) -> torch.Tensor:
+    """The x with F(x) = ``level``: Newton steps x ← x − (F(x) − level) / F'(x) from ``x``, where
+    ``cdf_and_density(x)`` gives (F(x), F'(x)). The bracket [low, high] shrinks to the side of x
+    that holds the root at every step, and a Newton point outside it is replaced by the bracket's
+    midpoint (bisection); it stops when every step is at most ``tol``, or after ``iterations``."""
+    for _ in range(iterations):
+        cdf, density = cdf_and_density(x)
+        below = cdf - level < 0
+        low, high = torch.where(below, x, low), torch.where(below, high, x)
+        newton = x - (cdf - level) / density
+        inside = (newton >= low) & (newton <= high)  # False for NaN (zero density)
+        step = torch.where(inside, newton, (low + high) / 2) - x
+        x = x + step
+        if bool((step.abs() <= tol).all()):
+            break
+    return x
 
 @dataclasses.dataclass
 class CategoricalMixturePredictive(_Weighted):
